@@ -1,0 +1,41 @@
+"""fedloom: federated-learning workflows written as one class of steps.
+
+Write a flow with :class:`FLSpec` and the ``@aggregator`` / ``@collaborator`` placement decorators,
+then run it with :class:`LocalRuntime` (one process or Ray).
+"""
+
+from fedloom.aggregation import FedAvg, fedavg, weighted_mean
+from fedloom.errors import (
+    FedloomError,
+    FlowDefinitionError,
+    FlowRunError,
+    ParticipantError,
+    PrivateAttributeError,
+    StepFailed,
+    TransitionError,
+)
+from fedloom.participants import Aggregator, Collaborator
+from fedloom.runtime.local import LocalRuntime
+from fedloom.spec import FLSpec, aggregator, collaborator
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Aggregator",
+    "Collaborator",
+    "FLSpec",
+    "FedAvg",
+    "FedloomError",
+    "FlowDefinitionError",
+    "FlowRunError",
+    "LocalRuntime",
+    "ParticipantError",
+    "PrivateAttributeError",
+    "StepFailed",
+    "TransitionError",
+    "__version__",
+    "aggregator",
+    "collaborator",
+    "fedavg",
+    "weighted_mean",
+]

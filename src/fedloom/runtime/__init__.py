@@ -1,0 +1,1 @@
+"""Runtimes: where a flow runs (LocalRuntime on this machine, FederatedRuntime across sites)."""

@@ -1,0 +1,122 @@
+"""LocalRuntime: simulate a federation on this machine (serially, or in parallel on Ray)."""
+
+from __future__ import annotations
+
+import importlib
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from fedloom.engine import Backend, FlowEngine, FlowJob
+from fedloom.errors import ParticipantError
+from fedloom.participants import Aggregator, Collaborator
+from fedloom.runtime.local.serial import SerialBackend
+from fedloom.spec.flowspec import FLSpec, public_state, replace_public_state, set_run_id
+
+BackendFactory = Callable[[Sequence[Collaborator], dict[str, Any]], Backend]
+
+
+def _serial(collaborators: Sequence[Collaborator], options: dict[str, Any]) -> Backend:
+    if options:
+        raise ParticipantError(f"the single_process backend takes no options, got "
+                               f"{sorted(options)}")
+    return SerialBackend(collaborators)
+
+
+def _ray(collaborators: Sequence[Collaborator], options: dict[str, Any]) -> Backend:
+    try:
+        module = importlib.import_module("fedloom.runtime.local.ray_backend")
+    except ImportError as exc:
+        raise ParticipantError("backend='ray' needs Ray: pip install 'fedloom[ray]' "
+                               f"({exc})") from exc
+    backend: Backend = module.RayBackend(collaborators, **options)
+    return backend
+
+
+BACKENDS: dict[str, BackendFactory] = {"single_process": _serial, "ray": _ray}
+
+
+class LocalRuntime:
+    """Runs a flow on this machine: ``backend='single_process'`` (default) or ``'ray'``."""
+
+    def __init__(self, aggregator: Aggregator | None = None,
+                 collaborators: Sequence[Collaborator] | None = None,
+                 backend: str = "single_process", **backend_options: Any) -> None:
+        self._aggregator = aggregator if aggregator is not None else Aggregator()
+        self._collaborators = list(collaborators or [])
+        _check_participants(self._aggregator, self._collaborators)
+        if backend not in BACKENDS:
+            raise ParticipantError(f"unknown backend {backend!r}; choose one of "
+                                   f"{sorted(BACKENDS)}")
+        self.backend = backend
+        self._backend_options = backend_options
+        self._backend: Backend | None = None
+        self._aggregator_private: dict[str, Any] | None = None
+
+    @property
+    def collaborators(self) -> list[str]:
+        """Names of the collaborators, in the order given."""
+        return [c.name for c in self._collaborators]
+
+    @property
+    def aggregator(self) -> str:
+        """Name of the aggregator."""
+        return self._aggregator.name
+
+    def execute(self, flow: FLSpec) -> None:
+        """Run ``flow`` (called by ``flow.run()``). Participants' private attributes are made on
+        the first run and persist across runs of this runtime."""
+        graph = type(flow).validate()
+        job = FlowJob(type(flow), graph, tuple(self.collaborators), new_run_id())
+        backend = self._backend_for_run()
+        if self._aggregator_private is None:
+            self._aggregator_private = self._aggregator.build_private_attributes()
+        set_run_id(flow, job.run_id)
+        engine = FlowEngine(job, self._aggregator.name, self._aggregator_private, backend)
+        backend.open(job)
+        try:
+            final = engine.run(public_state(flow))
+        except BaseException:
+            replace_public_state(flow, engine.last_state)
+            raise
+        finally:
+            backend.close()
+        replace_public_state(flow, final)
+
+    def _backend_for_run(self) -> Backend:
+        if self._backend is None:
+            self._backend = BACKENDS[self.backend](self._collaborators, self._backend_options)
+        return self._backend
+
+    def __repr__(self) -> str:
+        return (f"LocalRuntime(aggregator={self.aggregator!r}, collaborators="
+                f"{self.collaborators!r}, backend={self.backend!r})")
+
+
+def _check_participants(aggregator: Any, collaborators: list[Any]) -> None:
+    if not isinstance(aggregator, Aggregator):
+        raise ParticipantError(f"aggregator= must be an Aggregator, got "
+                               f"{type(aggregator).__name__}")
+    for c in collaborators:
+        if not isinstance(c, Collaborator):
+            raise ParticipantError(f"collaborators= must hold Collaborator objects, got "
+                                   f"{type(c).__name__}")
+    names = [c.name for c in collaborators]
+    repeated = sorted({n for n in names if names.count(n) > 1}) if len(set(names)) != len(
+        names) else []
+    if repeated:
+        raise ParticipantError(f"collaborator names must be unique; repeated: {repeated}")
+
+
+_run_lock = threading.Lock()
+_last_run_id = 0
+
+
+def new_run_id() -> str:
+    """A Metaflow-style run id (microseconds since the epoch), unique within this process."""
+    global _last_run_id
+    with _run_lock:
+        candidate = time.time_ns() // 1000
+        _last_run_id = max(candidate, _last_run_id + 1)
+        return str(_last_run_id)

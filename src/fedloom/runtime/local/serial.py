@@ -1,0 +1,37 @@
+"""The serial backend: every collaborator chain runs in this process, one after another."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fedloom.engine import ChainResult, CollaboratorSite, FlowJob
+from fedloom.participants import Collaborator
+from fedloom.state import State, copy_state
+
+
+class SerialBackend:
+    """Runs collaborators in turn. Their private attributes are made once, in this process, and
+    persist for the life of the runtime (as a long-lived site's would)."""
+
+    name = "single_process"
+
+    def __init__(self, collaborators: Sequence[Collaborator]) -> None:
+        self._participants = list(collaborators)
+        self._sites: dict[str, CollaboratorSite] = {}
+        self._job: FlowJob | None = None
+
+    def open(self, job: FlowJob) -> None:
+        if not self._sites:
+            self._sites = {c.name: CollaboratorSite(c.name, c.build_private_attributes())
+                           for c in self._participants}
+        for site in self._sites.values():
+            site.start_run()
+        self._job = job
+
+    def run_chains(self, step: str, names: Sequence[str], sent: State) -> list[ChainResult]:
+        assert self._job is not None, "open() must be called before run_chains()"
+        # One copy per collaborator: the floor for isolation.
+        return [self._sites[name].run_chain(self._job, step, copy_state(sent)) for name in names]
+
+    def close(self) -> None:
+        self._job = None

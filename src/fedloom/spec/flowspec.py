@@ -1,0 +1,230 @@
+"""``FLSpec``: the base class of every flow.
+
+A flow instance plays two roles. Built by the user, it holds the initial public state and the
+runtime; after ``run()`` it holds the final aggregator state. While a step runs, the engine hands
+the step a fresh instance of the same class whose ``__dict__`` *is* the state being worked on (plus
+the participant's private attributes), so the user's helper methods and properties keep working.
+Framework bookkeeping lives under ``_fl_``-prefixed keys and never counts as flow state.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from fedloom.errors import FedloomError, FlowDefinitionError, Problem, TransitionError
+from fedloom.spec.graph import FlowGraph, build_graph
+from fedloom.spec.lint import check_graph
+from fedloom.state import State, Transition, validate_name_list
+
+if TYPE_CHECKING:
+    from fedloom.spec.render import FlowPicture
+
+INTERNAL_PREFIX = "_fl_"
+_STEP_KEY = "_fl_step"
+_RUNTIME_KEY = "_fl_runtime"
+_RUN_ID_KEY = "_fl_run_id"
+_CHECKPOINT_KEY = "_fl_checkpoint"
+
+_NO_RUNTIME = ("this flow has no runtime yet; set flow.runtime = LocalRuntime(...) "
+               "(or FederatedRuntime(...)) first")
+
+_graphs: weakref.WeakKeyDictionary[type, FlowGraph] = weakref.WeakKeyDictionary()
+
+
+class Runtime(Protocol):
+    """What ``flow.runtime`` must provide."""
+
+    def execute(self, flow: FLSpec) -> None: ...
+
+    @property
+    def collaborators(self) -> list[str]: ...
+
+
+class StepRuntimeView:
+    """``self.runtime`` inside a step: the collaborator names, and nothing that reaches another
+    participant's objects."""
+
+    __slots__ = ("_names",)
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self._names = tuple(names)
+
+    @property
+    def collaborators(self) -> list[str]:
+        """Names of every collaborator of the run (a fresh list each time)."""
+        return list(self._names)
+
+    def __repr__(self) -> str:
+        return f"Runtime(collaborators={list(self._names)})"
+
+
+class StepContext:
+    """Bookkeeping of one executing step: who runs it and where it asked to go next."""
+
+    __slots__ = ("participant", "runtime", "step", "transition")
+
+    def __init__(self, step: str, participant: str, runtime: StepRuntimeView) -> None:
+        self.step = step
+        self.participant = participant
+        self.runtime = runtime
+        self.transition: Transition | None = None
+
+
+class FLSpec:
+    """Base class of a federated flow. Subclasses define ``@aggregator``/``@collaborator`` steps,
+    starting with ``start`` and finishing with ``end``."""
+
+    def __init__(self, checkpoint: bool = False) -> None:
+        self.__dict__[_CHECKPOINT_KEY] = bool(checkpoint)
+
+    # -- runtime and run --------------------------------------------------------------------
+
+    @property
+    def runtime(self) -> Any:
+        """The runtime set by the user; inside a step, a view with only ``collaborators``."""
+        ctx = self.__dict__.get(_STEP_KEY)
+        if ctx is not None:
+            return ctx.runtime
+        runtime = self.__dict__.get(_RUNTIME_KEY)
+        if runtime is None:
+            raise AttributeError(_NO_RUNTIME)
+        return runtime
+
+    @runtime.setter
+    def runtime(self, runtime: Runtime) -> None:
+        if _STEP_KEY in self.__dict__:
+            raise FedloomError("self.runtime cannot be changed inside a step")
+        if not callable(getattr(runtime, "execute", None)):
+            raise TypeError(f"flow.runtime must be a LocalRuntime or FederatedRuntime, "
+                            f"got {type(runtime).__name__}")
+        self.__dict__[_RUNTIME_KEY] = runtime
+
+    @property
+    def _run_id(self) -> str | None:
+        """Id of the latest run of this flow object (the Metaflow run id when checkpointing)."""
+        return self.__dict__.get(_RUN_ID_KEY)
+
+    @property
+    def _checkpoint(self) -> bool:
+        return bool(self.__dict__.get(_CHECKPOINT_KEY, False))
+
+    def run(self) -> None:
+        """Check the flow, then run it on ``self.runtime``. The final aggregator state's public
+        attributes end up on this object; calling ``run()`` again starts a new run from them."""
+        if _STEP_KEY in self.__dict__:
+            raise FedloomError("run() was called inside a step; steps go on with self.next()")
+        runtime = self.__dict__.get(_RUNTIME_KEY)
+        if runtime is None:
+            raise FedloomError(f"{type(self).__name__} has no runtime: set flow.runtime = "
+                               "LocalRuntime(aggregator=..., collaborators=[...]) before run()")
+        type(self).validate()
+        runtime.execute(self)
+
+    # -- inside steps -----------------------------------------------------------------------
+
+    def next(self, step: Any, foreach: str | None = None, include: Sequence[str] | None = None,
+             exclude: Sequence[str] | None = None) -> None:
+        """Say which step comes after this one, and what is sent to it.
+
+        ``foreach`` names a list attribute of collaborator names to fan out to; ``include`` (a
+        whitelist) or ``exclude`` (a blacklist) filter what is sent across the transition.
+        """
+        ctx: StepContext | None = self.__dict__.get(_STEP_KEY)
+        if ctx is None:
+            raise FedloomError("self.next() only works inside a step while the flow runs; "
+                               "start the flow with flow.run()")
+        if ctx.transition is not None:
+            raise TransitionError(
+                f"self.next() was called twice (first to '{ctx.transition.step}'); call it "
+                "once, as the last thing the step does (use if/else for branches)",
+                step=ctx.step, participant=ctx.participant)
+        ctx.transition = _transition(type(self), ctx, step, foreach, include, exclude)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: explain what a step can see.
+        if name.startswith("__") or name.startswith(INTERNAL_PREFIX):
+            raise AttributeError(name)
+        if name == "runtime":  # the property raised: say how to set one
+            raise AttributeError(_NO_RUNTIME)
+        ctx = self.__dict__.get(_STEP_KEY)
+        where = f" in step '{ctx.step}' on '{ctx.participant}'" if ctx else ""
+        visible = sorted(k for k in self.__dict__ if not k.startswith(INTERNAL_PREFIX))
+        raise AttributeError(
+            f"'{type(self).__name__}' has no attribute '{name}'{where}. Visible attributes: "
+            f"{visible}. Private attributes are visible only in their owner's steps, and "
+            "include=/exclude= on the way here may have filtered it out.")
+
+    # -- the flow as a graph ----------------------------------------------------------------
+
+    @classmethod
+    def flow_graph(cls) -> FlowGraph:
+        """The static graph of this flow class, read from its source."""
+        graph = _graphs.get(cls)
+        if graph is None:
+            graph = _graphs[cls] = build_graph(cls, FLSpec)
+        return graph
+
+    @classmethod
+    def check(cls) -> list[Problem]:
+        """Every problem in this flow's definition (empty when it is valid)."""
+        return check_graph(cls.flow_graph())
+
+    @classmethod
+    def validate(cls) -> FlowGraph:
+        """The graph of a valid flow; raises :class:`FlowDefinitionError` listing all problems."""
+        problems = cls.check()
+        if problems:
+            raise FlowDefinitionError(cls.__name__, problems)
+        return cls.flow_graph()
+
+    @classmethod
+    def picture(cls) -> FlowPicture:
+        """The flow drawn as text, Mermaid or DOT; shows itself as a diagram in notebooks."""
+        from fedloom.spec.render import FlowPicture
+
+        return FlowPicture(cls.flow_graph())
+
+
+def public_state(flow: FLSpec) -> State:
+    """The flow's public attributes (everything but fedloom's own bookkeeping)."""
+    return {k: v for k, v in flow.__dict__.items() if not k.startswith(INTERNAL_PREFIX)}
+
+
+def replace_public_state(flow: FLSpec, state: State) -> None:
+    """Make ``state`` the flow's public attributes, keeping fedloom's bookkeeping."""
+    internal = {k: v for k, v in flow.__dict__.items() if k.startswith(INTERNAL_PREFIX)}
+    flow.__dict__.clear()
+    flow.__dict__.update(state)
+    flow.__dict__.update(internal)
+
+
+def set_run_id(flow: FLSpec, run_id: str) -> None:
+    flow.__dict__[_RUN_ID_KEY] = run_id
+
+
+def is_checkpointing(flow: FLSpec) -> bool:
+    return flow._checkpoint
+
+
+def _transition(flow_cls: type, ctx: StepContext, step: Any, foreach: Any, include: Any,
+                exclude: Any) -> Transition:
+    def fail(message: str) -> TransitionError:
+        return TransitionError(message, step=ctx.step, participant=ctx.participant)
+
+    name = getattr(step, "__name__", None)
+    graph = _graphs.get(flow_cls) or build_graph(flow_cls, FLSpec)
+    if getattr(step, "__self__", None) is None or name not in graph.steps:
+        raise fail(f"self.next() needs a step of the flow such as self.end, got {step!r}")
+    if foreach is not None and not isinstance(foreach, str):
+        raise fail(f"foreach= names an attribute holding collaborator names "
+                   f"(e.g. foreach='collaborators'), got {foreach!r}")
+    try:
+        inc = validate_name_list(include, "include")
+        exc = validate_name_list(exclude, "exclude")
+    except TransitionError as err:
+        raise fail(str(err)) from None
+    if inc is not None and exc is not None:
+        raise fail("self.next() was given both include= and exclude=; keep one")
+    return Transition(name, foreach, inc, exc)

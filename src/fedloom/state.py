@@ -1,0 +1,124 @@
+"""What crosses a transition: include/exclude filtering, private-attribute rules, and copying.
+
+A flow's public state is a plain ``dict`` of attribute name to value. Private attributes live in
+their participant and are attached to a step's ``self`` only while that participant runs it; these
+helpers are the one place that enforces the rules between the two.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fedloom.errors import PrivateAttributeError, TransitionError
+
+State = dict[str, Any]
+
+# Values that can be shared between participants without a copy: nobody can change them.
+_IMMUTABLE_TYPES = (int, float, complex, bool, str, bytes, type(None), range, frozenset)
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What a step asked for with ``self.next(...)``."""
+
+    step: str
+    foreach: str | None = None
+    include: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] | None = None
+
+    def describe(self) -> str:
+        parts = [self.step]
+        if self.foreach:
+            parts.append(f"foreach={self.foreach!r}")
+        if self.include is not None:
+            parts.append(f"include={list(self.include)}")
+        if self.exclude is not None:
+            parts.append(f"exclude={list(self.exclude)}")
+        return ", ".join(parts)
+
+
+def select(state: Mapping[str, Any], transition: Transition, *, step: str,
+           participant: str) -> State:
+    """The part of ``state`` that ``transition`` sends (include/exclude applied, no copies)."""
+    names = transition.include if transition.include is not None else transition.exclude
+    if names is not None:
+        missing = [n for n in names if n not in state]
+        if missing:
+            kind = "include" if transition.include is not None else "exclude"
+            raise TransitionError(
+                f"{kind}= names {missing}, which {'is' if len(missing) == 1 else 'are'} not in "
+                f"the state when going to '{transition.step}'. Attributes present: "
+                f"{sorted(state)}. Fix the name, or set the attribute before self.next().",
+                step=step, participant=participant)
+    if transition.include is not None:
+        return {n: state[n] for n in transition.include}
+    if transition.exclude is not None:
+        dropped = set(transition.exclude)
+        return {k: v for k, v in state.items() if k not in dropped}
+    return dict(state)
+
+
+def copy_state(state: Mapping[str, Any]) -> State:
+    """One private copy of every value, with one shared memo so aliases stay aliases."""
+    memo: dict[int, Any] = {}
+    return {name: _copy(value, memo) for name, value in state.items()}
+
+
+def _copy(value: Any, memo: dict[int, Any]) -> Any:
+    if isinstance(value, _IMMUTABLE_TYPES):
+        return value
+    found = memo.get(id(value))
+    if found is not None:
+        return found
+    if _is_plain_ndarray(value):
+        # One memcpy, without deepcopy's per-call bookkeeping (matters at 1000 collaborators).
+        result = memo[id(value)] = value.copy()
+        return result
+    return copy.deepcopy(value, memo)
+
+
+def _is_plain_ndarray(value: Any) -> bool:
+    kind = type(value)
+    return kind.__module__ == "numpy" and kind.__name__ == "ndarray" and value.dtype.kind != "O"
+
+
+def check_no_collision(private_names: Iterable[str], state: Mapping[str, Any], *,
+                       step: str, participant: str) -> None:
+    """Private attribute names must not shadow public flow attributes."""
+    clash = sorted(n for n in private_names if n in state)
+    if clash:
+        raise PrivateAttributeError(
+            f"private attribute(s) {clash} of '{participant}' have the same name as public flow "
+            f"attribute(s) {clash}. Rename the private attribute (e.g. '{clash[0]}_private') or "
+            "the flow attribute, or exclude it from the transition into this step.",
+            step=step, participant=participant)
+
+
+def check_no_leak(private: Mapping[str, Any], state: Mapping[str, Any], *, step: str,
+                  participant: str) -> None:
+    """A public attribute must not *be* a private object, or private data would leave its owner."""
+    private_ids = {id(v): k for k, v in private.items() if not isinstance(v, _IMMUTABLE_TYPES)}
+    if not private_ids:
+        return
+    for name, value in state.items():
+        owner = private_ids.get(id(value))
+        if owner is not None:
+            raise PrivateAttributeError(
+                f"public attribute '{name}' is the private attribute '{owner}' itself; it would "
+                f"leave '{participant}'. Keep private data in '{owner}' and store only results "
+                "(e.g. a metric or a copy you mean to share) in public attributes.",
+                step=step, participant=participant)
+
+
+def validate_name_list(value: Any, kind: str) -> tuple[str, ...] | None:
+    """Runtime check of an include=/exclude= argument."""
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, Sequence) or \
+            not all(isinstance(n, str) for n in value):
+        raise TransitionError(f"{kind}= must be a list of attribute names, got {value!r}; "
+                              f"write {kind}=['model', ...]")
+    return tuple(value)
