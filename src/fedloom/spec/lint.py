@@ -171,9 +171,11 @@ def join_signatures(graph: FlowGraph) -> Iterator[Problem]:
         if node.name in from_collaborator and not node.takes_inputs:
             yield _at(node, "this step follows collaborator steps (a join) but has no 'inputs'",
                       f"declare it as def {node.name}(self, inputs):")
-        if node.name in from_aggregator and node.takes_inputs:
-            yield _at(node, "this step takes 'inputs' but is reached from aggregator step(s) "
-                      f"{sorted(from_aggregator[node.name])}, where there is nothing to join",
+        if node.takes_inputs and (node.name in from_aggregator or
+                                  node.name not in from_collaborator):
+            came_from = sorted(from_aggregator.get(node.name, ())) or ["nowhere"]
+            yield _at(node, "this step takes 'inputs' but is not a join: it is reached from "
+                      f"{', '.join(came_from)}, not from collaborator steps",
                       f"drop 'inputs', or reach '{node.name}' only from collaborator steps")
 
 
@@ -188,25 +190,42 @@ def _incoming_roles(graph: FlowGraph) -> tuple[dict[str, set[str]], dict[str, se
 
 
 @rule
-def every_step_reaches_end(graph: FlowGraph) -> Iterator[Problem]:
+def loops_can_reach_end(graph: FlowGraph) -> Iterator[Problem]:
+    """A loop with no way out would run forever; report each such loop once."""
     if "start" not in graph.steps or "end" not in graph.steps:
         return
     reaching_end = _steps_reaching(graph, "end")
-    for name in _reachable_from(graph, "start"):
-        if name not in reaching_end:
-            yield _at(graph.steps[name], "no path from this step ever reaches 'end', so the flow "
-                      "would loop forever", "add a transition (e.g. under an if) that leads "
-                      "towards self.end")
+    trapped = _after(graph, "start") | {"start"}
+    trapped -= reaching_end
+    reported: set[str] = set()
+    for name in graph.steps:
+        if name in trapped and name not in reported:
+            loop = _loop_through(graph, name)
+            reported.update(loop)
+            if loop:  # else a dead end, which the rules about next() report
+                yield _at(graph.steps[name], f"the loop {' -> '.join([*loop, name])} never "
+                          "reaches 'end', so the flow would run forever",
+                          "add a transition (e.g. under an if) that leads towards self.end")
 
 
-def _reachable_from(graph: FlowGraph, start: str) -> list[str]:
-    seen, todo = [start], [start]
+def _after(graph: FlowGraph, name: str) -> set[str]:
+    """Steps reachable from ``name`` in one or more transitions."""
+    seen: set[str] = set()
+    todo = [name]
     while todo:
         for target in graph.steps[todo.pop()].targets:
             if target in graph.steps and target not in seen:
-                seen.append(target)
+                seen.add(target)
                 todo.append(target)
     return seen
+
+
+def _loop_through(graph: FlowGraph, name: str) -> list[str]:
+    """The steps on cycles through ``name``, in graph order (empty if it is on none)."""
+    forward = _after(graph, name)
+    if name not in forward:
+        return []
+    return [m for m in graph.steps if m in forward and name in _after(graph, m)]
 
 
 def _steps_reaching(graph: FlowGraph, goal: str) -> set[str]:
