@@ -8,7 +8,7 @@ helpers are the one place that enforces the rules between the two.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,23 +61,59 @@ def select(state: Mapping[str, Any], transition: Transition, *, step: str,
     return dict(state)
 
 
+class StateCopier:
+    """Makes independent copies of one state, many times (once per collaborator of a fan-out).
+
+    How to copy each attribute is decided once, up front: immutable values are shared, numpy
+    arrays are memcpy'd, flat containers of immutable values are shallow-copied, and anything else
+    goes through ``copy.deepcopy``. A shared memo per copy keeps aliases aliased.
+    """
+
+    def __init__(self, state: Mapping[str, Any]) -> None:
+        self._plan = [(name, value, _copier_for(value)) for name, value in state.items()]
+
+    def copy(self) -> State:
+        memo: dict[int, Any] = {}
+        out: State = {}
+        for name, value, copier in self._plan:
+            if copier is None:
+                out[name] = value
+                continue
+            found = memo.get(id(value))
+            if found is None:
+                found = memo[id(value)] = copier(value, memo)
+            out[name] = found
+        return out
+
+
 def copy_state(state: Mapping[str, Any]) -> State:
-    """One private copy of every value, with one shared memo so aliases stay aliases."""
-    memo: dict[int, Any] = {}
-    return {name: _copy(value, memo) for name, value in state.items()}
+    """One independent copy of ``state``."""
+    return StateCopier(state).copy()
 
 
-def _copy(value: Any, memo: dict[int, Any]) -> Any:
-    if isinstance(value, _IMMUTABLE_TYPES):
-        return value
-    found = memo.get(id(value))
-    if found is not None:
-        return found
+Copier = Callable[[Any, dict[int, Any]], Any]
+
+
+def _copier_for(value: Any) -> Copier | None:
+    if _is_immutable(value):
+        return None
     if _is_plain_ndarray(value):
-        # One memcpy, without deepcopy's per-call bookkeeping (matters at 1000 collaborators).
-        result = memo[id(value)] = value.copy()
-        return result
-    return copy.deepcopy(value, memo)
+        return _copy_method
+    if isinstance(value, list | dict | set) and type(value) in (list, dict, set):
+        items = value.values() if isinstance(value, dict) else value
+        if all(_is_immutable(v) for v in items):
+            return _copy_method  # e.g. the list of collaborator names: no deepcopy per element
+    return copy.deepcopy
+
+
+def _is_immutable(value: Any) -> bool:
+    if isinstance(value, tuple):
+        return all(_is_immutable(v) for v in value)
+    return isinstance(value, _IMMUTABLE_TYPES)
+
+
+def _copy_method(value: Any, memo: dict[int, Any]) -> Any:
+    return value.copy()  # ndarray, or a flat list/dict/set of immutable values
 
 
 def _is_plain_ndarray(value: Any) -> bool:
@@ -85,9 +121,11 @@ def _is_plain_ndarray(value: Any) -> bool:
     return kind.__module__ == "numpy" and kind.__name__ == "ndarray" and value.dtype.kind != "O"
 
 
-def check_no_collision(private_names: Iterable[str], state: Mapping[str, Any], *,
+def check_no_collision(private_names: Collection[str], state: Mapping[str, Any], *,
                        step: str, participant: str) -> None:
     """Private attribute names must not shadow public flow attributes."""
+    if not private_names:
+        return
     clash = sorted(n for n in private_names if n in state)
     if clash:
         raise PrivateAttributeError(
@@ -100,6 +138,8 @@ def check_no_collision(private_names: Iterable[str], state: Mapping[str, Any], *
 def check_no_leak(private: Mapping[str, Any], state: Mapping[str, Any], *, step: str,
                   participant: str) -> None:
     """A public attribute must not *be* a private object, or private data would leave its owner."""
+    if not private:
+        return
     private_ids = {id(v): k for k, v in private.items() if not isinstance(v, _IMMUTABLE_TYPES)}
     if not private_ids:
         return

@@ -63,12 +63,14 @@ class StepRuntimeView:
 class StepContext:
     """Bookkeeping of one executing step: who runs it and where it asked to go next."""
 
-    __slots__ = ("participant", "runtime", "step", "transition")
+    __slots__ = ("participant", "runtime", "step", "step_names", "transition")
 
-    def __init__(self, step: str, participant: str, runtime: StepRuntimeView) -> None:
+    def __init__(self, step: str, participant: str, runtime: StepRuntimeView,
+                 step_names: frozenset[str]) -> None:
         self.step = step
         self.participant = participant
         self.runtime = runtime
+        self.step_names = step_names  # what self.next() may go to
         self.transition: Transition | None = None
 
 
@@ -140,7 +142,7 @@ class FLSpec:
                 f"self.next() was called twice (first to '{ctx.transition.step}'); call it "
                 "once, as the last thing the step does (use if/else for branches)",
                 step=ctx.step, participant=ctx.participant)
-        ctx.transition = _transition(type(self), ctx, step, foreach, include, exclude)
+        ctx.transition = _transition(ctx, step, foreach, include, exclude)
 
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails: explain what a step can see.
@@ -208,14 +210,13 @@ def is_checkpointing(flow: FLSpec) -> bool:
     return flow._checkpoint
 
 
-def _transition(flow_cls: type, ctx: StepContext, step: Any, foreach: Any, include: Any,
+def _transition(ctx: StepContext, step: Any, foreach: Any, include: Any,
                 exclude: Any) -> Transition:
     def fail(message: str) -> TransitionError:
         return TransitionError(message, step=ctx.step, participant=ctx.participant)
 
     name = getattr(step, "__name__", None)
-    graph = _graphs.get(flow_cls) or build_graph(flow_cls, FLSpec)
-    if getattr(step, "__self__", None) is None or name not in graph.steps:
+    if getattr(step, "__self__", None) is None or name not in ctx.step_names:
         raise fail(f"self.next() needs a step of the flow such as self.end, got {step!r}")
     if foreach is not None and not isinstance(foreach, str):
         raise fail(f"foreach= names an attribute holding collaborator names "

@@ -22,7 +22,11 @@ def rule(func: Rule) -> Rule:
 
 
 def check_graph(graph: FlowGraph) -> list[Problem]:
-    """Every problem found by every rule, in rule order."""
+    """Every problem found by every rule, in rule order. Without source, only that is reported:
+    the other rules would report phantom problems about transitions they cannot see."""
+    unreadable = list(source_is_readable(graph))
+    if unreadable:
+        return unreadable
     return [problem for check in RULES for problem in check(graph)]
 
 

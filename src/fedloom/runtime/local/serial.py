@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from fedloom.engine import ChainResult, CollaboratorSite, FlowJob
 from fedloom.participants import Collaborator
-from fedloom.state import State, copy_state
+from fedloom.state import State, StateCopier
 
 
 class SerialBackend:
@@ -31,7 +31,8 @@ class SerialBackend:
     def run_chains(self, step: str, names: Sequence[str], sent: State) -> list[ChainResult]:
         assert self._job is not None, "open() must be called before run_chains()"
         # One copy per collaborator: the floor for isolation.
-        return [self._sites[name].run_chain(self._job, step, copy_state(sent)) for name in names]
+        copier = StateCopier(sent)
+        return [self._sites[name].run_chain(self._job, step, copier.copy()) for name in names]
 
     def close(self) -> None:
         self._job = None
