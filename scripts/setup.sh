@@ -9,5 +9,5 @@ if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[dev,checkpoint]"
+.venv/bin/python -m pip install --quiet -e ".[dev,checkpoint,ray]"
 touch "$stamp"

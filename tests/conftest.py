@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -10,24 +11,37 @@ import pytest
 from fedloom import Aggregator, Collaborator, LocalRuntime
 
 NAMES = ["intel@lab_5", "New York", "newDelhi$+7"]
+BACKENDS = ["single_process", "ray"]
 
 
 def make_runtime(names: Sequence[str] = NAMES, *, agg_private: dict[str, Any] | None = None,
                  collab_private: Callable[[int, str], dict[str, Any]] | None = None,
                  backend: str = "single_process", **options: Any) -> LocalRuntime:
-    """A LocalRuntime over ``names``; ``collab_private(index, name)`` makes each one's data."""
+    """A LocalRuntime over ``names``. ``collab_private(index, name)`` makes each collaborator's
+    private attributes where the collaborator lives (as a private_attributes_callable)."""
     agg = Aggregator()
     if agg_private:
         agg.private_attributes = agg_private
-    collaborators = []
-    for i, name in enumerate(names):
-        c = Collaborator(name=name)
-        if collab_private:
-            c.private_attributes = collab_private(i, name)
-        collaborators.append(c)
+    collaborators = [
+        Collaborator(name=name, private_attributes_callable=(
+            functools.partial(collab_private, i, name) if collab_private else None))
+        for i, name in enumerate(names)]
     return LocalRuntime(aggregator=agg, collaborators=collaborators, backend=backend, **options)
 
 
-@pytest.fixture
-def runtime() -> LocalRuntime:
-    return make_runtime()
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Any]:
+    """One local Ray for the whole session (2 CPUs, 2 fake GPUs); runtimes join it."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, configure_logging=False,
+             log_to_driver=True)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Run the test on every backend: the core suite proves they behave the same."""
+    if request.param == "ray":
+        request.getfixturevalue("ray_cluster")
+    return str(request.param)

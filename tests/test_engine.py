@@ -43,12 +43,16 @@ class Rounds(FLSpec):
     def train(self):
         self.seen_rounds = getattr(self, "seen_rounds", 0) + 1
         self.model = self.model + self.data
-        self.calls += 1
+        self.calls += 1  # private: persists in the collaborator
+        self.calls_seen = self.calls
+        self.seen_now = self.seen_rounds
         self.next(self.join, exclude=["seen_rounds"])
 
     @aggregator
     def join(self, inputs):
         self.log.append([i.input for i in inputs])
+        self.calls_log = [i.calls_seen for i in inputs]
+        self.seen_log = [i.seen_now for i in inputs]
         self.model = fedavg([i.model for i in inputs])
         self.round += 1
         if self.round < self.rounds:
@@ -61,14 +65,14 @@ class Rounds(FLSpec):
         self.finished = True
 
 
-def data_runtime(names=NAMES) -> LocalRuntime:
-    return make_runtime(names, collab_private=lambda i, _: {"data": np.full(3, float(i)),
-                                                            "calls": 0})
+def data_runtime(backend: str = "single_process", names=NAMES) -> LocalRuntime:
+    return make_runtime(names, backend=backend,
+                        collab_private=lambda i, _: {"data": np.full(3, float(i)), "calls": 0})
 
 
-def test_rounds_average_and_final_state_on_flow():
+def test_rounds_average_and_final_state_on_flow(backend):
     flow = Rounds(rounds=3)
-    flow.runtime = data_runtime()
+    flow.runtime = data_runtime(backend)
     flow.run()
     # mean of data (0, 1, 2) is 1 per round
     np.testing.assert_allclose(flow.model, [3.0, 3.0, 3.0])
@@ -78,9 +82,9 @@ def test_rounds_average_and_final_state_on_flow():
     assert not hasattr(flow, "data") and not hasattr(flow, "calls")
 
 
-def test_run_again_starts_a_new_run_from_the_final_state():
+def test_run_again_starts_a_new_run_from_the_final_state(backend):
     flow = Rounds(rounds=1)
-    flow.runtime = data_runtime()
+    flow.runtime = data_runtime(backend)
     flow.run()
     first_id = flow._run_id
     flow.run()
@@ -88,24 +92,22 @@ def test_run_again_starts_a_new_run_from_the_final_state():
     np.testing.assert_allclose(flow.model, [2.0, 2.0, 2.0])  # continued from [1, 1, 1]
 
 
-def test_private_state_persists_across_rounds_and_runs_and_stays_private():
-    runtime = data_runtime()
+def test_private_state_persists_across_rounds_and_runs_and_stays_private(backend):
     flow = Rounds(rounds=2)
-    flow.runtime = runtime
+    flow.runtime = data_runtime(backend)
     flow.run()
+    assert flow.calls_log == [2, 2, 2]
     flow.run()
-    counts = {name: site.private["calls"] for name, site in runtime._backend._sites.items()}
-    assert counts == dict.fromkeys(NAMES, 4)
+    assert flow.calls_log == [4, 4, 4]  # same runtime: the sites (and their data) live on
+    assert not hasattr(flow, "calls")
 
 
-def test_collaborator_keeps_what_it_did_not_send_back():
+def test_collaborator_keeps_what_it_did_not_send_back(backend):
     flow = Rounds(rounds=3)
-    runtime = data_runtime()
-    flow.runtime = runtime
+    flow.runtime = data_runtime(backend)
     flow.run()
     # seen_rounds was excluded from the join, so it stayed on each collaborator and counted up.
-    kept = {name: site.kept.get("seen_rounds") for name, site in runtime._backend._sites.items()}
-    assert kept == dict.fromkeys(NAMES, 3)
+    assert flow.seen_log == [3, 3, 3]
     assert not hasattr(flow, "seen_rounds")
 
 
@@ -140,9 +142,9 @@ class Isolation(FLSpec):
         pass
 
 
-def test_each_collaborator_gets_its_own_copy_and_aggregator_keeps_its_state():
+def test_each_collaborator_gets_its_own_copy_and_aggregator_keeps_its_state(backend):
     flow = Isolation()
-    flow.runtime = make_runtime()
+    flow.runtime = make_runtime(backend=backend)
     flow.run()
     assert flow.items == [[n] for n in NAMES]
     assert flow.shared == {"items": []}  # the aggregator's own object was never touched
@@ -176,9 +178,9 @@ class Unpicklable(FLSpec):
         pass
 
 
-def test_unpicklable_private_attributes_work():
+def test_unpicklable_private_attributes_work(backend):
     flow = Unpicklable()
-    flow.runtime = make_runtime(agg_private={"lock": threading.Lock()},
+    flow.runtime = make_runtime(backend=backend, agg_private={"lock": threading.Lock()},
                                 collab_private=lambda i, n: {"lock": threading.Lock()})
     flow.run()
     assert flow.all_used is True
@@ -214,9 +216,9 @@ class Visibility(FLSpec):
         pass
 
 
-def test_private_attributes_visible_only_to_their_owner():
+def test_private_attributes_visible_only_to_their_owner(backend):
     flow = Visibility()
-    flow.runtime = make_runtime(agg_private={"agg_secret": "a"},
+    flow.runtime = make_runtime(backend=backend, agg_private={"agg_secret": "a"},
                                 collab_private=lambda i, n: {"col_secret": f"c-{n}"})
     flow.run()
     assert not hasattr(flow, "agg_secret")
@@ -239,9 +241,10 @@ def test_private_attributes_by_callable_with_kwargs_and_callable_wins(caplog):
     assert "using the callable" in caplog.text
 
 
-def test_private_attribute_colliding_with_public_attribute_is_an_error():
+def test_private_attribute_colliding_with_public_attribute_is_an_error(backend):
     flow = Rounds()
-    flow.runtime = make_runtime(collab_private=lambda i, n: {"model": 1, "data": 0, "calls": 0})
+    flow.runtime = make_runtime(backend=backend,
+                                collab_private=lambda i, n: {"model": 1, "data": 0, "calls": 0})
     with pytest.raises(PrivateAttributeError) as info:
         flow.run()
     assert info.value.step == "train" and info.value.participant == NAMES[0]
@@ -268,9 +271,9 @@ class Leak(FLSpec):
         pass
 
 
-def test_public_attribute_that_is_a_private_object_is_refused():
+def test_public_attribute_that_is_a_private_object_is_refused(backend):
     flow = Leak()
-    flow.runtime = make_runtime(collab_private=lambda i, n: {"loader": [i]})
+    flow.runtime = make_runtime(backend=backend, collab_private=lambda i, n: {"loader": [i]})
     with pytest.raises(PrivateAttributeError, match="'shared_loader' is the private "
                                                     "attribute 'loader'"):
         flow.run()
@@ -304,9 +307,9 @@ class Branches(FLSpec):
         pass
 
 
-def test_loop_to_start_subset_foreach_include_and_branch():
+def test_loop_to_start_subset_foreach_include_and_branch(backend):
     flow = Branches()
-    flow.runtime = make_runtime()
+    flow.runtime = make_runtime(backend=backend)
     flow.run()
     assert flow.visits == 2
     assert flow.joined == NAMES[1:]
@@ -333,16 +336,17 @@ class Raises(FLSpec):
         pass
 
 
-def test_step_that_raises_names_step_participant_and_keeps_aggregator_state():
+def test_step_that_raises_names_step_participant_and_keeps_aggregator_state(backend):
     flow = Raises()
-    flow.runtime = make_runtime()
+    flow.runtime = make_runtime(backend=backend)
     with pytest.raises(StepFailed) as info:
         flow.run()
     err = info.value
     assert (err.step, err.participant, err.exc_type) == ("boom", NAMES[1], "ValueError")
     assert 'raise ValueError("bad shard")' in err.traceback_text
     assert "fedloom/engine.py" not in err.traceback_text
-    assert isinstance(err.__cause__, ValueError)
+    if backend == "single_process":  # across processes the original exception stays behind
+        assert isinstance(err.__cause__, ValueError)
     assert flow.collaborators == NAMES  # state of the last completed aggregator step
 
 
@@ -423,9 +427,9 @@ class Diverge(FLSpec):
         pass
 
 
-def test_collaborators_choosing_different_joins_stop_the_run():
+def test_collaborators_choosing_different_joins_stop_the_run(backend):
     flow = Diverge()
-    flow.runtime = make_runtime()
+    flow.runtime = make_runtime(backend=backend)
     with pytest.raises(TransitionError, match="chose different aggregator steps") as info:
         flow.run()
     assert f"{NAMES[0]} -> join_a" in str(info.value) and f"{NAMES[1]} -> join_b" in str(

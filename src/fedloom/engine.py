@@ -14,10 +14,11 @@ import traceback
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
 
+from fedloom.capture import TaskOutput, capture_output
 from fedloom.errors import FlowRunError, StepFailed, TransitionError
 from fedloom.spec.flowspec import FLSpec, StepContext, StepRuntimeView
 from fedloom.spec.graph import FlowGraph
@@ -53,11 +54,12 @@ class FlowJob:
 
 @dataclass
 class ChainResult:
-    """What one collaborator's chain sends to the join."""
+    """What one collaborator's chain sends to the join (and, when captured, what it printed)."""
 
     collaborator: str
     join_step: str
     state: State
+    outputs: list[TaskOutput] = field(default_factory=list)
 
 
 class Backend(Protocol):
@@ -119,9 +121,10 @@ class CollaboratorSite:
     """One collaborator's long-lived side: its private attributes, and the public state it keeps
     between fan-outs (what it set and did not send back)."""
 
-    def __init__(self, name: str, private: dict[str, Any]) -> None:
+    def __init__(self, name: str, private: dict[str, Any], *, capture: bool = False) -> None:
         self.name = name
         self.private = private
+        self.capture = capture  # record each task's output instead of printing it
         self.kept: State = {}
 
     def start_run(self) -> None:
@@ -134,8 +137,9 @@ class CollaboratorSite:
         self.kept = {}
         state.update(received)
         state["input"] = self.name
+        outputs: list[TaskOutput] = []
         while True:
-            state, transition = execute_step(job, step, state, self.private, self.name)
+            state, transition = self._execute(job, step, state, outputs)
             target = job.graph.steps.get(transition.step)
             if target is None or transition.foreach is not None:
                 raise TransitionError(
@@ -145,8 +149,21 @@ class CollaboratorSite:
             sent = select(state, transition, step=step, participant=self.name)
             if target.role == "aggregator":
                 self.kept = {k: v for k, v in state.items() if k not in sent}
-                return ChainResult(self.name, transition.step, sent)
+                return ChainResult(self.name, transition.step, sent, outputs)
             state, step = sent, transition.step
+
+    def _execute(self, job: FlowJob, step: str, state: State,
+                 outputs: list[TaskOutput]) -> tuple[State, Transition]:
+        if not self.capture:
+            return execute_step(job, step, state, self.private, self.name)
+        try:
+            with capture_output(step, self.name, passthrough=False) as output:
+                return execute_step(job, step, state, self.private, self.name)
+        except FlowRunError as err:
+            err.outputs = [*outputs, output]  # shown to the user with the error
+            raise
+        finally:
+            outputs.append(output)
 
 
 class FlowEngine:

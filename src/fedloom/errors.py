@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 class FedloomError(Exception):
@@ -62,6 +63,7 @@ class FlowRunError(FedloomError):
                  participant: str | None = None) -> None:
         self.step = step
         self.participant = participant
+        self.outputs: list[Any] = []  # TaskOutput of the failing chain, when it was captured
         where = []
         if step:
             where.append(f"step '{step}'")
@@ -85,10 +87,10 @@ class StepFailed(FlowRunError):
             step=step, participant=participant,
         )
 
-    def __reduce__(self) -> tuple[type[StepFailed], tuple[str, str, str, str, str]]:
+    def __reduce__(self) -> tuple[Any, ...]:
         # Keeps the error intact when it crosses a process boundary (Ray, envoys).
         return (StepFailed, (self.step or "", self.participant or "", self.exc_type,
-                             self.exc_message, self.traceback_text))
+                             self.exc_message, self.traceback_text), dict(self.__dict__))
 
 
 class TransitionError(FlowRunError):

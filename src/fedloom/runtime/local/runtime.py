@@ -14,23 +14,29 @@ from fedloom.participants import Aggregator, Collaborator
 from fedloom.runtime.local.serial import SerialBackend
 from fedloom.spec.flowspec import FLSpec, public_state, replace_public_state, set_run_id
 
-BackendFactory = Callable[[Sequence[Collaborator], dict[str, Any]], Backend]
+BackendFactory = Callable[[Aggregator, Sequence[Collaborator], dict[str, Any]], Backend]
 
 
-def _serial(collaborators: Sequence[Collaborator], options: dict[str, Any]) -> Backend:
+def _serial(aggregator: Aggregator, collaborators: Sequence[Collaborator],
+            options: dict[str, Any]) -> Backend:
     if options:
         raise ParticipantError(f"the single_process backend takes no options, got "
                                f"{sorted(options)}")
     return SerialBackend(collaborators)
 
 
-def _ray(collaborators: Sequence[Collaborator], options: dict[str, Any]) -> Backend:
+def _ray(aggregator: Aggregator, collaborators: Sequence[Collaborator],
+         options: dict[str, Any]) -> Backend:
     try:
         module = importlib.import_module("fedloom.runtime.local.ray_backend")
     except ImportError as exc:
         raise ParticipantError("backend='ray' needs Ray: pip install 'fedloom[ray]' "
                                f"({exc})") from exc
-    backend: Backend = module.RayBackend(collaborators, **options)
+    try:
+        backend: Backend = module.RayBackend(aggregator, collaborators, **options)
+    except TypeError as exc:
+        raise ParticipantError(f"backend='ray': {exc}; options are address=, num_actors=, "
+                               "ray_init_kwargs=, actor_start_timeout=") from exc
     return backend
 
 
@@ -38,7 +44,13 @@ BACKENDS: dict[str, BackendFactory] = {"single_process": _serial, "ray": _ray}
 
 
 class LocalRuntime:
-    """Runs a flow on this machine: ``backend='single_process'`` (default) or ``'ray'``."""
+    """Runs a flow on this machine: ``backend='single_process'`` (default) or ``'ray'``.
+
+    Ray options: ``address`` (join a running cluster: ``'auto'`` or ``'ray://host:port'``; by
+    default an already-initialised Ray is used, else a local one is started), ``num_actors``
+    (collaborators share actors; default one per collaborator that asks for resources, else one
+    per CPU), ``ray_init_kwargs`` (passed to ``ray.init``) and ``actor_start_timeout`` (seconds).
+    """
 
     def __init__(self, aggregator: Aggregator | None = None,
                  collaborators: Sequence[Collaborator] | None = None,
@@ -86,8 +98,23 @@ class LocalRuntime:
 
     def _backend_for_run(self) -> Backend:
         if self._backend is None:
-            self._backend = BACKENDS[self.backend](self._collaborators, self._backend_options)
+            self._backend = BACKENDS[self.backend](self._aggregator, self._collaborators,
+                                                   self._backend_options)
         return self._backend
+
+    def shutdown(self) -> None:
+        """Release the backend (Ray actors, and Ray if this runtime started it). Private
+        attributes are made again if the runtime is used after this."""
+        stop = getattr(self._backend, "shutdown", None)
+        if stop is not None:
+            stop()
+        self._backend = None
+
+    def __enter__(self) -> LocalRuntime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
 
     def __repr__(self) -> str:
         return (f"LocalRuntime(aggregator={self.aggregator!r}, collaborators="

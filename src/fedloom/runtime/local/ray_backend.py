@@ -1,0 +1,226 @@
+"""The Ray backend: collaborator chains run in parallel in Ray actors.
+
+Each actor hosts one or more collaborators (their private attributes are made inside the actor
+and never leave it). At a fan-out the sent state goes into Ray's object store once; every actor
+reads it without a copy and makes one private copy per collaborator it hosts. The aggregator side
+runs in this (the driver) process, with the one engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+from fedloom.capture import print_attributed
+from fedloom.engine import ChainResult, CollaboratorSite, FlowJob
+from fedloom.errors import FlowRunError, ParticipantError
+from fedloom.participants import Aggregator, Collaborator
+from fedloom.runtime.local.ray_placement import ActorPlan, NodeResources, check_fits, plan_actors
+from fedloom.state import State, StateCopier
+
+log = logging.getLogger(__name__)
+
+
+class Shipment:
+    """Wraps a state for the object store: Ray serialises a bare dict value by value, which
+    would turn two names for one object into two objects; inside an instance, aliases hold."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+
+class CollaboratorGroup:
+    """Lives in a Ray actor: the sites of the collaborators this actor hosts."""
+
+    def __init__(self, participants: list[Collaborator]) -> None:
+        self._participants = participants
+        self._sites: dict[str, CollaboratorSite] = {}
+        self._job: FlowJob | None = None
+
+    def setup(self) -> dict[str, Any]:
+        """Make the private attributes here, where they will live; report where that is."""
+        self._sites = {p.name: CollaboratorSite(p.name, p.build_private_attributes(),
+                                                capture=True)
+                       for p in self._participants}
+        context = ray.get_runtime_context()
+        return {"node_id": context.get_node_id(), "gpu_ids": ray.get_gpu_ids(),
+                "pid": os.getpid()}
+
+    def start_run(self, job: FlowJob) -> None:
+        self._job = job
+        for site in self._sites.values():
+            site.start_run()
+
+    def run_chains(self, step: str, names: list[str], sent: Shipment) -> list[ChainResult]:
+        assert self._job is not None, "start_run() comes first"
+        # Arrays in ``sent`` are read-only views of shared memory: one copy per collaborator.
+        copier = StateCopier(sent.state)
+        return [self._sites[name].run_chain(self._job, step, copier.copy()) for name in names]
+
+
+class RayBackend:
+    """Runs collaborator chains in Ray actors, on this machine or an existing Ray cluster."""
+
+    name = "ray"
+
+    def __init__(self, aggregator: Aggregator, collaborators: Sequence[Collaborator], *,
+                 address: str | None = None, num_actors: int | None = None,
+                 ray_init_kwargs: dict[str, Any] | None = None,
+                 actor_start_timeout: float = 120.0) -> None:
+        self._aggregator = aggregator
+        self._collaborators = list(collaborators)
+        self._address = address
+        self._num_actors = num_actors
+        self._init_kwargs = dict(ray_init_kwargs or {})
+        self._start_timeout = actor_start_timeout
+        self._started_ray = False
+        self._actors: list[Any] = []
+        self._plans: list[ActorPlan] = []
+        self._actor_of: dict[str, int] = {}
+        self.placement: dict[str, dict[str, Any]] = {}  # collaborator -> node, GPUs, pid
+        self._finalizer: object = None  # shuts down a Ray we started, at exit
+
+    # -- Backend interface ------------------------------------------------------------------
+
+    def open(self, job: FlowJob) -> None:
+        self._ensure_ray()
+        if not self._actors:
+            self._start_actors()
+        job_ref = ray.put(job)
+        self._wait([a.start_run.remote(job_ref) for a in self._actors], "starting the run")
+
+    def run_chains(self, step: str, names: Sequence[str], sent: State) -> list[ChainResult]:
+        sent_ref = ray.put(Shipment(sent))  # once per fan-out, whatever the number of collaborators
+        subsets: dict[int, list[str]] = {}
+        for name in names:
+            subsets.setdefault(self._actor_of[name], []).append(name)
+        calls = {self._actors[i].run_chains.remote(step, subset, sent_ref): i
+                 for i, subset in subsets.items()}
+        by_name: dict[str, ChainResult] = {}
+        for result in self._gather(calls):
+            print_attributed_outputs(result)
+            by_name[result.collaborator] = result
+        return [by_name[name] for name in names]
+
+    def close(self) -> None:
+        """Nothing to release per run: actors keep private state for the next run."""
+
+    def shutdown(self) -> None:
+        """Stop the actors, and Ray itself if this backend started it."""
+        self.shutdown_actors()
+        if self._started_ray and ray.is_initialized():
+            ray.shutdown()
+        self._started_ray = False
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _ensure_ray(self) -> None:
+        if ray.is_initialized():
+            return
+        kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
+                                  "configure_logging": False}
+        kwargs.update(self._init_kwargs)
+        # Workers import the flow's module the way this process does.
+        kwargs.setdefault("runtime_env", {"env_vars": {
+            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
+        ray.init(address=self._address, **kwargs)
+        self._started_ray = True
+        self._finalizer = weakref.finalize(self, _shutdown_ray_if_initialized)
+
+    def _start_actors(self) -> None:
+        nodes = _cluster_nodes()
+        cpus = sum(n.cpus for n in nodes) - self._aggregator.num_cpus
+        self._plans = plan_actors(self._collaborators, self._num_actors, cpus)
+        check_fits(self._plans, self._aggregator, nodes)
+        by_name = {c.name: c for c in self._collaborators}
+        actor_cls = ray.remote(CollaboratorGroup)
+        self._actors = [
+            actor_cls.options(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
+                              scheduling_strategy="SPREAD",
+                              name=None).remote([by_name[m] for m in plan.members])
+            for plan in self._plans]
+        self._actor_of = {m: i for i, plan in enumerate(self._plans) for m in plan.members}
+        where = self._wait([a.setup.remote() for a in self._actors], "starting Ray actors",
+                           timeout=self._start_timeout)
+        self.placement = {m: place for plan, place in zip(self._plans, where, strict=True)
+                          for m in plan.members}
+
+    def _wait(self, refs: list[Any], doing: str, timeout: float | None = None) -> list[Any]:
+        try:
+            return list(ray.get(refs, timeout=timeout))
+        except GetTimeoutError:
+            self.shutdown_actors()
+            raise FlowRunError(
+                f"Ray did not finish {doing} within {timeout:g} s: {len(refs)} actor(s) are "
+                f"waiting for resources; available now: {ray.available_resources()}. Free "
+                "resources on the cluster, lower num_cpus/num_gpus, or raise "
+                "actor_start_timeout=") from None
+        except RayTaskError as err:
+            raise _unwrap(err) from None
+        except RayActorError as err:
+            self.shutdown_actors()
+            raise FlowRunError(f"a Ray worker died while {doing}: {err}") from None
+
+    def _gather(self, calls: dict[Any, int]) -> list[ChainResult]:
+        """Results as actors finish; the first failure stops the run at once."""
+        pending = list(calls)
+        results: list[ChainResult] = []
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                members = self._plans[calls[ref]].members
+                try:
+                    results.extend(ray.get(ref))
+                except RayTaskError as err:
+                    raise _unwrap(err) from None
+                except RayActorError as err:
+                    self.shutdown_actors()
+                    raise FlowRunError(
+                        f"the Ray worker hosting collaborator(s) {list(members)} died "
+                        f"({type(err).__name__}: {err}). Its private attributes are gone; "
+                        "they are made again on the next run.",
+                        participant=members[0]) from None
+        return results
+
+    def shutdown_actors(self) -> None:
+        """Kill the actors (their private attributes go with them)."""
+        for actor in self._actors:
+            ray.kill(actor)
+        self._actors = []
+
+
+def print_attributed_outputs(result: ChainResult) -> None:
+    for output in result.outputs:
+        print_attributed(output)
+
+
+def _unwrap(err: RayTaskError) -> Exception:
+    """The error a step raised inside an actor, as the serial backend would have raised it."""
+    cause = err.cause
+    if isinstance(cause, FlowRunError):
+        for output in cause.outputs:
+            print_attributed(output)
+        return cause
+    if isinstance(cause, ParticipantError):
+        return cause
+    return FlowRunError(f"a Ray actor failed: {err}")
+
+
+def _cluster_nodes() -> list[NodeResources]:
+    return [NodeResources(n["NodeID"], float(n["Resources"].get("CPU", 0)),
+                          int(n["Resources"].get("GPU", 0)))
+            for n in ray.nodes() if n.get("Alive")]
+
+
+def _shutdown_ray_if_initialized() -> None:
+    if ray.is_initialized():
+        ray.shutdown()
