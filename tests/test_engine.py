@@ -449,12 +449,12 @@ def test_runtime_configuration_errors():
         LocalRuntime(backend="single_process", num_actors=2).execute(Rounds())
 
 
-def test_private_attributes_callable_errors_are_clear():
+def test_private_attributes_callable_errors_are_clear(backend):
     def broken(index):
         raise OSError("disk gone")
 
     flow = Rounds()
-    flow.runtime = LocalRuntime(collaborators=[
+    flow.runtime = LocalRuntime(backend=backend, collaborators=[
         Collaborator(name="a", private_attributes_callable=broken, index=0)])
     with pytest.raises(ParticipantError, match=r"broken\(\*\*\['index'\]\) raised OSError"):
         flow.run()

@@ -20,7 +20,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from fedloom.capture import print_attributed
 from fedloom.engine import ChainResult, CollaboratorSite, FlowJob
-from fedloom.errors import FlowRunError, ParticipantError
+from fedloom.errors import FedloomError, FlowRunError
 from fedloom.participants import Aggregator, Collaborator
 from fedloom.runtime.local.ray_placement import ActorPlan, NodeResources, check_fits, plan_actors
 from fedloom.state import State, StateCopier
@@ -46,11 +46,14 @@ class CollaboratorGroup:
         self._sites: dict[str, CollaboratorSite] = {}
         self._job: FlowJob | None = None
 
-    def setup(self) -> dict[str, Any]:
+    def setup(self) -> dict[str, Any] | FedloomError:
         """Make the private attributes here, where they will live; report where that is."""
-        self._sites = {p.name: CollaboratorSite(p.name, p.build_private_attributes(),
-                                                capture=True)
-                       for p in self._participants}
+        try:
+            self._sites = {p.name: CollaboratorSite(p.name, p.build_private_attributes(),
+                                                    capture=True)
+                           for p in self._participants}
+        except FedloomError as err:
+            return err  # returned, not raised: Ray would also print it from the worker
         context = ray.get_runtime_context()
         return {"node_id": context.get_node_id(), "gpu_ids": ray.get_gpu_ids(),
                 "pid": os.getpid()}
@@ -60,11 +63,16 @@ class CollaboratorGroup:
         for site in self._sites.values():
             site.start_run()
 
-    def run_chains(self, step: str, names: list[str], sent: Shipment) -> list[ChainResult]:
+    def run_chains(self, step: str, names: list[str],
+                   sent: Shipment) -> list[ChainResult] | FedloomError:
         assert self._job is not None, "start_run() comes first"
         # Arrays in ``sent`` are read-only views of shared memory: one copy per collaborator.
         copier = StateCopier(sent.state)
-        return [self._sites[name].run_chain(self._job, step, copier.copy()) for name in names]
+        try:
+            return [self._sites[name].run_chain(self._job, step, copier.copy())
+                    for name in names]
+        except FedloomError as err:
+            return err
 
 
 class RayBackend:
@@ -156,7 +164,7 @@ class RayBackend:
 
     def _wait(self, refs: list[Any], doing: str, timeout: float | None = None) -> list[Any]:
         try:
-            return list(ray.get(refs, timeout=timeout))
+            results = list(ray.get(refs, timeout=timeout))
         except GetTimeoutError:
             self.shutdown_actors()
             raise FlowRunError(
@@ -169,6 +177,11 @@ class RayBackend:
         except RayActorError as err:
             self.shutdown_actors()
             raise FlowRunError(f"a Ray worker died while {doing}: {err}") from None
+        failed = next((r for r in results if isinstance(r, FedloomError)), None)
+        if failed is not None:
+            self.shutdown_actors()
+            raise failed
+        return results
 
     def _gather(self, calls: dict[Any, int]) -> list[ChainResult]:
         """Results as actors finish; the first failure stops the run at once."""
@@ -179,7 +192,7 @@ class RayBackend:
             for ref in done:
                 members = self._plans[calls[ref]].members
                 try:
-                    results.extend(ray.get(ref))
+                    outcome = ray.get(ref)
                 except RayTaskError as err:
                     raise _unwrap(err) from None
                 except RayActorError as err:
@@ -189,6 +202,11 @@ class RayBackend:
                         f"({type(err).__name__}: {err}). Its private attributes are gone; "
                         "they are made again on the next run.",
                         participant=members[0]) from None
+                if isinstance(outcome, FedloomError):
+                    for output in getattr(outcome, "outputs", []):
+                        print_attributed(output)
+                    raise outcome
+                results.extend(outcome)
         return results
 
     def shutdown_actors(self) -> None:
@@ -206,11 +224,7 @@ def print_attributed_outputs(result: ChainResult) -> None:
 def _unwrap(err: RayTaskError) -> Exception:
     """The error a step raised inside an actor, as the serial backend would have raised it."""
     cause = err.cause
-    if isinstance(cause, FlowRunError):
-        for output in cause.outputs:
-            print_attributed(output)
-        return cause
-    if isinstance(cause, ParticipantError):
+    if isinstance(cause, FedloomError):
         return cause
     return FlowRunError(f"a Ray actor failed: {err}")
 
