@@ -49,8 +49,10 @@ def _average(values: list[Any], weights: list[float], path: str) -> Any:
     if _is_torch_module(first):
         return _average_module(values, weights, path)
     if _is_torch_tensor(first):
+        _check_same_shapes(values, path)
         return _average_tensors(values, weights)
     if isinstance(first, np.ndarray | np.generic):
+        _check_same_shapes(values, path)
         return _average_arrays(values, weights)
     if isinstance(first, bool):
         return first
@@ -69,11 +71,21 @@ def _average(values: list[Any], weights: list[float], path: str) -> Any:
 
 
 def _check_same_keys(values: list[Any], path: str) -> None:
-    keys = list(values[0])
+    keys = set(values[0])
     for i, v in enumerate(values):
-        found = list(v) if isinstance(v, Mapping) else type(v).__name__
-        if found != keys:
-            raise ValueError(f"{path}: value {i} has keys {found}, expected {keys}")
+        if not isinstance(v, Mapping) or set(v) != keys:
+            found = sorted(map(str, v)) if isinstance(v, Mapping) else type(v).__name__
+            raise ValueError(f"{path}: value {i} has keys {found}, expected "
+                             f"{sorted(map(str, keys))}")
+
+
+def _check_same_shapes(values: list[Any], path: str) -> None:
+    shape = getattr(values[0], "shape", ())
+    for i, v in enumerate(values):
+        if tuple(getattr(v, "shape", ())) != tuple(shape):
+            raise ValueError(f"{path}: value {i} has shape {tuple(getattr(v, 'shape', ()))}, "
+                             f"expected {tuple(shape)} (all collaborators must send the same "
+                             "shapes)")
 
 
 def _average_arrays(values: list[Any], weights: list[float]) -> Any:

@@ -6,35 +6,27 @@ import io
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TextIO
 
 
 @dataclass
-class TaskOutput:
-    """What one task (one step run by one participant) printed."""
+class Captured:
+    """Text a task printed; filled in when the capture ends."""
 
-    step: str
-    participant: str
     stdout: str = ""
     stderr: str = ""
-
-
-@dataclass
-class _Buffers:
-    stdout: io.StringIO = field(default_factory=io.StringIO)
-    stderr: io.StringIO = field(default_factory=io.StringIO)
 
 
 class _Tee(io.TextIOBase):
     """Writes to a buffer and, optionally, through to the original stream (live console)."""
 
-    def __init__(self, buffer: io.StringIO, through: TextIO | None) -> None:
-        self._buffer = buffer
+    def __init__(self, through: TextIO | None) -> None:
+        self.buffer_text = io.StringIO()
         self._through = through
 
     def write(self, text: str) -> int:
-        self._buffer.write(text)
+        self.buffer_text.write(text)
         if self._through is not None:
             self._through.write(text)
         return len(text)
@@ -43,33 +35,27 @@ class _Tee(io.TextIOBase):
         if self._through is not None:
             self._through.flush()
 
-    def isatty(self) -> bool:
-        return False
-
 
 @contextmanager
-def capture_output(step: str, participant: str, *, passthrough: bool) -> Iterator[TaskOutput]:
-    """Capture ``sys.stdout``/``sys.stderr`` for one task; the result is filled in on exit (also
-    when the task raises). With ``passthrough`` the console still shows the output live."""
-    result = TaskOutput(step, participant)
-    buffers = _Buffers()
+def capture_output(*, passthrough: bool) -> Iterator[Captured]:
+    """Capture ``sys.stdout``/``sys.stderr``; the result is filled in on exit (also when the
+    body raises). With ``passthrough`` the console still shows the output live."""
+    result = Captured()
     saved = sys.stdout, sys.stderr
-    sys.stdout = _Tee(buffers.stdout, saved[0] if passthrough else None)
-    sys.stderr = _Tee(buffers.stderr, saved[1] if passthrough else None)
+    out, err = _Tee(saved[0] if passthrough else None), _Tee(saved[1] if passthrough else None)
+    sys.stdout, sys.stderr = out, err
     try:
         yield result
     finally:
         sys.stdout, sys.stderr = saved
-        result.stdout = buffers.stdout.getvalue()
-        result.stderr = buffers.stderr.getvalue()
+        result.stdout = out.buffer_text.getvalue()
+        result.stderr = err.buffer_text.getvalue()
 
 
-def print_attributed(output: TaskOutput, out: TextIO | None = None,
-                     err: TextIO | None = None) -> None:
+def print_attributed(step: str, participant: str, stdout: str, stderr: str) -> None:
     """Print a task's captured output, each line prefixed with ``[step @ participant]``."""
-    prefix = f"[{output.step} @ {output.participant}] "
-    for text, stream in ((output.stdout, out or sys.stdout), (output.stderr, err or sys.stderr)):
+    prefix = f"[{step} @ {participant}] "
+    for text, stream in ((stdout, sys.stdout), (stderr, sys.stderr)):
         if text:
-            lines = text.splitlines()
-            stream.write("".join(f"{prefix}{line}\n" for line in lines))
+            stream.write("".join(f"{prefix}{line}\n" for line in text.splitlines()))
             stream.flush()

@@ -10,56 +10,25 @@ travels to it; every rule about transitions and private attributes is applied he
 from __future__ import annotations
 
 import gc
-import traceback
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, Protocol
 
-from fedloom.capture import TaskOutput, capture_output
-from fedloom.errors import FlowRunError, StepFailed, TransitionError
-from fedloom.spec.flowspec import FLSpec, StepContext, StepRuntimeView
-from fedloom.spec.graph import FlowGraph
-from fedloom.state import State, Transition, check_no_collision, check_no_leak, select
-
-_STEP_KEY = "_fl_step"
-
-
-@dataclass(frozen=True)
-class FlowJob:
-    """Everything a participant needs to run steps of one run of a flow."""
-
-    flow_cls: type[FLSpec]
-    graph: FlowGraph
-    collaborators: tuple[str, ...]
-    run_id: str
-
-    @cached_property
-    def runtime_view(self) -> StepRuntimeView:
-        """What ``self.runtime`` is inside every step of this run."""
-        return StepRuntimeView(self.collaborators)
-
-    @cached_property
-    def step_names(self) -> frozenset[str]:
-        return frozenset(self.graph.steps)
-
-    def instance(self, state: State) -> FLSpec:
-        """An instance of the flow class whose attributes *are* ``state`` (no copy)."""
-        obj = self.flow_cls.__new__(self.flow_cls)
-        obj.__dict__ = state
-        return obj
+from fedloom.errors import FlowRunError, TransitionError
+from fedloom.state import State, Transition, select, unshare
+from fedloom.tasks import FlowJob, TaskRecord, TaskRecorder, run_task
 
 
 @dataclass
 class ChainResult:
-    """What one collaborator's chain sends to the join (and, when captured, what it printed)."""
+    """What one collaborator's chain sends to the join, and the records of its tasks."""
 
     collaborator: str
     join_step: str
     state: State
-    outputs: list[TaskOutput] = field(default_factory=list)
+    tasks: list[TaskRecord] = field(default_factory=list)  # when captured or checkpointing
 
 
 class Backend(Protocol):
@@ -76,55 +45,14 @@ class Backend(Protocol):
         """Release what ``open`` acquired for the run."""
 
 
-def execute_step(job: FlowJob, step: str, state: State, private: dict[str, Any],
-                 participant: str, inputs: list[Any] | None = None) -> tuple[State, Transition]:
-    """Run one step on ``state`` (owned by the caller, modified in place) with ``private``
-    attached; returns the public state after the step and where it goes next."""
-    check_no_collision(private, state, step=step, participant=participant)
-    ctx = StepContext(step, participant, job.runtime_view, job.step_names)
-    state.update(private)
-    state[_STEP_KEY] = ctx
-    obj = job.instance(state)
-    method = getattr(job.flow_cls, step)
-    try:
-        if inputs is None:
-            method(obj)
-        else:
-            method(obj, inputs)
-    except FlowRunError:
-        raise
-    except Exception as exc:
-        # Drop the engine's own frame: the traceback starts in the user's step.
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next
-                                                if exc.__traceback__ else None))
-        raise StepFailed(step, participant, type(exc).__name__, str(exc), tb) from exc
-    finally:
-        state.pop(_STEP_KEY, None)
-        _take_back_private(private, state)
-    check_no_leak(private, state, step=step, participant=participant)
-    if ctx.transition is None and step != "end":
-        raise TransitionError("the step finished without calling self.next(); end it with "
-                              "self.next(self.<next step>)", step=step, participant=participant)
-    return state, ctx.transition or Transition("end")
-
-
-def _take_back_private(private: dict[str, Any], state: State) -> None:
-    # The step may have replaced a private attribute (its latest value persists) or deleted it.
-    for name in list(private):
-        if name in state:
-            private[name] = state.pop(name)
-        else:
-            del private[name]
-
-
 class CollaboratorSite:
     """One collaborator's long-lived side: its private attributes, and the public state it keeps
     between fan-outs (what it set and did not send back)."""
 
-    def __init__(self, name: str, private: dict[str, Any], *, capture: bool = False) -> None:
+    def __init__(self, name: str, private: dict[str, Any], *, live_output: bool = True) -> None:
         self.name = name
         self.private = private
-        self.capture = capture  # record each task's output instead of printing it
+        self.live_output = live_output  # False where the console is far away (Ray, envoys)
         self.kept: State = {}
 
     def start_run(self) -> None:
@@ -137,59 +65,77 @@ class CollaboratorSite:
         self.kept = {}
         state.update(received)
         state["input"] = self.name
-        outputs: list[TaskOutput] = []
-        while True:
-            state, transition = self._execute(job, step, state, outputs)
-            target = job.graph.steps.get(transition.step)
-            if target is None or transition.foreach is not None:
-                raise TransitionError(
-                    f"a collaborator step cannot go to {transition.describe()}; go to an "
-                    "aggregator join or another collaborator step", step=step,
-                    participant=self.name)
-            sent = select(state, transition, step=step, participant=self.name)
-            if target.role == "aggregator":
-                self.kept = {k: v for k, v in state.items() if k not in sent}
-                return ChainResult(self.name, transition.step, sent, outputs)
-            state, step = sent, transition.step
-
-    def _execute(self, job: FlowJob, step: str, state: State,
-                 outputs: list[TaskOutput]) -> tuple[State, Transition]:
-        if not self.capture:
-            return execute_step(job, step, state, self.private, self.name)
+        records: list[TaskRecord] = []
         try:
-            with capture_output(step, self.name, passthrough=False) as output:
-                return execute_step(job, step, state, self.private, self.name)
+            while True:
+                state, transition, record = run_task(job, step, state, self.private, self.name,
+                                                     live=self.live_output)
+                if record is not None:
+                    records.append(record)
+                target = job.graph.steps.get(transition.step)
+                if target is None or transition.foreach is not None:
+                    raise TransitionError(
+                        f"a collaborator step cannot go to {transition.describe()}; go to an "
+                        "aggregator join or another collaborator step", step=step,
+                        participant=self.name)
+                sent = select(state, transition, step=step, participant=self.name)
+                if target.role == "aggregator":
+                    self.kept = {k: v for k, v in state.items() if k not in sent}
+                    unshare(sent, self.kept)
+                    return ChainResult(self.name, transition.step, sent, records)
+                state, step = sent, transition.step
         except FlowRunError as err:
-            err.outputs = [*outputs, output]  # shown to the user with the error
+            err.tasks[:0] = records  # the chain's finished tasks are kept with the failure
             raise
-        finally:
-            outputs.append(output)
 
 
 class FlowEngine:
     """Walks a flow from ``start`` to ``end`` on the aggregator, fanning out through a backend."""
 
     def __init__(self, job: FlowJob, aggregator_name: str, aggregator_private: dict[str, Any],
-                 backend: Backend) -> None:
+                 backend: Backend, recorder: TaskRecorder | None = None) -> None:
         self.job = job
         self.aggregator_name = aggregator_name
         self.private = aggregator_private
         self.backend = backend
+        self.recorder = recorder
         self.last_state: State = {}
 
     def run(self, initial: State) -> State:
         """Run the flow; returns the final public state. On failure, ``last_state`` holds the
         state after the last aggregator step that completed."""
-        with _fewer_gc_pauses():
-            return self._walk(dict(initial))
+        try:
+            with _fewer_gc_pauses():
+                final = self._walk(dict(initial))
+        except FlowRunError as err:
+            self._record(err.tasks)
+            self._finish(ok=False)
+            raise
+        except BaseException:
+            self._finish(ok=False)
+            raise
+        self._finish(ok=True)
+        return final
+
+    def _record(self, tasks: Sequence[TaskRecord]) -> None:
+        if self.recorder is not None:
+            for task in tasks:
+                self.recorder.record(task)
+
+    def _finish(self, ok: bool) -> None:
+        if self.recorder is not None:
+            self.recorder.finish(ok)
 
     def _walk(self, state: State) -> State:
         step, inputs = "start", None
         self.last_state = dict(state)
         while True:
-            state, transition = execute_step(self.job, step, dict(state), self.private,
-                                             self.aggregator_name, inputs)
-            self.last_state = state
+            # On failure the flow keeps the state as the failing step left it.
+            self.last_state = dict(state)
+            state, transition, record = run_task(self.job, step, self.last_state, self.private,
+                                                 self.aggregator_name, inputs)
+            if record is not None:
+                self._record([record])
             if step == "end":
                 return state
             target = self.job.graph.steps[transition.step]
@@ -207,6 +153,8 @@ class FlowEngine:
         names = self._fan_out_names(step, state, transition)
         sent = select(state, transition, step=step, participant=self.aggregator_name)
         results = self.backend.run_chains(transition.step, names, sent)
+        for result in results:
+            self._record(result.tasks)
         join = _common_join(results, transition.step)
         return join, [self.job.instance(r.state) for r in results]
 
@@ -257,6 +205,7 @@ def _common_join(results: list[ChainResult], fan_out_step: str) -> str:
     if len(joins) == 1:
         return joins.pop()
     where = ", ".join(f"{r.collaborator} -> {r.join_step}" for r in results)
+    odd_one = next(r for r in results if r.join_step != results[0].join_step)
     raise TransitionError(f"collaborators that started at '{fan_out_step}' chose different "
                           f"aggregator steps ({where}); they must all reach the same join",
-                          step=fan_out_step)
+                          step=fan_out_step, participant=odd_one.collaborator)

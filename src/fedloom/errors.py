@@ -63,7 +63,7 @@ class FlowRunError(FedloomError):
                  participant: str | None = None) -> None:
         self.step = step
         self.participant = participant
-        self.outputs: list[Any] = []  # TaskOutput of the failing chain, when it was captured
+        self.tasks: list[Any] = []  # TaskRecords of the failing chain, when they were captured
         where = []
         if step:
             where.append(f"step '{step}'")

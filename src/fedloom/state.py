@@ -8,6 +8,7 @@ helpers are the one place that enforces the rules between the two.
 from __future__ import annotations
 
 import copy
+import types
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ from fedloom.errors import PrivateAttributeError, TransitionError
 State = dict[str, Any]
 
 # Values that can be shared between participants without a copy: nobody can change them.
-_IMMUTABLE_TYPES = (int, float, complex, bool, str, bytes, type(None), range, frozenset)
+_IMMUTABLE_TYPES = (int, float, complex, bool, str, bytes, type(None), range)
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def _copier_for(value: Any) -> Copier | None:
 
 
 def _is_immutable(value: Any) -> bool:
-    if isinstance(value, tuple):
+    if isinstance(value, tuple | frozenset):  # immutable only if what they hold is
         return all(_is_immutable(v) for v in value)
     return isinstance(value, _IMMUTABLE_TYPES)
 
@@ -119,6 +120,17 @@ def _copy_method(value: Any, memo: dict[int, Any]) -> Any:
 def _is_plain_ndarray(value: Any) -> bool:
     kind = type(value)
     return kind.__module__ == "numpy" and kind.__name__ == "ndarray" and value.dtype.kind != "O"
+
+
+def unshare(sent: State, kept: Mapping[str, Any]) -> None:
+    """A collaborator that sends an object it also keeps (under another name) gets its own copy
+    of it back, so the aggregator can't change what the collaborator keeps. In place."""
+    if not kept:
+        return
+    kept_ids = {id(v) for v in kept.values() if not _is_immutable(v)}
+    aliased = {name: value for name, value in sent.items() if id(value) in kept_ids}
+    if aliased:
+        sent.update(copy_state(aliased))
 
 
 def check_no_collision(private_names: Collection[str], state: Mapping[str, Any], *,
@@ -140,7 +152,7 @@ def check_no_leak(private: Mapping[str, Any], state: Mapping[str, Any], *, step:
     """A public attribute must not *be* a private object, or private data would leave its owner."""
     if not private:
         return
-    private_ids = {id(v): k for k, v in private.items() if not isinstance(v, _IMMUTABLE_TYPES)}
+    private_ids = {id(v): k for k, v in private.items() if not _is_shared_global(v)}
     if not private_ids:
         return
     for name, value in state.items():
@@ -151,6 +163,16 @@ def check_no_leak(private: Mapping[str, Any], state: Mapping[str, Any], *, step:
                 f"leave '{participant}'. Keep private data in '{owner}' and store only results "
                 "(e.g. a metric or a copy you mean to share) in public attributes.",
                 step=step, participant=participant)
+
+
+_GLOBAL_TYPES = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType)
+
+
+def _is_shared_global(value: Any) -> bool:
+    """Functions, classes and modules are the same objects everywhere; holding one is no leak."""
+    if _is_immutable(value) or isinstance(value, _GLOBAL_TYPES):
+        return True
+    return type(value).__name__ in ("ufunc", "_ArrayFunctionDispatcher")  # numpy functions
 
 
 def validate_name_list(value: Any, kind: str) -> tuple[str, ...] | None:

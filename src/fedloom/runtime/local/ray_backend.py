@@ -19,11 +19,12 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from fedloom.capture import print_attributed
-from fedloom.engine import ChainResult, CollaboratorSite, FlowJob
+from fedloom.engine import ChainResult, CollaboratorSite
 from fedloom.errors import FedloomError, FlowRunError
 from fedloom.participants import Aggregator, Collaborator
 from fedloom.runtime.local.ray_placement import ActorPlan, NodeResources, check_fits, plan_actors
 from fedloom.state import State, StateCopier
+from fedloom.tasks import FlowJob, TaskRecord
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class CollaboratorGroup:
         """Make the private attributes here, where they will live; report where that is."""
         try:
             self._sites = {p.name: CollaboratorSite(p.name, p.build_private_attributes(),
-                                                    capture=True)
+                                                    live_output=False)
                            for p in self._participants}
         except FedloomError as err:
             return err  # returned, not raised: Ray would also print it from the worker
@@ -115,7 +116,7 @@ class RayBackend:
                  for i, subset in subsets.items()}
         by_name: dict[str, ChainResult] = {}
         for result in self._gather(calls):
-            print_attributed_outputs(result)
+            print_task_outputs(result.tasks)
             by_name[result.collaborator] = result
         return [by_name[name] for name in names]
 
@@ -203,8 +204,7 @@ class RayBackend:
                         "they are made again on the next run.",
                         participant=members[0]) from None
                 if isinstance(outcome, FedloomError):
-                    for output in getattr(outcome, "outputs", []):
-                        print_attributed(output)
+                    print_task_outputs(getattr(outcome, "tasks", []))
                     raise outcome
                 results.extend(outcome)
         return results
@@ -216,9 +216,10 @@ class RayBackend:
         self._actors = []
 
 
-def print_attributed_outputs(result: ChainResult) -> None:
-    for output in result.outputs:
-        print_attributed(output)
+def print_task_outputs(tasks: Sequence[TaskRecord]) -> None:
+    """Show what remote tasks printed, once each, attributed to step and collaborator."""
+    for task in tasks:
+        print_attributed(task.step, task.participant, task.stdout, task.stderr)
 
 
 def _unwrap(err: RayTaskError) -> Exception:

@@ -8,11 +8,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fedloom.engine import Backend, FlowEngine, FlowJob
+from fedloom.engine import Backend, FlowEngine
 from fedloom.errors import ParticipantError
 from fedloom.participants import Aggregator, Collaborator
 from fedloom.runtime.local.serial import SerialBackend
 from fedloom.spec.flowspec import FLSpec, public_state, replace_public_state, set_run_id
+from fedloom.tasks import FlowJob
 
 BackendFactory = Callable[[Aggregator, Sequence[Collaborator], dict[str, Any]], Backend]
 

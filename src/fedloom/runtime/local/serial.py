@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fedloom.engine import ChainResult, CollaboratorSite, FlowJob
+from fedloom.engine import ChainResult, CollaboratorSite
 from fedloom.participants import Collaborator
 from fedloom.state import State, StateCopier
+from fedloom.tasks import FlowJob
 
 
 class SerialBackend:

@@ -1,0 +1,142 @@
+"""One task: one step run by one participant — executed, optionally captured and recorded.
+
+Every backend runs steps through :func:`run_task`, so private-attribute rules, output capture
+and checkpoint records are the same wherever a task runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Protocol
+
+from fedloom.capture import capture_output
+from fedloom.errors import FlowRunError, StepFailed, TransitionError
+from fedloom.spec.flowspec import FLSpec, StepContext, StepRuntimeView
+from fedloom.spec.graph import FlowGraph
+from fedloom.state import State, Transition, check_no_collision, check_no_leak
+
+log = logging.getLogger(__name__)
+
+_STEP_KEY = "_fl_step"
+
+
+@dataclass(frozen=True)
+class FlowJob:
+    """Everything a participant needs to run steps of one run of a flow."""
+
+    flow_cls: type[FLSpec]
+    graph: FlowGraph
+    collaborators: tuple[str, ...]
+    run_id: str
+    record_tasks: bool = False  # checkpointing: each task's public state and output is kept
+
+    @cached_property
+    def runtime_view(self) -> StepRuntimeView:
+        """What ``self.runtime`` is inside every step of this run."""
+        return StepRuntimeView(self.collaborators)
+
+    @cached_property
+    def step_names(self) -> frozenset[str]:
+        return frozenset(self.graph.steps)
+
+    def instance(self, state: State) -> FLSpec:
+        """An instance of the flow class whose attributes *are* ``state`` (no copy)."""
+        obj = self.flow_cls.__new__(self.flow_cls)
+        obj.__dict__ = state
+        return obj
+
+
+def execute_step(job: FlowJob, step: str, state: State, private: dict[str, Any],
+                 participant: str, inputs: list[Any] | None = None) -> tuple[State, Transition]:
+    """Run one step on ``state`` (owned by the caller, modified in place) with ``private``
+    attached; returns the public state after the step and where it goes next."""
+    check_no_collision(private, state, step=step, participant=participant)
+    ctx = StepContext(step, participant, job.runtime_view, job.step_names)
+    state.update(private)
+    state[_STEP_KEY] = ctx
+    obj = job.instance(state)
+    method = getattr(job.flow_cls, step)
+    try:
+        if inputs is None:
+            method(obj)
+        else:
+            method(obj, inputs)
+    except FlowRunError:
+        raise
+    except Exception as exc:
+        # Drop the engine's own frame: the traceback starts in the user's step.
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next
+                                                if exc.__traceback__ else None))
+        raise StepFailed(step, participant, type(exc).__name__, str(exc), tb) from exc
+    finally:
+        state.pop(_STEP_KEY, None)
+        _take_back_private(private, state)
+    check_no_leak(private, state, step=step, participant=participant)
+    if ctx.transition is None and step != "end":
+        raise TransitionError("the step finished without calling self.next(); end it with "
+                              "self.next(self.<next step>)", step=step, participant=participant)
+    return state, ctx.transition or Transition("end")
+
+
+def _take_back_private(private: dict[str, Any], state: State) -> None:
+    # The step may have replaced a private attribute (its latest value persists) or deleted it.
+    for name in list(private):
+        if name in state:
+            private[name] = state.pop(name)
+        else:
+            del private[name]
+
+
+
+
+@dataclass
+class TaskRecord:
+    """What one task left behind: its output, and (when checkpointing) its pickled state."""
+
+    step: str
+    participant: str
+    started_at: float
+    finished_at: float
+    stdout: str = ""
+    stderr: str = ""
+    ok: bool = True
+    artifacts: dict[str, bytes] = field(default_factory=dict)
+    unpicklable: list[str] = field(default_factory=list)
+    exception: str | None = None
+
+
+class TaskRecorder(Protocol):
+    """Keeps task records (the checkpoint store implements it)."""
+
+    def record(self, task: TaskRecord) -> None: ...
+
+    def finish(self, ok: bool) -> None: ...
+
+
+def run_task(job: FlowJob, step: str, state: State, private: dict[str, Any], participant: str,
+             inputs: list[Any] | None = None, *,
+             live: bool = True) -> tuple[State, Transition, TaskRecord | None]:
+    """:func:`execute_step`, plus a :class:`TaskRecord` when output must be captured (checkpoint
+    on, or ``live=False`` where the console is far away). A failing task's record is attached
+    to the error (``err.tasks``) so it is kept too."""
+    if live and not job.record_tasks:
+        return (*execute_step(job, step, state, private, participant, inputs), None)
+    started = time.time()
+    try:
+        with capture_output(passthrough=live) as out:
+            state, transition = execute_step(job, step, state, private, participant, inputs)
+    except FlowRunError as err:
+        trace = getattr(err, "traceback_text", "") or str(err)
+        err.tasks.append(TaskRecord(step, participant, started, time.time(), out.stdout,
+                                    out.stderr + trace, ok=False, exception=str(err)))
+        raise
+    record = TaskRecord(step, participant, started, time.time(), out.stdout, out.stderr)
+    if job.record_tasks:
+        from fedloom.checkpoint.artifacts import serialize_artifacts
+
+        record.artifacts, record.unpicklable = serialize_artifacts(state)
+    return state, transition, record
