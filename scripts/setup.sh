@@ -10,4 +10,7 @@ fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[dev,checkpoint,ray]"
+# Optional: a pinned CPU build of torch (the tutorial and torch tests skip without it).
+.venv/bin/python -m pip install --quiet "torch==2.13.0" \
+  || echo "setup: torch==2.13.0 is not available here; torch tests will be skipped"
 touch "$stamp"
