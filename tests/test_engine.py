@@ -247,7 +247,10 @@ def test_private_attribute_colliding_with_public_attribute_is_an_error(backend):
                                 collab_private=lambda i, n: {"model": 1, "data": 0, "calls": 0})
     with pytest.raises(PrivateAttributeError) as info:
         flow.run()
-    assert info.value.step == "train" and info.value.participant == NAMES[0]
+    assert info.value.step == "train"
+    # Serial stops at the first collaborator; Ray reports whichever parallel failure came first.
+    assert info.value.participant == NAMES[0] if backend == "single_process" else \
+        info.value.participant in NAMES
     assert "['model']" in str(info.value)
 
 
