@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,8 +35,10 @@ def make_runtime(names: Sequence[str] = NAMES, *, agg_private: dict[str, Any] | 
 def ray_cluster() -> Iterator[Any]:
     """One local Ray for the whole session (2 CPUs, 2 fake GPUs); runtimes join it."""
     ray = pytest.importorskip("ray")
+    # Workers import test flows by module name, whatever directory a test has moved to.
+    root = str(Path(__file__).resolve().parents[1])
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, configure_logging=False,
-             log_to_driver=True)
+             log_to_driver=True, runtime_env={"env_vars": {"PYTHONPATH": root}})
     yield ray
     ray.shutdown()
 
@@ -45,3 +49,26 @@ def backend(request: pytest.FixtureRequest) -> str:
     if request.param == "ray":
         request.getfixturevalue("ray_cluster")
     return str(request.param)
+
+
+@pytest.fixture
+def metaflow_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh working directory, and a Metaflow client that looks there: the client keeps its
+    datastore root, namespace, provider and file cache process-wide, so each test resets them."""
+    pytest.importorskip("metaflow")
+    import metaflow.client.core as mf_core
+    from metaflow import namespace
+    from metaflow.client.filecache import FileCache
+    from metaflow.plugins.datastores.local_storage import LocalStorage
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("USERNAME", raising=False)
+    for key in [k for k in os.environ if k.startswith("METAFLOW_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setattr(LocalStorage, "datastore_root", None)  # the client's sticky root
+    monkeypatch.setattr(LocalStorage, "SYSROOT_VAR", None)  # import-time config value
+    monkeypatch.setattr(mf_core, "current_metadata", False)
+    monkeypatch.setattr(mf_core, "current_namespace", False)
+    monkeypatch.setattr(mf_core, "filecache", FileCache(cache_dir=str(tmp_path / "mf-cache")))
+    namespace(None)
+    yield tmp_path

@@ -12,7 +12,7 @@ from tests.conftest import make_runtime
 
 
 def problems_of(flow_cls: type[FLSpec]) -> list[Problem]:
-    return flow_cls.check()
+    return flow_cls.flow_check()
 
 
 def only_problem(flow_cls: type[FLSpec]) -> Problem:
@@ -51,7 +51,7 @@ class Good(FLSpec):
 
 def test_valid_flow_has_no_problems():
     assert problems_of(Good) == []
-    graph = Good.validate()
+    graph = Good.flow_validate()
     assert list(graph.steps) == ["start", "train", "join", "end"]
     assert graph.is_join("join") and not graph.is_join("end")
 
@@ -445,3 +445,21 @@ def test_decorators_with_arguments_and_markers():
     assert WithResources.start.aggregator_step and not WithResources.start.collaborator_step
     placement = WithResources.flow_graph().steps["train"].placement
     assert placement is not None and placement.resources == {"num_gpus": 0.5}
+
+
+def test_step_names_that_flspec_uses_are_refused():
+    class Reserved(FLSpec):
+        @aggregator
+        def start(self):
+            self.next(self.run)
+
+        @aggregator
+        def run(self):
+            self.next(self.end)
+
+        @aggregator
+        def end(self):
+            pass
+
+    problem = problems_of(Reserved)[0]
+    assert problem.step == "run" and "FLSpec uses that name" in problem.message

@@ -42,22 +42,22 @@ class Broken(FLSpec):
 
 
 def test_text_picture_shows_placement_loops_branches_and_filters():
-    text = Rounds.picture().text()
+    text = Rounds.flow_picture().text()
     assert "join(inputs)" in text and "[aggregator, join]" in text
     assert "train" in text and "[collaborator]" in text
     assert "foreach collaborators; exclude log" in text
     assert "loop back" in text
-    branches = Branches.picture().text()
+    branches = Branches.flow_picture().text()
     assert "branch, line" in branches and "foreach subset; include visits" in branches
 
 
 def test_mermaid_and_dot_pictures():
-    mermaid = Rounds.picture().mermaid()
+    mermaid = Rounds.flow_picture().mermaid()
     assert mermaid.startswith("flowchart TD")
     assert 's_start -- "foreach collaborators; exclude log" --> s_train' in mermaid
     assert "s_join --> s_end" in mermaid
-    assert Rounds.picture()._repr_markdown_().startswith("```mermaid\nflowchart TD")
-    dot = Rounds.picture().dot()
+    assert Rounds.flow_picture()._repr_markdown_().startswith("```mermaid\nflowchart TD")
+    dot = Rounds.flow_picture().dot()
     assert dot.startswith('digraph "Rounds"') and '"join" -> "end"' in dot
 
 

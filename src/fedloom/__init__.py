@@ -16,7 +16,14 @@ from fedloom.errors import (
 )
 from fedloom.participants import Aggregator, Collaborator
 from fedloom.runtime.local import LocalRuntime
-from fedloom.spec import FLSpec, aggregator, collaborator
+from fedloom.spec import (
+    FLSpec,
+    aggregator,
+    check_flow,
+    collaborator,
+    flow_picture,
+    validate_flow,
+)
 
 __version__ = "0.1.0"
 
@@ -35,7 +42,10 @@ __all__ = [
     "TransitionError",
     "__version__",
     "aggregator",
+    "check_flow",
     "collaborator",
     "fedavg",
+    "flow_picture",
+    "validate_flow",
     "weighted_mean",
 ]

@@ -15,8 +15,8 @@ import click
 from rich.console import Console
 
 from fedloom import __version__
-from fedloom.errors import FlowDefinitionError
-from fedloom.spec.flowspec import FLSpec
+from fedloom.errors import FedloomError, FlowDefinitionError
+from fedloom.spec.flowspec import FLSpec, check_flow, flow_picture, graph_of
 
 console = Console(stderr=False, highlight=False)
 
@@ -37,11 +37,11 @@ def flow() -> None:
 def flow_check(target: str) -> None:
     """Check a flow without running it. TARGET is FILE.py or FILE.py:ClassName."""
     for cls in _load_flows(target):
-        problems = cls.check()
+        problems = check_flow(cls)
         if problems:
             console.print(str(FlowDefinitionError(cls.__name__, problems)), markup=False)
             sys.exit(1)
-        console.print(f"[green]ok[/green] {cls.__name__}: {len(cls.flow_graph().steps)} steps")
+        console.print(f"[green]ok[/green] {cls.__name__}: {len(graph_of(cls).steps)} steps")
 
 
 @flow.command("show")
@@ -51,9 +51,36 @@ def flow_check(target: str) -> None:
 def flow_show(target: str, fmt: str) -> None:
     """Draw a flow's graph. TARGET is FILE.py or FILE.py:ClassName."""
     for cls in _load_flows(target):
-        picture = cls.picture()
+        picture = flow_picture(cls)
         text = {"text": picture.text, "mermaid": picture.mermaid, "dot": picture.dot}[fmt]()
         console.print(text, markup=False)
+
+
+@main.group()
+def run() -> None:
+    """Inspect recorded runs (flows run with checkpoint=True)."""
+
+
+@run.command("show")
+@click.argument("target")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False),
+              help="Also write the run's report page to this file.")
+def run_show(target: str, html_path: str | None) -> None:
+    """Summarise a run: TARGET is FLOW (its latest run) or FLOW/RUN_ID. Reads the store the
+    Metaflow client finds from here (or METAFLOW_DATASTORE_SYSROOT_LOCAL)."""
+    from fedloom.checkpoint.report import report_from_metaflow
+
+    flow_name, _, run_id = target.partition("/")
+    try:
+        report = report_from_metaflow(flow_name, run_id or None)
+    except FedloomError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except Exception as exc:  # the Metaflow client's own "not found" errors
+        raise click.ClickException(f"cannot read {target}: {exc}") from exc
+    console.print(report.table())
+    if html_path:
+        Path(html_path).write_text(report.to_html(), encoding="utf-8")
+        console.print(f"report written to {html_path}")
 
 
 def _load_flows(target: str) -> list[type[FLSpec]]:

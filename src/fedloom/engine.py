@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fedloom.errors import FlowRunError, TransitionError
-from fedloom.state import State, Transition, select, unshare
+from fedloom.state import State, Transition, copy_state, select
 from fedloom.tasks import FlowJob, TaskRecord, TaskRecorder, run_task
 
 
@@ -49,10 +49,13 @@ class CollaboratorSite:
     """One collaborator's long-lived side: its private attributes, and the public state it keeps
     between fan-outs (what it set and did not send back)."""
 
-    def __init__(self, name: str, private: dict[str, Any], *, live_output: bool = True) -> None:
+    def __init__(self, name: str, private: dict[str, Any], *, in_process: bool = True) -> None:
         self.name = name
         self.private = private
-        self.live_output = live_output  # False where the console is far away (Ray, envoys)
+        # In the aggregator's process (serial backend) the console is this one, and what is
+        # sent is handed over by reference; elsewhere (Ray, envoys) output is captured and
+        # serialisation already separates what is sent from what is kept.
+        self.in_process = in_process
         self.kept: State = {}
 
     def start_run(self) -> None:
@@ -69,7 +72,7 @@ class CollaboratorSite:
         try:
             while True:
                 state, transition, record = run_task(job, step, state, self.private, self.name,
-                                                     live=self.live_output)
+                                                     live=self.in_process)
                 if record is not None:
                     records.append(record)
                 target = job.graph.steps.get(transition.step)
@@ -80,13 +83,18 @@ class CollaboratorSite:
                         participant=self.name)
                 sent = select(state, transition, step=step, participant=self.name)
                 if target.role == "aggregator":
-                    self.kept = {k: v for k, v in state.items() if k not in sent}
-                    unshare(sent, self.kept)
+                    self.kept = self._keep({k: v for k, v in state.items() if k not in sent})
                     return ChainResult(self.name, transition.step, sent, records)
                 state, step = sent, transition.step
         except FlowRunError as err:
             err.tasks[:0] = records  # the chain's finished tasks are kept with the failure
             raise
+
+    def _keep(self, kept: State) -> State:
+        # What the collaborator keeps may share objects with what it sends (e.g. an optimizer
+        # holding the model's tensors); the aggregator must not be able to change them. In
+        # process, copy the kept part (usually small); elsewhere serialisation did it already.
+        return copy_state(kept) if self.in_process and kept else kept
 
 
 class FlowEngine:

@@ -122,17 +122,6 @@ def _is_plain_ndarray(value: Any) -> bool:
     return kind.__module__ == "numpy" and kind.__name__ == "ndarray" and value.dtype.kind != "O"
 
 
-def unshare(sent: State, kept: Mapping[str, Any]) -> None:
-    """A collaborator that sends an object it also keeps (under another name) gets its own copy
-    of it back, so the aggregator can't change what the collaborator keeps. In place."""
-    if not kept:
-        return
-    kept_ids = {id(v) for v in kept.values() if not _is_immutable(v)}
-    aliased = {name: value for name, value in sent.items() if id(value) in kept_ids}
-    if aliased:
-        sent.update(copy_state(aliased))
-
-
 def check_no_collision(private_names: Collection[str], state: Mapping[str, Any], *,
                        step: str, participant: str) -> None:
     """Private attribute names must not shadow public flow attributes."""

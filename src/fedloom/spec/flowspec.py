@@ -121,7 +121,7 @@ class FLSpec:
         if runtime is None:
             raise FedloomError(f"{type(self).__name__} has no runtime: set flow.runtime = "
                                "LocalRuntime(aggregator=..., collaborators=[...]) before run()")
-        type(self).validate()
+        validate_flow(type(self))
         runtime.execute(self)
 
     # -- inside steps -----------------------------------------------------------------------
@@ -158,35 +158,59 @@ class FLSpec:
             f"{visible}. Private attributes are visible only in their owner's steps, and "
             "include=/exclude= on the way here may have filtered it out.")
 
-    # -- the flow as a graph ----------------------------------------------------------------
+    # -- the flow as a graph (prefixed ``flow_`` so they don't collide with step names) ---------
 
     @classmethod
     def flow_graph(cls) -> FlowGraph:
         """The static graph of this flow class, read from its source."""
-        graph = _graphs.get(cls)
-        if graph is None:
-            graph = _graphs[cls] = build_graph(cls, FLSpec)
-        return graph
+        return graph_of(cls)
 
     @classmethod
-    def check(cls) -> list[Problem]:
+    def flow_check(cls) -> list[Problem]:
         """Every problem in this flow's definition (empty when it is valid)."""
-        return check_graph(cls.flow_graph())
+        return check_flow(cls)
 
     @classmethod
-    def validate(cls) -> FlowGraph:
+    def flow_validate(cls) -> FlowGraph:
         """The graph of a valid flow; raises :class:`FlowDefinitionError` listing all problems."""
-        problems = cls.check()
-        if problems:
-            raise FlowDefinitionError(cls.__name__, problems)
-        return cls.flow_graph()
+        return validate_flow(cls)
 
     @classmethod
-    def picture(cls) -> FlowPicture:
+    def flow_picture(cls) -> FlowPicture:
         """The flow drawn as text, Mermaid or DOT; shows itself as a diagram in notebooks."""
-        from fedloom.spec.render import FlowPicture
+        return flow_picture(cls)
 
-        return FlowPicture(cls.flow_graph())
+
+def graph_of(flow_cls: type[FLSpec]) -> FlowGraph:
+    """The static graph of ``flow_cls`` (built once per class)."""
+    graph = _graphs.get(flow_cls)
+    if graph is None:
+        graph = _graphs[flow_cls] = build_graph(flow_cls, FLSpec)
+    return graph
+
+
+def check_flow(flow_cls: type[FLSpec]) -> list[Problem]:
+    """Every problem in the definition of ``flow_cls`` (empty when it is valid)."""
+    return check_graph(graph_of(flow_cls), reserved=RESERVED_STEP_NAMES)
+
+
+def validate_flow(flow_cls: type[FLSpec]) -> FlowGraph:
+    """The graph of a valid flow; raises :class:`FlowDefinitionError` listing all problems."""
+    problems = check_flow(flow_cls)
+    if problems:
+        raise FlowDefinitionError(flow_cls.__name__, problems)
+    return graph_of(flow_cls)
+
+
+def flow_picture(flow_cls: type[FLSpec]) -> FlowPicture:
+    """``flow_cls`` drawn as text, Mermaid or DOT; shows itself as a diagram in notebooks."""
+    from fedloom.spec.render import FlowPicture
+
+    return FlowPicture(graph_of(flow_cls))
+
+
+# Names FLSpec itself uses: a step with one of them would break the flow machinery.
+RESERVED_STEP_NAMES = frozenset(n for n in vars(FLSpec) if not n.startswith("__")) | {"input"}
 
 
 def public_state(flow: FLSpec) -> State:

@@ -21,13 +21,17 @@ def rule(func: Rule) -> Rule:
     return func
 
 
-def check_graph(graph: FlowGraph) -> list[Problem]:
+def check_graph(graph: FlowGraph, reserved: frozenset[str] = frozenset()) -> list[Problem]:
     """Every problem found by every rule, in rule order. Without source, only that is reported:
-    the other rules would report phantom problems about transitions they cannot see."""
+    the other rules would report phantom problems about transitions they cannot see.
+    ``reserved`` are names a step must not take (FLSpec's own attributes)."""
     unreadable = list(source_is_readable(graph))
     if unreadable:
         return unreadable
-    return [problem for check in RULES for problem in check(graph)]
+    clashes = [_at(node, f"a step can't be named '{node.name}': FLSpec uses that name",
+                   f"rename the step (e.g. '{node.name}_step')")
+               for node in graph.steps.values() if node.name in reserved]
+    return clashes + [problem for check in RULES for problem in check(graph)]
 
 
 def _at(node: StepNode, message: str, fix: str, line: int | None = None) -> Problem:

@@ -51,7 +51,7 @@ class CollaboratorGroup:
         """Make the private attributes here, where they will live; report where that is."""
         try:
             self._sites = {p.name: CollaboratorSite(p.name, p.build_private_attributes(),
-                                                    live_output=False)
+                                                    in_process=False)
                            for p in self._participants}
         except FedloomError as err:
             return err  # returned, not raised: Ray would also print it from the worker

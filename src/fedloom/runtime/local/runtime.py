@@ -12,8 +12,16 @@ from fedloom.engine import Backend, FlowEngine
 from fedloom.errors import ParticipantError
 from fedloom.participants import Aggregator, Collaborator
 from fedloom.runtime.local.serial import SerialBackend
-from fedloom.spec.flowspec import FLSpec, public_state, replace_public_state, set_run_id
-from fedloom.tasks import FlowJob
+from fedloom.spec.flowspec import (
+    FLSpec,
+    is_checkpointing,
+    public_state,
+    replace_public_state,
+    set_run_id,
+    validate_flow,
+)
+from fedloom.spec.graph import FlowGraph
+from fedloom.tasks import FlowJob, TaskRecorder
 
 BackendFactory = Callable[[Aggregator, Sequence[Collaborator], dict[str, Any]], Backend]
 
@@ -80,13 +88,17 @@ class LocalRuntime:
     def execute(self, flow: FLSpec) -> None:
         """Run ``flow`` (called by ``flow.run()``). Participants' private attributes are made on
         the first run and persist across runs of this runtime."""
-        graph = type(flow).validate()
-        job = FlowJob(type(flow), graph, tuple(self.collaborators), new_run_id())
+        graph = validate_flow(type(flow))
+        checkpoint = is_checkpointing(flow)
+        job = FlowJob(type(flow), graph, tuple(self.collaborators), new_run_id(),
+                      record_tasks=checkpoint)
+        recorder = _recorder(graph, job.run_id) if checkpoint else None
         backend = self._backend_for_run()
         if self._aggregator_private is None:
             self._aggregator_private = self._aggregator.build_private_attributes()
         set_run_id(flow, job.run_id)
-        engine = FlowEngine(job, self._aggregator.name, self._aggregator_private, backend)
+        engine = FlowEngine(job, self._aggregator.name, self._aggregator_private, backend,
+                            recorder)
         backend.open(job)
         try:
             final = engine.run(public_state(flow))
@@ -120,6 +132,12 @@ class LocalRuntime:
     def __repr__(self) -> str:
         return (f"LocalRuntime(aggregator={self.aggregator!r}, collaborators="
                 f"{self.collaborators!r}, backend={self.backend!r})")
+
+
+def _recorder(graph: FlowGraph, run_id: str) -> TaskRecorder:
+    from fedloom.checkpoint.recorder import MetaflowRecorder  # Metaflow only when asked for
+
+    return MetaflowRecorder(graph, run_id)
 
 
 def _check_participants(aggregator: Any, collaborators: list[Any]) -> None:

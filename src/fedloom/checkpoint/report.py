@@ -1,0 +1,156 @@
+"""A run as a picture: its flow graph and, per step, the tasks with status and timings.
+
+Built either from the recorder while a run is written, or afterwards from the store through the
+real Metaflow client. Renders as a rich table (terminal), and as a self-contained HTML page
+(browser, or inline in a notebook via ``_repr_html_``).
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from rich.table import Table
+
+from fedloom.errors import FedloomError
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    step: str
+    task_id: str
+    participant: str
+    ok: bool
+    started_at: float
+    finished_at: float
+
+    @property
+    def seconds(self) -> float:
+        return max(0.0, self.finished_at - self.started_at)
+
+
+@dataclass
+class RunReport:
+    flow_name: str
+    run_id: str
+    ok: bool | None  # None: still running (or stopped without a verdict)
+    tasks: list[TaskRow] = field(default_factory=list)
+    graph_text: str = ""
+    graph_mermaid: str = ""
+
+    @property
+    def steps(self) -> list[str]:
+        return list(dict.fromkeys(t.step for t in self.tasks))
+
+    @property
+    def status(self) -> str:
+        return {True: "successful", False: "failed", None: "unfinished"}[self.ok]
+
+    def table(self) -> Table:
+        """One row per step: tasks, participants, failures, time spent."""
+        table = Table(title=f"{self.flow_name}/{self.run_id} — {self.status}")
+        for column in ("step", "tasks", "participants", "failed", "total s", "slowest s"):
+            table.add_column(column, justify="left" if column in ("step", "participants")
+                             else "right")
+        for step in self.steps:
+            rows = [t for t in self.tasks if t.step == step]
+            who = sorted({t.participant for t in rows})
+            shown = ", ".join(who[:4]) + (f" (+{len(who) - 4})" if len(who) > 4 else "")
+            failed = sum(not t.ok for t in rows)
+            table.add_row(step, str(len(rows)), shown, f"[red]{failed}[/red]" if failed else "0",
+                          f"{sum(t.seconds for t in rows):.2f}",
+                          f"{max(t.seconds for t in rows):.2f}")
+        return table
+
+    def to_html(self) -> str:
+        """A self-contained page: summary, graph, timeline and per-step task tables."""
+        start = min((t.started_at for t in self.tasks), default=time.time())
+        end = max((t.finished_at for t in self.tasks), default=start)
+        span = max(end - start, 1e-6)
+        body = [f"<h1>{_e(self.flow_name)} / {_e(self.run_id)}</h1>",
+                f"<p class='{self.status}'>Run {self.status}: {len(self.tasks)} tasks in "
+                f"{len(self.steps)} steps, {span:.2f} s, started {_when(start)}.</p>"]
+        if self.graph_mermaid:
+            body.append(f"<h2>Flow</h2><pre class='mermaid'>{_e(self.graph_mermaid)}</pre>"
+                        f"<details><summary>as text</summary><pre>{_e(self.graph_text)}</pre>"
+                        "</details>")
+        body.append("<h2>Timeline</h2><div class='timeline'>")
+        for t in self.tasks:
+            left, width = 100 * (t.started_at - start) / span, 100 * t.seconds / span
+            body.append(f"<div class='row'><span class='label'>{_e(t.step)} @ "
+                        f"{_e(t.participant)}</span><span class='track'><span class='bar "
+                        f"{'ok' if t.ok else 'bad'}' style='left:{left:.2f}%;width:"
+                        f"{max(width, 0.3):.2f}%' title='{t.seconds:.3f} s'></span></span></div>")
+        body.append("</div>")
+        for step in self.steps:
+            body.append(f"<h2>{_e(step)}</h2><table><tr><th>task</th><th>participant</th>"
+                        "<th>status</th><th>started</th><th>seconds</th></tr>")
+            for t in (t for t in self.tasks if t.step == step):
+                body.append(f"<tr><td>{_e(t.task_id)}</td><td>{_e(t.participant)}</td>"
+                            f"<td class='{'ok' if t.ok else 'bad'}'>{'ok' if t.ok else 'failed'}"
+                            f"</td><td>{_when(t.started_at)}</td><td>{t.seconds:.3f}</td></tr>")
+            body.append("</table>")
+        return _PAGE.format(title=_e(f"{self.flow_name}/{self.run_id}"), body="\n".join(body))
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+
+def report_from_metaflow(flow_name: str, run_id: str | None = None) -> RunReport:
+    """Read a recorded run back through the Metaflow client (the latest run by default)."""
+    from metaflow.client.core import Flow, Run, namespace
+
+    namespace(None)
+    run = Run(f"{flow_name}/{run_id}") if run_id else Flow(flow_name).latest_run
+    if run is None:
+        raise FedloomError(f"no run of {flow_name} is recorded here; run it with "
+                           f"{flow_name}(checkpoint=True) first")
+    tasks = []
+    for step in run:
+        for task in step:
+            meta = task.metadata_dict
+            started = _timestamp(task.created_at)
+            finished = _timestamp(task.finished_at) if task.finished_at else started
+            tasks.append(TaskRow(step.id, task.id, meta.get("participant", "?"),
+                                 bool(task.successful), started, finished))
+    tasks.sort(key=lambda t: (t.started_at, int(t.task_id) if t.task_id.isdigit() else 0))
+    return RunReport(flow_name, run.id, run.successful if run.finished else None, tasks)
+
+
+def _timestamp(value: Any) -> float:
+    return value.timestamp() if isinstance(value, datetime) else float(value or 0)
+
+
+def _when(stamp: float) -> str:
+    return datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _e(text: str) -> str:
+    return html.escape(str(text), quote=True)
+
+
+_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #1f2937; }}
+table {{ border-collapse: collapse; margin-bottom: 1em; }}
+td, th {{ border: 1px solid #d1d5db; padding: 2px 8px; font-size: 13px; text-align: left; }}
+.ok {{ color: #15803d; }} .bad {{ color: #b91c1c; }}
+.successful {{ color: #15803d; }} .failed {{ color: #b91c1c; }}
+.timeline .row {{ display: flex; align-items: center; font-size: 12px; height: 16px; }}
+.timeline .label {{ width: 24em; overflow: hidden; white-space: nowrap; }}
+.timeline .track {{ position: relative; flex: 1; height: 10px; background: #f3f4f6; }}
+.timeline .bar {{ position: absolute; top: 0; height: 10px; }}
+.timeline .bar.ok {{ background: #60a5fa; }} .timeline .bar.bad {{ background: #ef4444; }}
+</style>
+<script type="module">
+try {{ const m = await import("https://cdn.jsdelivr.net/npm/mermaid@11/dist/mermaid.esm.min.mjs");
+      m.default.initialize({{ startOnLoad: true }}); }} catch (e) {{ /* offline: text stays */ }}
+</script></head>
+<body>
+{body}
+</body></html>
+"""

@@ -1,0 +1,1 @@
+"""Independent contract tests: fedloom checked against the written user-facing contract."""
