@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from fedloom.checkpoint.report import RunReport, TaskRow
@@ -14,6 +15,7 @@ from fedloom.tasks import TaskRecord
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "fedloom-run.html"
+WRITERS = 3
 
 
 class MetaflowRecorder:
@@ -31,6 +33,20 @@ class MetaflowRecorder:
         self.report = RunReport(graph.flow_name, run_id, None, graph_text=to_text(graph),
                                 graph_mermaid=to_mermaid(graph))
         self._warned: set[str] = set()
+        # Ids are minted by one thread, in the order tasks finished; writing (hashing, many small
+        # files) is I/O-bound and releases the GIL, so a few writers overlap it with the flow.
+        self._ids = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedloom-ckpt-ids")
+        self._writers = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="fedloom-ckpt")
+        self._pending: list[Future[None]] = []
+
+    def _raise_write_error(self) -> None:
+        done = [f for f in self._pending if f.done()]
+        self._pending = [f for f in self._pending if not f.done()]
+        for future in done:
+            error = future.exception()
+            if error is not None:
+                raise FedloomError(f"checkpoint: writing a task to {self._store.datastore_root} "
+                                   f"failed: {error}") from error
 
     @property
     def report_path(self) -> Path:
@@ -38,8 +54,15 @@ class MetaflowRecorder:
             REPORT_FILE
 
     def record(self, task: TaskRecord) -> None:
+        """Queue ``task`` for writing; the writer thread overlaps hashing and disk I/O with the
+        flow's own work. A write that failed is raised here or at :meth:`finish`."""
+        self._raise_write_error()
         self._warn_unpicklable(task)
-        task_id = self._store.new_task_id(task.step)
+        task_id = self._ids.submit(self._store.new_task_id, task.step)
+        self._pending.append(self._writers.submit(self._write, task, task_id))
+
+    def _write(self, task: TaskRecord, task_id_future: Future[str]) -> None:
+        task_id = task_id_future.result()
         self._store.write_task(task.step, task_id, task.artifacts, stdout=task.stdout,
                                stderr=task.stderr, participant=task.participant, ok=task.ok,
                                started_at=task.started_at, finished_at=task.finished_at,
@@ -48,6 +71,9 @@ class MetaflowRecorder:
                                          task.started_at, task.finished_at))
 
     def finish(self, ok: bool) -> None:
+        self._writers.shutdown(wait=True)
+        self._ids.shutdown(wait=True)
+        self._raise_write_error()
         ended = any(t.step == "end" and t.ok for t in self.report.tasks)
         self._store.finish_run(ok and ended)
         self.report.ok = ok and ended
