@@ -145,7 +145,7 @@ class RoundReporter:
     there is no bar, and the lines come out as plain text."""
 
     def __init__(self, console: Console, rounds: int) -> None:
-        self.console = console
+        self.rounds = rounds
         self.progress = Progress(
             TextColumn("[bold]federated training"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), console=console, auto_refresh=False,  # no refresh thread
@@ -154,10 +154,9 @@ class RoundReporter:
 
     def round_done(self, round_no: int, global_acc: float, agg_acc: float, local_acc: float,
                    loss: float) -> None:
-        total = self.progress.tasks[0].total
         self.progress.console.print(
-            f"round {round_no:>3}/{total:.0f}  train loss {loss:.4f}  test acc {global_acc:.4f}  "
-            f"local val acc {agg_acc:.4f} -> {local_acc:.4f}", highlight=False, soft_wrap=True)
+            f"round {round_no:>3}/{self.rounds}  train loss {loss:.4f}  test acc {global_acc:.4f}"
+            f"  local val acc {agg_acc:.4f} -> {local_acc:.4f}", highlight=False, soft_wrap=True)
         self.progress.update(self.task, advance=1, refresh=True)
 
 
@@ -274,7 +273,9 @@ def main(argv: Sequence[str] | None = None) -> float:
     reporter = RoundReporter(console, args.rounds)
     flow.runtime = make_runtime(args.collaborators, args.seed, reporter)
     console.print(f"fedloom digits demo: {args.collaborators} collaborators, {args.rounds} "
-                  f"rounds, seed {args.seed}", highlight=False)
+                  f"rounds, seed {args.seed}\n  test acc: global model, aggregator's held-out "
+                  "set\n  local val acc: each collaborator's validation data, global -> "
+                  "local model", highlight=False)
     began = time.perf_counter()
     with reporter.progress:
         flow.run()

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+_BLOCK = 1 << 16  # elements per block when accumulating arrays (fits in L2 cache)
+
 
 def fedavg(values: Sequence[Any], weights: Sequence[float] | None = None) -> Any:
     """The (weighted) average of ``values``, which must all have the same structure."""
@@ -94,12 +96,24 @@ def _average_arrays(values: list[Any], weights: list[float]) -> Any:
         # Integer counters (e.g. batch-norm's num_batches_tracked) are averaged then cast back.
         acc = sum(w * np.asarray(v, dtype=np.float64) for w, v in zip(weights, values, strict=True))
         return np.asarray(acc).astype(first.dtype)
-    # Accumulate in place: one output buffer, no N x P stack.
+    # Accumulate in place, block by block: one output buffer, no N x P stack, and a scratch
+    # buffer of one block rather than of one model.
     out = np.multiply(first, first.dtype.type(weights[0]))
-    scratch = np.empty_like(out)
+    if out.size <= _BLOCK:  # small models (many of them at large N): no per-block overhead
+        scratch = np.empty_like(out)
+        for w, v in zip(weights[1:], values[1:], strict=True):
+            np.multiply(v, first.dtype.type(w), out=scratch)
+            out += scratch
+        return out
+    flat_out = out.reshape(-1)
+    scratch = np.empty(_BLOCK, dtype=out.dtype)
     for w, v in zip(weights[1:], values[1:], strict=True):
-        np.multiply(v, first.dtype.type(w), out=scratch)
-        out += scratch
+        flat_v = np.asarray(v).reshape(-1)
+        for start in range(0, flat_out.size, _BLOCK):
+            stop = min(start + _BLOCK, flat_out.size)
+            part = scratch[:stop - start]
+            np.multiply(flat_v[start:stop], first.dtype.type(w), out=part)
+            flat_out[start:stop] += part
     return out
 
 

@@ -81,9 +81,13 @@ class CollaboratorSite:
                         f"a collaborator step cannot go to {transition.describe()}; go to an "
                         "aggregator join or another collaborator step", step=step,
                         participant=self.name)
-                sent = select(state, transition, step=step, participant=self.name)
+                if transition.include is None and transition.exclude is None:
+                    sent = state  # everything moves on; nothing is left to keep or filter
+                else:
+                    sent = select(state, transition, step=step, participant=self.name)
                 if target.role == "aggregator":
-                    self.kept = self._keep({k: v for k, v in state.items() if k not in sent})
+                    if sent is not state:
+                        self.kept = self._keep({k: v for k, v in state.items() if k not in sent})
                     return ChainResult(self.name, transition.step, sent, records)
                 state, step = sent, transition.step
         except FlowRunError as err:
@@ -142,6 +146,7 @@ class FlowEngine:
             self.last_state = dict(state)
             state, transition, record = run_task(self.job, step, self.last_state, self.private,
                                                  self.aggregator_name, inputs)
+            inputs = None  # the join is done: let the collaborators' copies go before fan-out
             if record is not None:
                 self._record([record])
             if step == "end":

@@ -160,7 +160,7 @@ def _ordered(steps: dict[str, StepNode]) -> dict[str, StepNode]:
 def _class_position(flow_cls: type) -> tuple[str, int]:
     try:
         file = inspect.getsourcefile(flow_cls) or "<unknown>"
-    except TypeError:
+    except (OSError, TypeError):
         file = "<unknown>"
     try:
         line = inspect.getsourcelines(flow_cls)[1]

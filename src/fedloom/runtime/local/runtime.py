@@ -100,8 +100,12 @@ class LocalRuntime:
         engine = FlowEngine(job, self._aggregator.name, self._aggregator_private, backend,
                             recorder)
         backend.open(job)
+        initial = public_state(flow)
+        # While it runs, the engine holds the state: the flow object keeping the initial model
+        # too would cost one more copy of it for the whole run.
+        replace_public_state(flow, {})
         try:
-            final = engine.run(public_state(flow))
+            final = engine.run(initial)
         except BaseException:
             replace_public_state(flow, engine.last_state)
             raise
