@@ -7,6 +7,7 @@ stamp=.venv/.fedloom-installed
 if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then
   exit 0
 fi
+echo "setup: installing fedloom and its dependencies into .venv (first time: a few minutes)..."
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[dev,checkpoint,ray]"
@@ -14,3 +15,4 @@ fi
 .venv/bin/python -m pip install --quiet "torch==2.13.0" \
   || echo "setup: torch==2.13.0 is not available here; torch tests will be skipped"
 touch "$stamp"
+echo "setup: done"
