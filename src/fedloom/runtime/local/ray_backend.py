@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import ray
@@ -27,6 +28,8 @@ from fedloom.state import State, StateCopier
 from fedloom.tasks import FlowJob, TaskRecord
 
 log = logging.getLogger(__name__)
+
+FLUSH_SECONDS = 0.25  # an actor sends finished chains at least this often
 
 
 class Shipment:
@@ -65,15 +68,28 @@ class CollaboratorGroup:
             site.start_run()
 
     def run_chains(self, step: str, names: list[str],
-                   sent: Shipment) -> list[ChainResult] | FedloomError:
+                   sent: Shipment) -> Iterator[list[ChainResult] | FedloomError]:
+        """Chain results as they are done (a streaming generator): a slow chain is sent on its
+        own, so the driver shows a collaborator's output when its chain ends; fast chains are
+        batched (at most every ``FLUSH_SECONDS``) so that many small ones stay cheap."""
         assert self._job is not None, "start_run() comes first"
         # Arrays in ``sent`` are read-only views of shared memory: one copy per collaborator.
         copier = StateCopier(sent.state)
-        try:
-            return [self._sites[name].run_chain(self._job, step, copier.copy())
-                    for name in names]
-        except FedloomError as err:
-            return err
+        batch: list[ChainResult] = []
+        flushed = time.monotonic()
+        for name in names:
+            try:
+                batch.append(self._sites[name].run_chain(self._job, step, copier.copy()))
+            except FedloomError as err:
+                if batch:
+                    yield batch
+                yield err
+                return
+            if time.monotonic() - flushed >= FLUSH_SECONDS:
+                yield batch
+                batch, flushed = [], time.monotonic()
+        if batch:
+            yield batch
 
 
 class RayBackend:
@@ -112,12 +128,9 @@ class RayBackend:
         subsets: dict[int, list[str]] = {}
         for name in names:
             subsets.setdefault(self._actor_of[name], []).append(name)
-        calls = {self._actors[i].run_chains.remote(step, subset, sent_ref): i
-                 for i, subset in subsets.items()}
-        by_name: dict[str, ChainResult] = {}
-        for result in self._gather(calls):
-            print_task_outputs(result.tasks)
-            by_name[result.collaborator] = result
+        streams = {self._actors[i].run_chains.options(num_returns="streaming").remote(
+            step, subset, sent_ref): i for i, subset in subsets.items()}
+        by_name = {result.collaborator: result for result in self._gather(streams)}
         return [by_name[name] for name in names]
 
     def close(self) -> None:
@@ -184,30 +197,40 @@ class RayBackend:
             raise failed
         return results
 
-    def _gather(self, calls: dict[Any, int]) -> list[ChainResult]:
-        """Results as actors finish; the first failure stops the run at once."""
-        pending = list(calls)
+    def _gather(self, streams: dict[Any, int]) -> list[ChainResult]:
+        """Chain results as they finish, their output shown at once; the first failure stops
+        the run (the other actors' chains are not waited for)."""
+        pending = dict(streams)
         results: list[ChainResult] = []
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for ref in done:
-                members = self._plans[calls[ref]].members
-                try:
-                    outcome = ray.get(ref)
-                except RayTaskError as err:
-                    raise _unwrap(err) from None
-                except RayActorError as err:
-                    self.shutdown_actors()
-                    raise FlowRunError(
-                        f"the Ray worker hosting collaborator(s) {list(members)} died "
-                        f"({type(err).__name__}: {err}). Its private attributes are gone; "
-                        "they are made again on the next run.",
-                        participant=members[0]) from None
-                if isinstance(outcome, FedloomError):
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for stream in ready:
+                outcome = self._next_outcome(stream, self._plans[pending[stream]].members)
+                if outcome is None:
+                    del pending[stream]
+                elif isinstance(outcome, FedloomError):
                     print_task_outputs(getattr(outcome, "tasks", []))
                     raise outcome
-                results.extend(outcome)
+                else:
+                    for result in outcome:
+                        print_task_outputs(result.tasks)
+                    results.extend(outcome)
         return results
+
+    def _next_outcome(self, stream: Any,
+                      members: tuple[str, ...]) -> list[ChainResult] | FedloomError | None:
+        try:
+            return ray.get(next(stream))  # type: ignore[no-any-return]
+        except StopIteration:
+            return None
+        except RayTaskError as err:
+            raise _unwrap(err) from None
+        except RayActorError as err:
+            self.shutdown_actors()
+            raise FlowRunError(
+                f"the Ray worker hosting collaborator(s) {list(members)} died "
+                f"({type(err).__name__}: {err}). Its private attributes are gone; they are "
+                "made again on the next run.", participant=members[0]) from None
 
     def shutdown_actors(self) -> None:
         """Kill the actors (their private attributes go with them)."""
