@@ -285,3 +285,19 @@ def test_runs_across_a_real_two_node_cluster(tmp_path: Path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "NODES 2" in done.stdout  # one collaborator on each node
     assert "CONNECTED_AFTER_SHUTDOWN False" in done.stdout  # we connected, so we disconnect
+
+
+def test_what_workers_cannot_import_is_a_clear_error(ray_cluster, tmp_path, monkeypatch):
+    (tmp_path / "only_on_the_driver.py").write_text(
+        "def make_data():\n    return {'x': 1}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import only_on_the_driver  # the driver can import it; the Ray workers cannot
+
+    runtime = LocalRuntime(backend="ray", collaborators=[
+        Collaborator(name="c0", private_attributes_callable=only_on_the_driver.make_data)])
+    flow = WhereAmI()
+    flow.runtime = runtime
+    with pytest.raises(FlowRunError, match="Ray workers could not load what the collaborators "
+                                           "need") as info:
+        flow.run()
+    assert "only_on_the_driver" in str(info.value)

@@ -190,7 +190,7 @@ class RayBackend:
             raise _unwrap(err) from None
         except RayActorError as err:
             self.shutdown_actors()
-            raise FlowRunError(f"a Ray worker died while {doing}: {err}") from None
+            raise FlowRunError(_actor_failure(doing, err)) from None
         failed = next((r for r in results if isinstance(r, FedloomError)), None)
         if failed is not None:
             self.shutdown_actors()
@@ -243,6 +243,18 @@ def print_task_outputs(tasks: Sequence[TaskRecord]) -> None:
     """Show what remote tasks printed, once each, attributed to step and collaborator."""
     for task in tasks:
         print_attributed(task.step, task.participant, task.stdout, task.stderr)
+
+
+def _actor_failure(doing: str, err: Exception) -> str:
+    text = str(err)
+    cause = next((line.strip() for line in reversed(text.splitlines()) if line.strip()), text)
+    if "could not be computed" in text or "Can't get attribute" in text:
+        return (f"Ray workers could not load what the collaborators need while {doing} (the "
+                f"flow, or a private_attributes_callable and its arguments): {cause}. Things "
+                "defined in the script you run (__main__) must be plain module-level functions "
+                "and classes; wrappers such as functools.lru_cache are pickled by reference and "
+                "don't exist in the workers, so move them into an importable module.")
+    return f"a Ray worker died while {doing}: {cause}"
 
 
 def _unwrap(err: RayTaskError) -> Exception:
