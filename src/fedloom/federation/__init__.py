@@ -1,0 +1,1 @@
+"""The federation: director, envoys, and what crosses between them (TLS, wire, packages)."""

@@ -1,0 +1,116 @@
+"""Director and envoy YAML configs: the spec's examples, defaults, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedloom.federation.config import ConfigError, load_director_config, load_envoy_config
+
+PRIVATE = """
+aggregator_attrs = {"test_set": [1, 2, 3]}
+envoy_one_attrs = {"shard": [4, 5]}
+
+def make_attrs(size, label="x"):
+    return {"data": list(range(size)), "label": label}
+
+not_a_dict = [1, 2]
+"""
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    (tmp_path / "private_attributes.py").write_text(PRIVATE)
+    return tmp_path
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def test_spec_director_config(folder):
+    path = write(folder, "director_config.yaml", """
+settings:
+    listen_host: localhost
+    listen_port: 50050
+    envoy_health_check_period: 5
+
+aggregator:
+    private_attributes: private_attributes.aggregator_attrs
+""")
+    config = load_director_config(path)
+    assert (config.listen_host, config.listen_port) == ("localhost", 50050)
+    assert config.envoy_health_check_period == 5.0
+    assert config.review_experiment is True  # absent means true
+    assert config.aggregator.build() == {"test_set": [1, 2, 3]}
+
+
+def test_spec_envoy_config_and_callable_form(folder):
+    plain = write(folder, "envoy_config.yaml", """
+envoy_one:
+    private_attributes: private_attributes.envoy_one_attrs
+""")
+    config = load_envoy_config(plain, "envoy_one")
+    assert config.collaborator.build() == {"shard": [4, 5]} and config.review_experiment
+    with_callable = write(folder, "envoy_two.yaml", """
+envoy two:
+    callable_func:
+        template: private_attributes.make_attrs
+        settings: {size: 3, label: b}
+settings:
+    review_experiment: false
+""")
+    config = load_envoy_config(with_callable, "envoy two")
+    assert config.collaborator.build() == {"data": [0, 1, 2], "label": "b"}
+    assert config.review_experiment is False
+
+
+def test_defaults_and_empty_sections(folder):
+    config = load_director_config(write(folder, "d.yaml", "settings: {listen_port: 6000}\n"))
+    assert config.listen_host == "localhost" and config.listen_port == 6000
+    assert config.aggregator.build() == {}
+    assert load_envoy_config(write(folder, "e.yaml", ""), "any").collaborator.build() == {}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("settings: [1]", "settings must be a mapping"),
+    ("settings: {listen_port: '50050'}", "settings.listen_port must be int"),
+    ("settings: {listen_port: true}", "settings.listen_port must be int"),
+    ("settings: {envoy_health_check_period: 0}", "must be > 0"),
+    ("settings: {listen_prot: 1}", "unknown key(s) ['listen_prot'] in settings"),
+    ("aggregatr: {}", "unknown key(s) ['aggregatr']"),
+    ("aggregator: {private_attributes: nodot}", "as module.attribute"),
+    ("aggregator: {private_attributes: a.b, callable_func: {template: a.b}}", "keep one"),
+    ("settings: {listen_port: [", "is not valid YAML"),
+])
+def test_director_config_errors_name_file_and_key(folder, text, message):
+    path = write(folder, "bad.yaml", text)
+    with pytest.raises(ConfigError) as info:
+        load_director_config(path)
+    assert message in str(info.value) and str(path) in str(info.value)
+
+
+def test_private_attribute_sources_that_fail(folder):
+    missing_module = write(folder, "m.yaml", "aggregator: {private_attributes: nope.attrs}\n")
+    with pytest.raises(ConfigError, match="cannot import module 'nope'"):
+        load_director_config(missing_module).aggregator.build()
+    missing_attr = write(folder, "a.yaml",
+                         "aggregator: {private_attributes: private_attributes.nothing}\n")
+    with pytest.raises(ConfigError, match="has no 'nothing'"):
+        load_director_config(missing_attr).aggregator.build()
+    not_dict = write(folder, "n.yaml",
+                     "aggregator: {private_attributes: private_attributes.not_a_dict}\n")
+    with pytest.raises(ConfigError, match="gave a list, not a dict"):
+        load_director_config(not_dict).aggregator.build()
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_director_config(folder / "absent.yaml")
+
+
+def test_envoy_section_must_match_the_name(folder):
+    path = write(folder, "e.yaml", "envoy_one:\n    private_attributes: private_attributes."
+                                   "envoy_one_attrs\n")
+    with pytest.raises(ConfigError, match="must be named 'envoy_two'"):
+        load_envoy_config(path, "envoy_two")
