@@ -27,11 +27,22 @@ from fedloom.spec import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # FederatedRuntime pulls in gRPC: load it when it is asked for, not with every import.
+    if name == "FederatedRuntime":
+        from fedloom.runtime.federated import FederatedRuntime
+
+        return FederatedRuntime
+    raise AttributeError(f"module 'fedloom' has no attribute {name!r}")
+
+
 __all__ = [
     "Aggregator",
     "Collaborator",
     "FLSpec",
     "FedAvg",
+    "FederatedRuntime",
     "FedloomError",
     "FlowDefinitionError",
     "FlowRunError",

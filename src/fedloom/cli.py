@@ -7,18 +7,23 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.logging import RichHandler
 
 from fedloom import __version__
 from fedloom.errors import FedloomError, FlowDefinitionError
 from fedloom.spec.flowspec import FLSpec, check_flow, flow_picture, graph_of
 
 console = Console(stderr=False, highlight=False)
+T = TypeVar("T")
 
 
 @click.group()
@@ -83,6 +88,126 @@ def run_show(target: str, html_path: str | None) -> None:
         console.print(f"report written to {html_path}")
 
 
+def _tls_options(func: Any) -> Any:
+    for option in reversed([
+        click.option("--disable-tls", is_flag=True, help="Run without TLS (insecure: logged)."),
+        click.option("-rc", "--root-certificate", type=click.Path(dir_okay=False),
+                     help="The federation's root CA certificate."),
+        click.option("-pk", "--private-key", type=click.Path(dir_okay=False),
+                     help="This node's private key."),
+        click.option("-oc", "--certificate", type=click.Path(dir_okay=False),
+                     help="This node's certificate (signed by the root CA)."),
+    ]):
+        func = option(func)
+    return func
+
+
+def _tls_files(disable_tls: bool, root: str | None, key: str | None,
+               cert: str | None) -> Any:
+    from fedloom.federation.pki import TlsFiles
+
+    if disable_tls:
+        if root or key or cert:
+            raise click.UsageError("--disable-tls cannot be combined with -rc/-pk/-oc")
+        return None
+    if not (root and key and cert):
+        raise click.UsageError("TLS is the default: give -rc ROOT_CA -pk KEY -oc CERT (make "
+                               "them with 'fx pki'), or --disable-tls to run insecurely")
+    return TlsFiles(Path(root), Path(cert), Path(key))
+
+
+def _attach_pki() -> None:
+    from fedloom.federation.pki_cli import pki
+
+    main.add_command(pki)
+
+
+_attach_pki()
+
+
+@main.group()
+def director() -> None:
+    """The director: the federation's long-lived coordinator."""
+
+
+@director.command("start")
+@click.option("-c", "--director-config-path", "config_path", required=True,
+              type=click.Path(dir_okay=False), help="The director's YAML config.")
+@_tls_options
+def director_start(config_path: str, disable_tls: bool, root_certificate: str | None,
+                   private_key: str | None, certificate: str | None) -> None:
+    """Start a director and serve until interrupted."""
+    from fedloom.federation.director import Director
+    from fedloom.federation.pki import server_credentials
+
+    _logging()
+    config = _or_exit(lambda: _load_config("director", config_path))
+    files = _tls_files(disable_tls, root_certificate, private_key, certificate)
+    credentials = _or_exit(lambda: server_credentials(files)) if files else None
+    node = Director(config, credentials, Path.cwd() / ".fedloom" / "director")
+    port = _or_exit(node.start)
+    console.print(f"director listening on {config.listen_host}:{port}"
+                  f"{'' if files else ' (TLS DISABLED)'}", markup=False)
+    sys.stdout.flush()
+    try:
+        node.wait()
+    except KeyboardInterrupt:
+        node.stop()
+
+
+@main.group()
+def envoy() -> None:
+    """An envoy: serves one site's data to the federation."""
+
+
+@envoy.command("start")
+@click.option("-n", "--envoy-name", "name", required=True, help="This envoy's name.")
+@click.option("-ec", "--envoy-config-path", "config_path", required=True,
+              type=click.Path(dir_okay=False), help="The envoy's YAML config.")
+@click.option("-dh", "--director-host", required=True, help="The director's host name.")
+@click.option("-dp", "--director-port", required=True, type=int, help="The director's port.")
+@_tls_options
+def envoy_start(name: str, config_path: str, director_host: str, director_port: int,
+                disable_tls: bool, root_certificate: str | None, private_key: str | None,
+                certificate: str | None) -> None:
+    """Start an envoy and serve until interrupted (it reconnects by itself)."""
+    from fedloom.federation.config import load_envoy_config
+    from fedloom.federation.envoy import Envoy
+    from fedloom.federation.pki import channel_credentials
+    from fedloom.federation.transport import Endpoint
+
+    _logging()
+    config = _or_exit(lambda: load_envoy_config(config_path, name))
+    files = _tls_files(disable_tls, root_certificate, private_key, certificate)
+    credentials = _or_exit(lambda: channel_credentials(files)) if files else None
+    node = Envoy(config, Endpoint(director_host, director_port), credentials,
+                 Path.cwd() / ".fedloom" / "envoy" / name)
+    console.print(f"envoy '{name}' connecting to {director_host}:{director_port}", markup=False)
+    sys.stdout.flush()
+    try:
+        _or_exit(node.run)
+    except KeyboardInterrupt:
+        node.stop()
+
+
+def _load_config(kind: str, path: str) -> Any:
+    from fedloom.federation.config import load_director_config
+
+    return load_director_config(path)
+
+
+def _or_exit(make: Callable[[], T]) -> T:
+    try:
+        return make()
+    except FedloomError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=Console(stderr=True), show_path=False)])
+
+
 def _load_flows(target: str) -> list[type[FLSpec]]:
     path_text, _, class_name = target.partition(":")
     path = Path(path_text)
@@ -114,3 +239,7 @@ def _import_file(path: Path) -> ModuleType:
     finally:
         sys.path.pop(0)
     return module
+
+
+if __name__ == "__main__":
+    main()

@@ -105,17 +105,21 @@ class FlowEngine:
     """Walks a flow from ``start`` to ``end`` on the aggregator, fanning out through a backend."""
 
     def __init__(self, job: FlowJob, aggregator_name: str, aggregator_private: dict[str, Any],
-                 backend: Backend, recorder: TaskRecorder | None = None) -> None:
+                 backend: Backend, recorder: TaskRecorder | None = None, *,
+                 live_output: bool = True) -> None:
         self.job = job
         self.aggregator_name = aggregator_name
         self.private = aggregator_private
         self.backend = backend
         self.recorder = recorder
+        # False where nobody watches this process's console (the director's aggregator
+        # process): aggregator tasks are captured and handed to the recorder instead.
+        self.live_output = live_output
         self.last_state: State = {}
 
     def run(self, initial: State) -> State:
         """Run the flow; returns the final public state. On failure, ``last_state`` holds the
-        state after the last aggregator step that completed."""
+        aggregator's state as it was when the run stopped."""
         try:
             with _fewer_gc_pauses():
                 final = self._walk(dict(initial))
@@ -145,7 +149,8 @@ class FlowEngine:
             # On failure the flow keeps the state as the failing step left it.
             self.last_state = dict(state)
             state, transition, record = run_task(self.job, step, self.last_state, self.private,
-                                                 self.aggregator_name, inputs)
+                                                 self.aggregator_name, inputs,
+                                                 live=self.live_output)
             inputs = None  # the join is done: let the collaborators' copies go before fan-out
             if record is not None:
                 self._record([record])

@@ -1,0 +1,437 @@
+"""The director: a long-lived gRPC server that queues experiments, relays between each
+experiment's aggregator process and its envoys, and streams events to the submitter.
+
+Threads, not polling: envoys wait on their work queue, users on their event queue, each running
+experiment on its inbox; every wait has a timeout so a vanished peer is noticed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import grpc
+
+from fedloom.federation import transport
+from fedloom.federation.config import DirectorConfig
+from fedloom.federation.experiment_process import ExperimentSpec, aggregator_main
+from fedloom.federation.pki import peer_kind, peer_name
+from fedloom.federation.proto import fedloom_pb2 as pb
+from fedloom.federation.proto import fedloom_pb2_grpc as rpc
+from fedloom.runtime.local.runtime import new_run_id
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT = 300.0  # seconds for envoys to start their collaborator processes
+
+
+@dataclass
+class EnvoyLink:
+    name: str
+    session: str
+    work: queue.Queue[pb.Work | None] = field(default_factory=queue.Queue)
+    online: bool = True
+    last_seen: float = field(default_factory=time.time)
+    experiment: str = ""
+
+
+@dataclass
+class Experiment:
+    id: str
+    submitter: str
+    collaborators: tuple[str, ...]
+    digest: str
+    package: bytes
+    checkpoint: bool
+    events: queue.Queue[pb.Event | None] = field(default_factory=queue.Queue)
+    inbox: queue.Queue[tuple[Any, ...]] = field(default_factory=queue.Queue)
+    status: str = "queued"
+
+
+class Director(rpc.DirectorServicer):
+    """The director's state and its gRPC service."""
+
+    def __init__(self, config: DirectorConfig, server_credentials: grpc.ServerCredentials | None,
+                 workdir: Path) -> None:
+        self.config = config
+        self._credentials = server_credentials
+        self._workdir = workdir
+        self._lock = threading.Condition()
+        self._envoys: dict[str, EnvoyLink] = {}
+        self._experiments: dict[str, Experiment] = {}
+        self._queue: list[str] = []
+        self._ids = itertools.count(1)
+        self._server: grpc.Server | None = None
+        self._stopping = threading.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> int:
+        """Listen; returns the port (a free one when the config says 0)."""
+        endpoint = transport.Endpoint(self.config.listen_host, self.config.listen_port)
+        self._server, port = transport.new_server(self._credentials, endpoint)
+        rpc.add_DirectorServicer_to_server(self, self._server)
+        self._server.start()
+        threading.Thread(target=self._schedule, name="fedloom-scheduler", daemon=True).start()
+        return port
+
+    def stop(self, grace: float = 2.0) -> None:
+        self._stopping.set()
+        with self._lock:
+            self._lock.notify_all()
+            for link in self._envoys.values():
+                link.work.put(None)
+        if self._server is not None:
+            self._server.stop(grace).wait(grace + 1)
+
+    def wait(self) -> None:
+        if self._server is not None:
+            self._server.wait_for_termination()
+
+    # -- envoys ------------------------------------------------------------------------------
+
+    def Register(self, request: pb.RegisterRequest,
+                 context: grpc.ServicerContext) -> pb.RegisterReply:
+        name = self._authenticate(context, request.name, "envoy")
+        link = EnvoyLink(name, uuid.uuid4().hex)
+        with self._lock:
+            old = self._envoys.get(name)
+            if old is not None:  # a restarted envoy replaces its old connection
+                old.online = False
+                old.work.put(None)
+            self._envoys[name] = link
+            self._lock.notify_all()
+        log.info("envoy '%s' registered", name)
+        return pb.RegisterReply(session=link.session,
+                                health_check_period=self.config.envoy_health_check_period)
+
+    def GetWork(self, request: pb.WorkRequest,
+                context: grpc.ServicerContext) -> Iterator[pb.Work]:
+        link = self._link(request.session, context)
+        period = self.config.envoy_health_check_period
+        try:
+            while context.is_active() and link.online and not self._stopping.is_set():
+                try:
+                    item = link.work.get(timeout=period)
+                except queue.Empty:
+                    item = pb.Work(ping=time.time())  # a heartbeat: a dead peer breaks here
+                if item is None:
+                    return
+                link.last_seen = time.time()
+                yield item
+        finally:
+            self._envoy_lost(link)
+
+    def SendReport(self, request_iterator: Iterator[pb.Report],
+                   context: grpc.ServicerContext) -> pb.Ack:
+        first = next(request_iterator, None)
+        if first is None:
+            return pb.Ack(note="empty report")
+        link = self._link(first.session, context)
+        link.last_seen = time.time()
+        experiment = self._experiments.get(first.experiment)
+        if experiment is None or link.name not in experiment.collaborators:
+            _deny(context, grpc.StatusCode.PERMISSION_DENIED,
+                          f"envoy '{link.name}' is not part of experiment {first.experiment}")
+        kind = first.WhichOneof("kind")
+        if kind == "ready":
+            experiment.inbox.put(("ready", link.name))
+        elif kind == "failure":
+            experiment.inbox.put(("failure", link.name, first.failure))
+        elif kind == "outcome":
+            assembler = transport.Assembler(f"result of '{link.name}'")
+            frame = None
+            for report in request_iterator:
+                frame = assembler.add(report.state)
+            experiment.inbox.put(("outcome", link.name, first.request,
+                                  first.outcome.SerializeToString(),
+                                  frame if frame is not None else assembler.finish()))
+        return pb.Ack()
+
+    # -- users -------------------------------------------------------------------------------
+
+    def Submit(self, request_iterator: Iterator[pb.Submission],
+               context: grpc.ServicerContext) -> pb.SubmitReply:
+        submitter = self._authenticate(context, None, "user")
+        header = next(request_iterator).header
+        assembler = transport.Assembler("experiment package")
+        package = None
+        for part in request_iterator:
+            package = assembler.add(part.package)
+        experiment = Experiment(f"{next(self._ids)}-{uuid.uuid4().hex[:8]}", submitter,
+                                tuple(header.collaborators), header.digest,
+                                package if package is not None else assembler.finish(),
+                                header.checkpoint)
+        with self._lock:
+            self._experiments[experiment.id] = experiment
+            self._queue.append(experiment.id)
+            self._lock.notify_all()
+        experiment.events.put(pb.Event(status="queued"))
+        log.info("experiment %s submitted by '%s' for %s", experiment.id, submitter,
+                 list(experiment.collaborators))
+        return pb.SubmitReply(experiment=experiment.id)
+
+    def Events(self, request: pb.EventsRequest,
+               context: grpc.ServicerContext) -> Iterator[pb.Event]:
+        experiment = self._own_experiment(request.experiment, context)
+        while context.is_active():
+            try:
+                event = experiment.events.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if event is None:
+                return
+            yield event
+
+    def Envoys(self, request: pb.EnvoysRequest,
+               context: grpc.ServicerContext) -> pb.EnvoysReply:
+        self._authenticate(context, None, "user")
+        with self._lock:
+            links = sorted(self._envoys.values(), key=lambda link: link.name)
+            return pb.EnvoysReply(envoys=[
+                pb.EnvoyInfo(name=link.name, online=link.online, last_seen=link.last_seen,
+                             experiment=link.experiment) for link in links])
+
+    def Cancel(self, request: pb.CancelRequest, context: grpc.ServicerContext) -> pb.Ack:
+        experiment = self._own_experiment(request.experiment, context)
+        experiment.inbox.put(("cancel",))
+        with self._lock:
+            if experiment.id in self._queue:
+                self._queue.remove(experiment.id)
+                self._finish_events(experiment, "cancelled by the user before it started")
+        return pb.Ack(note="cancelling")
+
+    # -- scheduling and running --------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        while not self._stopping.is_set():
+            with self._lock:
+                startable = [e for e in (self._experiments[i] for i in self._queue)
+                             if self._envoys_free(e)]
+                for experiment in startable[:1]:
+                    self._queue.remove(experiment.id)
+                    for name in experiment.collaborators:
+                        self._envoys[name].experiment = experiment.id
+                    threading.Thread(target=self._run, args=(experiment,), daemon=True,
+                                     name=f"fedloom-exp-{experiment.id}").start()
+                if not startable:
+                    self._lock.wait(timeout=5.0)
+
+    def _envoys_free(self, experiment: Experiment) -> bool:
+        links = [self._envoys.get(name) for name in experiment.collaborators]
+        return all(link is not None and link.online and not link.experiment for link in links)
+
+    def _run(self, experiment: Experiment) -> None:
+        experiment.status = "running"
+        experiment.events.put(pb.Event(status="running"))
+        reason = ""
+        try:
+            reason = ExperimentRun(self, experiment).run()
+        except Exception as exc:  # a bug here must not take the director down
+            log.exception("experiment %s", experiment.id)
+            reason = f"the director failed while running it: {exc}"
+            experiment.events.put(pb.Event(failure=pb.Failure(kind="FedloomError",
+                                                              message=reason)))
+        finally:
+            self._release(experiment, reason)
+
+    def _release(self, experiment: Experiment, reason: str) -> None:
+        with self._lock:
+            for name in experiment.collaborators:
+                link = self._envoys.get(name)
+                if link is not None and link.experiment == experiment.id:
+                    link.work.put(pb.Work(experiment=experiment.id, end=reason))
+                    link.experiment = ""
+            experiment.status = "failed" if reason else "done"
+            experiment.events.put(None)
+            self._lock.notify_all()
+
+    def _finish_events(self, experiment: Experiment, reason: str) -> None:
+        experiment.events.put(pb.Event(failure=pb.Failure(kind="FedloomError", message=reason)))
+        experiment.events.put(None)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def send(self, name: str, work: pb.Work) -> None:
+        link = self._envoys.get(name)
+        if link is not None:
+            link.work.put(work)
+
+    def _envoy_lost(self, link: EnvoyLink) -> None:
+        with self._lock:
+            if self._envoys.get(link.name) is link:
+                link.online = False
+            experiment = self._experiments.get(link.experiment)
+            self._lock.notify_all()
+        if experiment is not None:
+            experiment.inbox.put(("lost", link.name))
+        log.info("envoy '%s' disconnected", link.name)
+
+    def _link(self, session: str, context: grpc.ServicerContext) -> EnvoyLink:
+        with self._lock:
+            link = next((li for li in self._envoys.values() if li.session == session), None)
+        if link is None:
+            _deny(context, grpc.StatusCode.UNAUTHENTICATED, "unknown session: register first")
+        name = peer_name(context)
+        if name is not None and name != link.name:
+            _deny(context, grpc.StatusCode.PERMISSION_DENIED,
+                          f"certificate '{name}' cannot use the session of '{link.name}'")
+        return link
+
+    def _own_experiment(self, experiment_id: str, context: grpc.ServicerContext) -> Experiment:
+        user = self._authenticate(context, None, "user")
+        experiment = self._experiments.get(experiment_id)
+        if experiment is None:
+            _deny(context, grpc.StatusCode.NOT_FOUND, f"no experiment {experiment_id}")
+        if experiment.submitter != user:
+            _deny(context, grpc.StatusCode.PERMISSION_DENIED,
+                          f"experiment {experiment_id} belongs to another user")
+        return experiment
+
+    def _authenticate(self, context: grpc.ServicerContext, claimed: str | None,
+                      kind: str) -> str:
+        """The caller's name: the certificate's, which must match what it claims. Without TLS
+        (explicitly insecure) the claim is taken as is."""
+        if self._credentials is None:
+            return claimed or "anonymous"
+        name = peer_name(context)
+        role = peer_kind(context)
+        if name is None:
+            _deny(context, grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
+        if role is not None and role != kind:
+            _deny(context, grpc.StatusCode.PERMISSION_DENIED,
+                          f"a {role} certificate cannot act as a {kind}")
+        if claimed is not None and claimed != name:
+            _deny(context, grpc.StatusCode.PERMISSION_DENIED,
+                  f"envoy '{claimed}' presented the certificate of '{name}'; start it "
+                  f"with -n '{name}' or issue a certificate for '{claimed}'")
+        return str(name)
+
+
+class ExperimentRun:
+    """One experiment, from offers to the last event: relays between the aggregator process
+    (over a pipe) and the envoys (over their work streams)."""
+
+    def __init__(self, director: Director, experiment: Experiment) -> None:
+        self.director = director
+        self.experiment = experiment
+        self.run_id = new_run_id()
+
+    def run(self) -> str:
+        """Returns the failure reason, or '' when the experiment completed."""
+        self._offer()
+        reason = self._wait_ready()
+        if reason:
+            self._fail(reason)
+            return reason
+        return self._relay()
+
+    def _offer(self) -> None:
+        exp = self.experiment
+        for name in exp.collaborators:
+            for part in transport.chunks(exp.package):
+                self.director.send(name, pb.Work(experiment=exp.id, offer=pb.Offer(
+                    digest=exp.digest, collaborators=exp.collaborators, run_id=self.run_id,
+                    checkpoint=exp.checkpoint, package=part)))
+
+    def _wait_ready(self) -> str:
+        waiting = set(self.experiment.collaborators)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while waiting:
+            try:
+                message = self.experiment.inbox.get(timeout=max(deadline - time.monotonic(), 0))
+            except queue.Empty:
+                return f"envoys {sorted(waiting)} did not start their collaborators in time"
+            if message[0] == "ready":
+                waiting.discard(message[1])
+            elif message[0] in ("lost", "failure", "cancel"):
+                return self._reason(message)
+        return ""
+
+    def _relay(self) -> str:
+        exp = self.experiment
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe()
+        spec = ExperimentSpec(exp.package, exp.digest, exp.collaborators, self.run_id,
+                              exp.checkpoint, self.director.config.aggregator,
+                              str(self.director._workdir / "aggregator"))
+        process = ctx.Process(target=aggregator_main, args=(child, spec), daemon=True,
+                              name=f"fedloom-aggregator-{exp.id}")
+        process.start()
+        child.close()
+        threading.Thread(target=_pump, args=(parent, exp.inbox), daemon=True).start()
+        try:
+            return self._loop(parent)
+        finally:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+
+    def _loop(self, aggregator: Any) -> str:
+        exp = self.experiment
+        while True:
+            message = exp.inbox.get()
+            kind = message[0]
+            if kind == "chains":
+                _, request, step, names, frame = message
+                for name in names:
+                    for part in transport.chunks(frame):
+                        self.director.send(name, pb.Work(experiment=exp.id, chain=pb.ChainRequest(
+                            request=request, step=step, state=part)))
+            elif kind == "outcome":
+                _, _name, request, outcome, frame = message
+                aggregator.send(("result", request, outcome, frame))
+            elif kind == "output":
+                exp.events.put(pb.Event(output=pb.TaskInfo.FromString(message[1])))
+            elif kind == "done":
+                for part in transport.chunks(message[1]):
+                    exp.events.put(pb.Event(final_state=part))
+                return ""
+            elif kind == "failed":
+                failure = pb.Failure.FromString(message[1])
+                exp.events.put(pb.Event(failure=failure))
+                return failure.message or "failed"
+            elif kind in ("lost", "failure", "cancel", "exited"):
+                reason = self._reason(message)
+                aggregator.send(("abort", reason))
+                self._fail(reason)
+                return reason
+
+    def _reason(self, message: tuple[Any, ...]) -> str:
+        kind = message[0]
+        if kind == "lost":
+            return (f"envoy '{message[1]}' disconnected during the experiment (its collaborator "
+                    "is gone; the run cannot go on)")
+        if kind == "failure":
+            return f"envoy '{message[1]}' could not run its collaborator: {message[2].message}"
+        if kind == "cancel":
+            return "cancelled by the user"
+        return "the aggregator process exited unexpectedly"
+
+    def _fail(self, reason: str) -> None:
+        self.experiment.events.put(pb.Event(failure=pb.Failure(kind="FedloomError",
+                                                               message=reason)))
+
+
+def _deny(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    context.abort(code, message)
+    raise AssertionError("grpc's abort() raises")  # for type checkers: abort never returns
+
+
+def _pump(conn: Any, inbox: queue.Queue[tuple[Any, ...]]) -> None:
+    """Moves the aggregator process's messages into the experiment's inbox."""
+    try:
+        while True:
+            inbox.put(conn.recv())
+    except (EOFError, OSError):
+        inbox.put(("exited",))
+

@@ -1,0 +1,225 @@
+"""An envoy: dials the director, waits for work on a stream (no polling), and runs each
+experiment's collaborator in a process of its own. Reconnects by itself when the director
+restarts."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from fedloom import __version__
+from fedloom.errors import FedloomError
+from fedloom.federation import transport
+from fedloom.federation.config import EnvoyConfig
+from fedloom.federation.experiment_process import ExperimentSpec, collaborator_main
+from fedloom.federation.proto import fedloom_pb2 as pb
+from fedloom.federation.proto import fedloom_pb2_grpc as rpc
+
+log = logging.getLogger(__name__)
+
+RECONNECT_SECONDS = (0.5, 1, 2, 5, 10)
+
+
+class EnvoyRefused(FedloomError):
+    """The director refused this envoy (certificate or name): reconnecting would not help."""
+
+
+@dataclass
+class RunningExperiment:
+    """One experiment's collaborator process on this envoy."""
+
+    id: str
+    package: transport.Assembler
+    offer: pb.Offer | None = None
+    process: BaseProcess | None = None
+    conn: Connection | None = None
+    chains: dict[str, transport.Assembler] = field(default_factory=dict)
+
+
+class Envoy:
+    """Serves one site's data to the federation."""
+
+    def __init__(self, config: EnvoyConfig, endpoint: transport.Endpoint,
+                 credentials: grpc.ChannelCredentials | None, workdir: Path) -> None:
+        self.config = config
+        self.endpoint = endpoint
+        self._credentials = credentials
+        self._workdir = workdir
+        self._stop = threading.Event()
+        self._experiments: dict[str, RunningExperiment] = {}
+        self._stub: rpc.DirectorStub | None = None
+        self._session = ""
+
+    def run(self) -> None:
+        """Serve until :meth:`stop`; reconnects (with back-off) whenever the director is away."""
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                self._serve_once()
+                attempt = 0
+            except grpc.RpcError as exc:
+                if _refused(exc):  # retrying cannot help: the director said who we are not
+                    self._end_all("the director refused this envoy")
+                    raise EnvoyRefused(f"the director at {self.endpoint.address} refused envoy "
+                                       f"'{self.config.name}': {_describe(exc)}") from None
+                log.warning("envoy '%s': connection to %s lost: %s", self.config.name,
+                            self.endpoint.address, _describe(exc))
+            except transport.TransportError as exc:
+                log.warning("envoy '%s': %s", self.config.name, exc)
+            self._end_all("the envoy lost its connection to the director")
+            self._stop.wait(RECONNECT_SECONDS[min(attempt, len(RECONNECT_SECONDS) - 1)])
+            attempt += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._end_all("the envoy is stopping")
+
+    def _serve_once(self) -> None:
+        channel = transport.open_channel(self.endpoint, self._credentials)
+        try:
+            transport.wait_ready(channel, self.endpoint, timeout=10)
+            self._stub = rpc.DirectorStub(channel)
+            reply = self._stub.Register(pb.RegisterRequest(name=self.config.name,
+                                                           fedloom_version=__version__),
+                                        timeout=30)
+            self._session = reply.session
+            log.info("envoy '%s' registered with the director at %s", self.config.name,
+                     self.endpoint.address)
+            work = self._stub.GetWork(pb.WorkRequest(session=reply.session))
+            stopper = threading.Thread(target=self._cancel_on_stop, args=(work,), daemon=True)
+            stopper.start()
+            for item in work:
+                self._handle(item)
+        finally:
+            channel.close()
+
+    def _cancel_on_stop(self, work: Any) -> None:
+        self._stop.wait()
+        work.cancel()
+
+    def _handle(self, work: pb.Work) -> None:
+        kind = work.WhichOneof("kind")
+        if kind == "offer":
+            self._on_offer(work.experiment, work.offer)
+        elif kind == "chain":
+            self._on_chain(work.experiment, work.chain)
+        elif kind == "end":
+            self._end(work.experiment, work.end)
+
+    def _on_offer(self, experiment_id: str, offer: pb.Offer) -> None:
+        running = self._experiments.setdefault(
+            experiment_id, RunningExperiment(experiment_id, transport.Assembler("package")))
+        package = running.package.add(offer.package)
+        if package is None:
+            return
+        running.offer = offer
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe()
+        spec = ExperimentSpec(package, offer.digest, tuple(offer.collaborators), offer.run_id,
+                              offer.checkpoint, self.config.collaborator,
+                              str(self._workdir / experiment_id))
+        running.process = ctx.Process(target=collaborator_main,
+                                      args=(child, self.config.name, spec), daemon=True,
+                                      name=f"fedloom-collaborator-{experiment_id}")
+        running.process.start()
+        child.close()
+        running.conn = parent
+        threading.Thread(target=self._forward, args=(running,), daemon=True).start()
+
+    def _on_chain(self, experiment_id: str, chain: pb.ChainRequest) -> None:
+        running = self._experiments.get(experiment_id)
+        if running is None or running.conn is None:
+            return
+        assembler = running.chains.setdefault(chain.request,
+                                              transport.Assembler(f"state for {chain.step}"))
+        frame = assembler.add(chain.state)
+        if frame is not None:
+            del running.chains[chain.request]
+            running.conn.send(("chain", chain.request, chain.step, frame))
+
+    def _forward(self, running: RunningExperiment) -> None:
+        """Reports from the collaborator process, sent on to the director."""
+        assert running.conn is not None
+        while True:
+            try:
+                message = running.conn.recv()
+            except (EOFError, OSError):
+                return
+            try:
+                self._report(running.id, message)
+            except grpc.RpcError as exc:
+                log.warning("envoy '%s': could not report to the director: %s",
+                            self.config.name, _describe(exc))
+                return
+
+    def _report(self, experiment_id: str, message: tuple[Any, ...]) -> None:
+        assert self._stub is not None
+        reports: Iterator[pb.Report]
+        head = pb.Report(session=self._session, experiment=experiment_id)
+        if message[0] == "ready":
+            head.ready = self.config.name
+            reports = iter([head])
+        elif message[0] == "setup_failed":
+            head.failure.CopyFrom(pb.Failure.FromString(message[1]))
+            reports = iter([head])
+        else:
+            _, request, outcome, frame = message
+            reports = _outcome_reports(head, request, outcome, frame)
+        self._stub.SendReport(reports, timeout=600)
+
+    def _end(self, experiment_id: str, reason: str) -> None:
+        running = self._experiments.pop(experiment_id, None)
+        if running is None:
+            return
+        if reason:
+            log.info("envoy '%s': experiment %s ended: %s", self.config.name, experiment_id,
+                     reason)
+        _stop_process(running)
+
+    def _end_all(self, reason: str) -> None:
+        for experiment_id in list(self._experiments):
+            self._end(experiment_id, reason)
+
+
+def _outcome_reports(head: pb.Report, request: str, outcome: bytes,
+                     frame: bytes) -> Iterator[pb.Report]:
+    first = pb.Report(session=head.session, experiment=head.experiment, request=request)
+    first.outcome.CopyFrom(pb.ChainOutcome.FromString(outcome))
+    yield first
+    for part in transport.chunks(frame):
+        yield pb.Report(session=head.session, experiment=head.experiment, request=request,
+                        state=part)
+
+
+def _stop_process(running: RunningExperiment) -> None:
+    if running.conn is not None:
+        with contextlib.suppress(OSError):  # the process may be gone already
+            running.conn.send(("stop",))
+    if running.process is not None:
+        running.process.join(timeout=5)
+        if running.process.is_alive():
+            running.process.kill()
+            running.process.join(timeout=5)
+
+
+def _refused(exc: grpc.RpcError) -> bool:
+    code = exc.code() if hasattr(exc, "code") else None
+    return code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.RpcError):
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        return f"{code.name if code else 'error'}: {details}"
+    return str(exc)

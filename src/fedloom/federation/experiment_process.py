@@ -1,0 +1,172 @@
+"""The two processes an experiment runs in: the aggregator (a child of the director) and each
+collaborator (a child of its envoy). Both load the approved package, make their private
+attributes there, and talk to their parent over a pipe; the parent relays over gRPC.
+
+Messages on the pipes are tuples of plain values and bytes (wire frames, protobuf bytes), so
+neither side ever unpickles anything but the restricted wire format for flow state.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from fedloom.engine import ChainResult, CollaboratorSite, FlowEngine
+from fedloom.errors import FedloomError, FlowRunError
+from fedloom.federation import messages, wire
+from fedloom.federation.config import PrivateAttributesSpec
+from fedloom.federation.package import ExperimentPackage, load_package
+from fedloom.federation.proto import fedloom_pb2 as pb
+from fedloom.spec.flowspec import validate_flow
+from fedloom.state import State
+from fedloom.tasks import FlowJob, TaskRecord, TaskRecorder
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """What a process needs to run its side of an experiment (picklable: plain values)."""
+
+    package: bytes
+    digest: str
+    collaborators: tuple[str, ...]
+    run_id: str
+    checkpoint: bool
+    private: PrivateAttributesSpec
+    workdir: str
+
+
+def _load(spec: ExperimentSpec) -> tuple[ExperimentPackage, FlowJob]:
+    package = ExperimentPackage.from_bytes(spec.package, expected_digest=spec.digest)
+    flow_cls = load_package(package, Path(spec.workdir))
+    job = FlowJob(flow_cls, validate_flow(flow_cls), spec.collaborators, spec.run_id,
+                  record_tasks=spec.checkpoint)
+    return package, job
+
+
+# -- aggregator side ---------------------------------------------------------------------------
+
+class RemoteChains:
+    """The engine's backend in the aggregator process: chains run on envoys, via the director."""
+
+    def __init__(self, conn: Connection, allowed_modules: frozenset[str]) -> None:
+        self._conn = conn
+        self._allowed = allowed_modules
+
+    def open(self, job: FlowJob) -> None:
+        """Envoys were prepared by the director before this process started."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def run_chains(self, step: str, names: Sequence[str], sent: State) -> list[ChainResult]:
+        request = uuid.uuid4().hex
+        self._conn.send(("chains", request, step, list(names), wire.dumps(sent)))
+        results: dict[str, ChainResult] = {}
+        while len(results) < len(names):
+            message = self._conn.recv()  # the director always answers: results, or "abort"
+            if message[0] == "abort":
+                raise FlowRunError(message[1])
+            _, got_request, outcome_bytes, frame = message
+            if got_request != request:
+                continue  # a late answer to an earlier, abandoned fan-out
+            result = self._result(pb.ChainOutcome.FromString(outcome_bytes), frame)
+            results[result.collaborator] = result
+        return [results[name] for name in names]
+
+    def _result(self, outcome: pb.ChainOutcome, frame: bytes) -> ChainResult:
+        payload = wire.loads(frame, allowed_modules=self._allowed)
+        artifacts = payload.get("artifacts") or [{}] * len(outcome.tasks)
+        tasks = [messages.task_record(info, blobs)
+                 for info, blobs in zip(outcome.tasks, artifacts, strict=False)]
+        if outcome.HasField("failure"):
+            err = messages.error(outcome.failure)
+            if isinstance(err, FlowRunError):
+                err.tasks = tasks
+            raise err
+        return ChainResult(outcome.collaborator, outcome.join_step, payload["state"], tasks)
+
+
+class OutputForwarder:
+    """Sends every task's output to the director (for the user), then records it if asked."""
+
+    def __init__(self, conn: Connection, inner: TaskRecorder | None) -> None:
+        self._conn = conn
+        self._inner = inner
+
+    def record(self, task: TaskRecord) -> None:
+        self._conn.send(("output", messages.task_info(task).SerializeToString()))
+        if self._inner is not None:
+            self._inner.record(task)
+
+    def finish(self, ok: bool) -> None:
+        if self._inner is not None:
+            self._inner.finish(ok)
+
+
+def aggregator_main(conn: Connection, spec: ExperimentSpec) -> None:
+    """Entry point of the aggregator process."""
+    try:
+        package, job = _load(spec)
+        allowed = frozenset({package.module})
+        initial = wire.loads(package.initial_state, allowed_modules=allowed)
+        private = spec.private.build()
+        recorder: TaskRecorder | None = None
+        if spec.checkpoint:
+            from fedloom.checkpoint.recorder import MetaflowRecorder
+
+            recorder = MetaflowRecorder(job.graph, spec.run_id)
+        engine = FlowEngine(job, "aggregator", private, RemoteChains(conn, allowed),
+                            OutputForwarder(conn, recorder), live_output=False)
+        final = engine.run(initial)
+        conn.send(("done", wire.dumps(final)))
+    except BaseException as exc:  # everything goes to the user; the director stays up
+        conn.send(("failed", messages.failure(exc).SerializeToString()))
+
+
+# -- collaborator side -------------------------------------------------------------------------
+
+def collaborator_main(conn: Connection, name: str, spec: ExperimentSpec) -> None:
+    """Entry point of a collaborator process on an envoy."""
+    try:
+        package, job = _load(spec)
+        site = CollaboratorSite(name, spec.private.build(), in_process=False)
+    except BaseException as exc:
+        conn.send(("setup_failed", messages.failure(exc).SerializeToString()))
+        return
+    allowed = frozenset({package.module})
+    conn.send(("ready",))
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return  # the envoy went away
+        if message[0] == "stop":
+            return
+        _, request, step, frame = message
+        conn.send(("outcome", request, *_run_chain(site, job, name, step, frame, allowed)))
+
+
+def _run_chain(site: CollaboratorSite, job: FlowJob, name: str, step: str, frame: bytes,
+               allowed: frozenset[str]) -> tuple[bytes, bytes]:
+    tasks: list[TaskRecord] = []
+    try:
+        result = site.run_chain(job, step, wire.loads(frame, allowed_modules=allowed))
+        outcome = pb.ChainOutcome(collaborator=name, join_step=result.join_step)
+        state: Any = result.state
+        tasks = result.tasks
+    except FedloomError as exc:
+        tasks = list(getattr(exc, "tasks", []))
+        outcome = pb.ChainOutcome(collaborator=name, failure=messages.failure(exc))
+        state = {}
+    outcome.tasks.extend(messages.task_info(t) for t in tasks)
+    try:
+        frame = wire.dumps({"state": state, "artifacts": [t.artifacts for t in tasks]})
+    except Exception as exc:  # e.g. a lock in a public attribute: say so instead of dying
+        outcome = pb.ChainOutcome(collaborator=name, failure=messages.failure(FlowRunError(
+            f"the state '{name}' sends back cannot be serialised: {exc}", participant=name)))
+        frame = wire.dumps({"state": {}, "artifacts": []})
+    return outcome.SerializeToString(), frame

@@ -1,0 +1,861 @@
+"""Experiment packages: what a user submits to a federation, and what each site approves.
+
+A package holds the flow's source (the exported notebook, or the module that defines the flow),
+the requirements read from its imports, the flow's constructor state (opaque bytes, encoded by the
+caller) and a little metadata. Its canonical encoding is hashed into a sha256 ``digest``:
+reviewers approve a digest, and a site loads only bytes whose sha256 is the digest it approved.
+
+Encoding, version 1 (no pickle; the digest is the sha256 of exactly these bytes)::
+
+    b"fedloom-package/1\\n" + HEADER + b"\\n" + file payloads + initial state
+
+``HEADER`` is canonical JSON (sorted keys, no whitespace, ASCII only) with the text fields, the
+requirements (sorted), the metadata, and for every file (sorted by path) and for the initial state
+its size and sha256. The payloads follow in the header's order: each file as UTF-8, then the
+initial state. ``from_bytes`` accepts only this canonical form, so a package has one encoding and
+one digest.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.metadata
+import importlib.util
+import inspect
+import json
+import logging
+import os
+import platform
+import re
+import sys
+import traceback
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from types import MappingProxyType, ModuleType
+from typing import Any
+
+from fedloom.errors import FedloomError
+from fedloom.spec.flowspec import FLSpec
+from fedloom.spec.graph import NameList, _is_next_call, _read_next_call
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"fedloom-package/1\n"
+FORMAT_VERSION = 1
+MODULE_PREFIX = "fedloom_experiment_"
+NOTEBOOK_ENTRY = "experiment.py"
+RUNTIME_CLASSES = frozenset({"FederatedRuntime", "LocalRuntime"})
+# Cell magics whose body is plain Python: the body is kept, the magic line dropped.
+PYTHON_CELL_MAGICS = frozenset({"time", "timeit", "capture"})
+_HEADER_KEYS = frozenset({"format", "flow_class", "module", "entry", "files", "requirements",
+                          "metadata", "initial_state"})
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class PackageError(FedloomError):
+    """An experiment package could not be built, decoded or loaded."""
+
+
+class DigestMismatchError(PackageError):
+    """The package's bytes are not the ones whose digest was approved or submitted."""
+
+
+# -- the package -------------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class ExperimentPackage:
+    """A flow's sources, requirements, initial state and metadata; immutable, and identified by
+    :attr:`digest`. Mappings are frozen and sorted; ``requirements`` are sorted and unique."""
+
+    flow_class: str
+    module: str
+    entry: str
+    files: Mapping[str, str]
+    requirements: tuple[str, ...]
+    initial_state: bytes
+    metadata: Mapping[str, str]
+
+    def __post_init__(self) -> None:
+        _check_identifier(self.flow_class, "flow_class")
+        _check_identifier(self.module, "module")
+        if not isinstance(self.files, Mapping) or not self.files:
+            raise PackageError("a package needs at least one file (files={path: source})")
+        for path, text in self.files.items():
+            _check_relative_path(path)
+            if not isinstance(text, str):
+                raise PackageError(f"file {path!r} must be source text (str), got "
+                                   f"{type(text).__name__}")
+        if not isinstance(self.entry, str) or self.entry not in self.files or \
+                not self.entry.endswith(".py"):
+            raise PackageError(f"entry {self.entry!r} must be one of the package's .py files "
+                               f"{sorted(self.files)}")
+        if isinstance(self.requirements, str) or \
+                not all(isinstance(r, str) and r for r in self.requirements):
+            raise PackageError("requirements must be a sequence of non-empty strings")
+        if not isinstance(self.initial_state, bytes | bytearray | memoryview):
+            raise PackageError(f"initial_state must be bytes, got "
+                               f"{type(self.initial_state).__name__}")
+        if not isinstance(self.metadata, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.metadata.items()):
+            raise PackageError("metadata must map strings to strings")
+        freeze = object.__setattr__
+        freeze(self, "files", MappingProxyType(dict(sorted(self.files.items()))))
+        freeze(self, "metadata", MappingProxyType(dict(sorted(self.metadata.items()))))
+        freeze(self, "requirements", tuple(sorted(set(self.requirements))))
+        freeze(self, "initial_state", bytes(self.initial_state))
+
+    @cached_property
+    def _payloads(self) -> tuple[bytes, ...]:
+        try:
+            return tuple(text.encode("utf-8") for text in self.files.values())
+        except UnicodeEncodeError as err:
+            raise PackageError(f"a file of the package is not encodable as UTF-8: {err}") from None
+
+    @cached_property
+    def _header(self) -> bytes:
+        header = {
+            "format": FORMAT_VERSION,
+            "flow_class": self.flow_class,
+            "module": self.module,
+            "entry": self.entry,
+            "files": [{"path": path, "size": len(data), "sha256": _sha256(data)}
+                      for path, data in zip(self.files, self._payloads, strict=True)],
+            "requirements": list(self.requirements),
+            "metadata": dict(self.metadata),
+            "initial_state": {"size": len(self.initial_state),
+                              "sha256": _sha256(self.initial_state)},
+        }
+        return _canonical_json(header)
+
+    @cached_property
+    def digest(self) -> str:
+        """sha256 (hex) of :meth:`to_bytes`: identifies this package everywhere."""
+        h = hashlib.sha256(MAGIC)
+        h.update(self._header)
+        h.update(b"\n")
+        for data in self._payloads:
+            h.update(data)
+        h.update(self.initial_state)
+        return h.hexdigest()
+
+    def to_bytes(self) -> bytes:
+        """The canonical encoding (see the module docstring)."""
+        return b"".join((MAGIC, self._header, b"\n", *self._payloads, self.initial_state))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, expected_digest: str | None = None) -> ExperimentPackage:
+        """Decode :meth:`to_bytes`. With ``expected_digest`` the bytes are checked first, and a
+        mismatch raises :class:`DigestMismatchError`; malformed data raises
+        :class:`PackageError`."""
+        data = bytes(data)
+        if expected_digest is not None:
+            check_digest(data, expected_digest)
+        if not data.startswith(MAGIC):
+            raise PackageError("not a fedloom experiment package (it does not start with "
+                               f"{MAGIC.decode().strip()!r})")
+        end = data.find(b"\n", len(MAGIC))
+        if end < 0:
+            raise PackageError("malformed experiment package: the header is not terminated")
+        raw_header = data[len(MAGIC):end]
+        try:
+            header = json.loads(raw_header.decode("ascii"))
+        except (UnicodeDecodeError, ValueError) as err:
+            raise PackageError(f"malformed experiment package: unreadable header ({err})") from None
+        package = _from_header(header, memoryview(data)[end + 1:])
+        if package._header != raw_header:
+            raise PackageError("malformed experiment package: the header is not in canonical form")
+        return package
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ExperimentPackage):
+            return NotImplemented
+        return self.digest == other.digest
+
+    def __hash__(self) -> int:
+        return hash(self.digest)
+
+    def __repr__(self) -> str:
+        return (f"ExperimentPackage({self.flow_class} from {self.entry}, "
+                f"digest={self.digest[:12]}, {len(self.initial_state)} bytes of state)")
+
+
+def check_digest(data: bytes, expected_digest: str) -> None:
+    """Raise :class:`DigestMismatchError` unless ``sha256(data)`` is ``expected_digest``."""
+    expected = str(expected_digest).strip().lower()
+    if not _SHA256.fullmatch(expected):
+        raise PackageError(f"{expected_digest!r} is not a sha256 digest (64 hex digits)")
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise DigestMismatchError(
+            f"digest mismatch: the package was changed after it was approved/submitted "
+            f"(expected sha256 {expected}, got {actual}); refusing to use it")
+
+
+def _from_header(header: Any, payload: memoryview) -> ExperimentPackage:
+    def bad(why: str) -> PackageError:
+        return PackageError(f"malformed experiment package: {why}")
+
+    if not isinstance(header, dict) or set(header) != _HEADER_KEYS:
+        raise bad(f"the header must have exactly the keys {sorted(_HEADER_KEYS)}")
+    if header["format"] != FORMAT_VERSION:
+        raise bad(f"unsupported format {header['format']!r} (this fedloom reads format "
+                  f"{FORMAT_VERSION})")
+    entries = header["files"]
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise bad("'files' must be a list of {path, size, sha256}")
+    blobs = [*entries, header["initial_state"]]
+    chunks: list[bytes] = []
+    offset = 0
+    for blob in blobs:
+        if not isinstance(blob, dict) or set(blob) - {"path"} != {"size", "sha256"} or \
+                not isinstance(blob["size"], int) or blob["size"] < 0:
+            raise bad(f"bad payload description {blob!r}")
+        chunk = bytes(payload[offset:offset + blob["size"]])
+        offset += blob["size"]
+        if len(chunk) != blob["size"]:
+            raise bad("the payloads are shorter than the header says (truncated?)")
+        if _sha256(chunk) != blob["sha256"]:
+            raise bad(f"the content of {blob.get('path', 'the initial state')!r} does not "
+                      "match its sha256 in the header")
+        chunks.append(chunk)
+    if offset != len(payload):
+        raise bad(f"{len(payload) - offset} unexpected bytes after the payloads")
+    files: dict[str, str] = {}
+    for entry, chunk in zip(entries, chunks, strict=False):
+        try:
+            files[str(entry["path"])] = chunk.decode("utf-8")
+        except (KeyError, UnicodeDecodeError) as err:
+            raise bad(f"bad file entry {entry!r}: {err}") from None
+    requirements = header["requirements"]
+    if not isinstance(requirements, list):
+        raise bad("'requirements' must be a list")
+    try:
+        return ExperimentPackage(
+            flow_class=header["flow_class"], module=header["module"], entry=header["entry"],
+            files=files, requirements=tuple(requirements), initial_state=chunks[-1],
+            metadata=header["metadata"])
+    except PackageError as err:
+        raise bad(str(err)) from None
+
+
+def _canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False).encode("ascii")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check_identifier(value: object, what: str) -> None:
+    if not isinstance(value, str) or not value.isidentifier():
+        raise PackageError(f"{what} must be a Python identifier, got {value!r}")
+
+
+def _check_relative_path(path: object) -> None:
+    parts = path.split("/") if isinstance(path, str) else []
+    if not parts or "\\" in str(path) or any(p in ("", ".", "..") for p in parts) or \
+            ":" in parts[0]:
+        raise PackageError(f"file paths must be relative POSIX paths inside the package "
+                           f"(like 'experiment.py'), got {path!r}")
+
+
+def sources_digest(flow_class: str, entry: str, files: Mapping[str, str]) -> str:
+    """sha256 of the code alone (class, entry and files; not state, requirements or metadata).
+    The package's module name is derived from it, so it is known before the state is encoded."""
+    body = {"flow_class": flow_class, "entry": entry,
+            "files": {path: _sha256(text.encode("utf-8")) for path, text in files.items()}}
+    return _sha256(_canonical_json(body))
+
+
+# -- building a package ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FlowSources:
+    """The code part of a package, as :func:`collect_sources` found it."""
+
+    flow_class: str
+    module: str  # the name the sources are imported as at the sites
+    entry: str
+    files: Mapping[str, str]
+    source: str  # "notebook:<file name>" or "module:<path>"
+    original_module: str  # the flow class's module here (often "__main__")
+
+
+def collect_sources(flow_cls: type, notebook_path: str | Path | None = None) -> FlowSources:
+    """The sources of ``flow_cls``: the exported notebook, or else the file of its module."""
+    if not (isinstance(flow_cls, type) and issubclass(flow_cls, FLSpec)):
+        raise PackageError(f"a flow class (a subclass of FLSpec) is needed, got {flow_cls!r}")
+    name = flow_cls.__name__
+    if notebook_path is not None:
+        path = Path(notebook_path)
+        entry, text, source = NOTEBOOK_ENTRY, export_notebook(path), f"notebook:{path.name}"
+        if name not in _module_level_classes(ast.parse(text)):
+            raise PackageError(
+                f"notebook {path} does not define the flow class {name} in a code cell; define "
+                f"it in the notebook, or leave out notebook_path= to package the module "
+                f"{flow_cls.__module__!r} that defines it")
+    else:
+        file = _module_file(flow_cls)
+        entry, text, source = file.name, _read_module(flow_cls, file), f"module:{file}"
+    files = {entry: text}
+    module = MODULE_PREFIX + sources_digest(name, entry, files)[:12]
+    return FlowSources(name, module, entry, MappingProxyType(files), source, flow_cls.__module__)
+
+
+def package_flow(flow_cls: type, initial_state: bytes, *,
+                 notebook_path: str | Path | None = None, created_by: str = "",
+                 sources: FlowSources | None = None) -> ExperimentPackage:
+    """Package ``flow_cls`` with ``initial_state`` (the encoded constructor state). The sources
+    are the notebook at ``notebook_path`` (its exported code cells), or else the module file that
+    defines the flow. ``sources`` reuses what :func:`collect_sources` returned."""
+    if sources is None:
+        sources = collect_sources(flow_cls, notebook_path)
+    requirements, unresolved = find_requirements(sources.files.values())
+    from fedloom import __version__
+
+    metadata = {"created_by": str(created_by), "python": platform.python_version(),
+                "fedloom": __version__, "source": sources.source,
+                "flow_module": sources.original_module}
+    if unresolved:
+        log.warning("%s imports %s, which %s not installed distributions and will not be in "
+                    "the package; the sites must have them", sources.entry,
+                    ", ".join(unresolved), "is" if len(unresolved) == 1 else "are")
+        metadata["unresolved_imports"] = ",".join(unresolved)
+    return ExperimentPackage(
+        flow_class=sources.flow_class, module=sources.module, entry=sources.entry,
+        files=sources.files, requirements=requirements, initial_state=initial_state,
+        metadata=metadata)
+
+
+def _module_file(flow_cls: type) -> Path:
+    name, module = flow_cls.__name__, flow_cls.__module__
+    if flow_cls.__qualname__ != name:
+        raise PackageError(f"flow class {flow_cls.__qualname__} is not defined at the top level "
+                           f"of its module; define it at module level so it can be packaged")
+    if module == "__main__":
+        main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+        if not main_file or not Path(main_file).is_file():
+            raise PackageError(
+                f"{name} is defined in an interactive session (notebook or REPL) without a "
+                f"source file; pass notebook_path='path/to/notebook.ipynb' to FederatedRuntime "
+                f"(or package_flow) so the notebook's code cells can be exported")
+        return Path(main_file).resolve()
+    try:
+        file = inspect.getsourcefile(flow_cls)
+    except (TypeError, OSError):
+        file = None
+    if not file or not Path(file).is_file() or not file.endswith(".py"):
+        raise PackageError(f"the source file of module {module!r} (which defines {name}) is not "
+                           "available, so the flow cannot be packaged from it; pass "
+                           "notebook_path=... or define the flow in a .py file")
+    return Path(file).resolve()
+
+
+def _read_module(flow_cls: type, file: Path) -> str:
+    try:
+        text = file.read_text(encoding="utf-8")
+        tree = ast.parse(text, filename=str(file))
+    except (OSError, UnicodeDecodeError, SyntaxError) as err:
+        raise PackageError(f"cannot read the flow's module {file}: {err}") from None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            raise PackageError(
+                f"{file}:{node.lineno} uses a relative import; the package holds only this file, "
+                f"so use absolute imports of installed packages")
+    if flow_cls.__name__ not in _module_level_classes(tree):
+        raise PackageError(f"{file} does not define {flow_cls.__name__} at module level")
+    if flow_cls.__module__ == "__main__":
+        # A script: drop what builds a runtime or runs the flow, as for a notebook cell.
+        text = _StatementFilter(text, _ExportState()).run(tree)
+    return text
+
+
+def _module_level_classes(tree: ast.Module) -> dict[str, ast.ClassDef]:
+    """Classes a module defines when it runs (in compound statements too, not in functions)."""
+    found: dict[str, ast.ClassDef] = {}
+    for stmt in _module_level_statements(tree.body):
+        if isinstance(stmt, ast.ClassDef):
+            found.setdefault(stmt.name, stmt)
+    return found
+
+
+def _module_level_statements(body: Sequence[ast.stmt]) -> Iterator[ast.stmt]:
+    for stmt in body:
+        yield stmt
+        for child in _child_bodies(stmt):
+            yield from _module_level_statements(child)
+
+
+def _child_bodies(stmt: ast.stmt) -> list[list[ast.stmt]]:
+    """The statement lists nested in a compound statement (not in function or class bodies)."""
+    if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return []
+    bodies: list[list[ast.stmt]] = [getattr(stmt, name) for name in
+                                    ("body", "orelse", "finalbody") if getattr(stmt, name, None)]
+    bodies += [h.body for h in getattr(stmt, "handlers", ())]
+    bodies += [case.body for case in getattr(stmt, "cases", ())]
+    return bodies
+
+
+# -- requirements ------------------------------------------------------------------------------
+
+_dist_cache: dict[str, list[str]] = {}
+
+
+def find_requirements(sources: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(requirements, unresolved)`` for the top-level imports of ``sources``: ``name==version``
+    of each installed distribution they import (sorted), and the imported top-level names that are
+    neither standard library nor installed distributions (local modules, missing packages)."""
+    imported: set[str] = set()
+    for text in sources:
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module)
+    stdlib = set(sys.stdlib_module_names) | set(sys.builtin_module_names)
+    requirements: set[str] = set()
+    unresolved: set[str] = set()
+    refreshed = False
+    for dotted in sorted(imported):
+        top = dotted.split(".")[0]
+        if top in stdlib:
+            continue
+        if top not in _dist_cache and not refreshed:  # installed since the last look?
+            _dist_cache.clear()
+            _dist_cache.update(importlib.metadata.packages_distributions())
+            refreshed = True
+        dists = _narrow(dotted, sorted(set(_dist_cache.get(top, ()))))
+        if not dists:
+            unresolved.add(top)
+        for dist in dists:
+            try:
+                requirements.add(f"{dist}=={importlib.metadata.version(dist)}")
+            except importlib.metadata.PackageNotFoundError:
+                requirements.add(dist)
+    return tuple(sorted(requirements)), tuple(sorted(unresolved))
+
+
+def _narrow(dotted: str, dists: list[str]) -> list[str]:
+    """For a namespace package (``google.protobuf``), the distributions with that subpackage."""
+    parts = dotted.split(".")
+    if len(dists) < 2 or len(parts) < 2:
+        return dists
+    prefix = "/".join(parts[:2])
+    narrowed = []
+    for dist in dists:
+        try:
+            paths = importlib.metadata.distribution(dist).files or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        if any(str(p).startswith((prefix + "/", prefix + ".")) for p in paths):
+            narrowed.append(dist)
+    return narrowed or dists
+
+
+# -- notebook export ---------------------------------------------------------------------------
+
+_MAGIC_LINE = re.compile(
+    r"\s*(?:[%!]"  # %magic, !shell
+    r"|[A-Za-z_][\w.]*(?:\s*,\s*[A-Za-z_][\w.]*)*\s*=\s*[%!]"  # x = !ls, x = %time f()
+    r"|\?{1,2}[\w.]+\s*$|[\w.]+\?{1,2}\s*$)")  # ?help, help?
+
+
+def export_notebook(notebook_path: str | Path) -> str:
+    """The notebook's code cells joined (each after a ``# %% cell N`` line, N counting all cells
+    from 1), minus IPython magics and shell lines (``%...``, ``!...``; ``%%`` cells except
+    ``%%time``/``%%timeit``/``%%capture``, whose body is kept) and the statements that build a
+    runtime or run the flow: ``FederatedRuntime(...)``/``LocalRuntime(...)``, assignments to
+    ``<x>.runtime``, ``<x>.runtime...`` uses, ``<x>.run()``, and statements using what those made
+    (the runtime objects, and the flow after it ran). Removal is per statement (by AST); all else
+    is kept as written. A cell that is not valid Python raises :class:`PackageError` naming it."""
+    path = Path(notebook_path)
+    cells = _read_notebook(path)
+    state = _ExportState()
+    parts: list[str] = []
+    for number, cell in enumerate(cells, start=1):
+        if cell.get("cell_type") != "code":
+            continue
+        text = _export_cell(str(cell.get("source", "")), number, path, state)
+        if text.strip():
+            parts.append(f"# %% cell {number}\n{text}\n")
+    code = "\n".join(parts)
+    try:
+        compile(code, str(path), "exec", dont_inherit=True)
+    except SyntaxError as err:
+        cell = _cell_at(code, err.lineno or 0)
+        raise PackageError(f"the code exported from {path} does not compile ({err.msg}, in cell "
+                           f"{cell}); a 'from __future__' import must be in the first code "
+                           "cell") from None
+    return code
+
+
+def _read_notebook(path: Path) -> list[Any]:
+    import nbformat
+
+    read: Callable[..., Any] = nbformat.read  # untyped
+    try:
+        nb = read(str(path), as_version=4)
+    except FileNotFoundError:
+        raise PackageError(f"notebook {path} does not exist") from None
+    except Exception as err:  # nbformat raises JSON, validation and version errors
+        raise PackageError(f"cannot read notebook {path}: {err}") from None
+    language = nb.get("metadata", {}).get("kernelspec", {}).get("language", "python")
+    if str(language).lower() != "python":
+        raise PackageError(f"notebook {path} is a {language} notebook; only Python notebooks "
+                           "can be exported")
+    return list(nb.cells)
+
+
+def _export_cell(source: str, number: int, path: Path, state: _ExportState) -> str:
+    first, _, rest = source.lstrip("\n").partition("\n")
+    if first.startswith("%%"):
+        magic = first[2:].split(maxsplit=1)[0] if first[2:].strip() else ""
+        if magic not in PYTHON_CELL_MAGICS:
+            return ""
+        source = rest
+    tree = _parse(source)
+    if tree is None:
+        source = _drop_magic_lines(source)
+        try:
+            tree = ast.parse(source)
+        except SyntaxError as err:
+            raise PackageError(f"cell {number} of {path} is not valid Python (line {err.lineno} "
+                               f"of the cell: {err.msg}); fix or remove it") from None
+    text = _StatementFilter(source, state).run(tree)
+    text = re.sub(r"\A(?:[ \t]*\n)+", "", text).rstrip()
+    try:
+        compile(text, f"cell {number}", "exec", dont_inherit=True)
+    except SyntaxError as err:
+        raise PackageError(f"cell {number} of {path} cannot run as a module ({err.msg}, line "
+                           f"{err.lineno} of the cell); fix or remove it") from None
+    return text
+
+
+def _parse(source: str) -> ast.Module | None:
+    try:
+        return ast.parse(source)
+    except SyntaxError:
+        return None
+
+
+def _drop_magic_lines(source: str) -> str:
+    out = []
+    for line in source.splitlines(keepends=True):
+        if _MAGIC_LINE.match(line):
+            indent = line[:len(line) - len(line.lstrip())]
+            if indent:  # inside a block: keep the block valid
+                out.append(f"{indent}pass\n")
+            continue
+        out.append(line)
+    return "".join(out)
+
+
+def _cell_at(code: str, lineno: int) -> str:
+    number = "?"
+    for line in code.splitlines()[:lineno]:
+        if line.startswith("# %% cell "):
+            number = line.removeprefix("# %% cell ")
+    return number
+
+
+@dataclass
+class _ExportState:
+    """What the export knows across cells: names bound by imports, names of the runtime classes,
+    and names made by removed statements (which later statements must not use)."""
+
+    imported: set[str] = field(default_factory=set)
+    runtime_names: set[str] = field(default_factory=lambda: set(RUNTIME_CLASSES))
+    tainted: set[str] = field(default_factory=set)
+
+
+class _StatementFilter:
+    """Removes run/runtime statements from one cell's source, keeping everything else as is."""
+
+    def __init__(self, source: str, state: _ExportState) -> None:
+        self.source = source
+        self.lines = re.findall(r"[^\n]*\n|[^\n]+\Z", source)  # as the tokenizer counts lines
+        self.state = state
+        self.edits: list[tuple[int, int, int, int, str]] = []  # line, col, end line, col, text
+
+    def run(self, tree: ast.Module) -> str:
+        self._body(tree.body, nested=False)
+        starts = [0]
+        for line in self.lines:
+            starts.append(starts[-1] + len(line))
+        text = self.source
+        for l0, c0, l1, c1, new in sorted(self.edits, reverse=True):
+            text = text[:starts[l0] + c0] + new + text[starts[l1] + c1:]
+        return text
+
+    def _body(self, body: list[ast.stmt], nested: bool) -> None:
+        removed = [self._visit(stmt) for stmt in body]
+        if not any(removed):
+            return
+        need_pass = nested and all(removed)
+        start = 0
+        for end in range(1, len(body) + 1):  # groups of statements sharing lines (a; b)
+            if end < len(body) and body[end - 1].end_lineno == body[end].lineno:
+                continue
+            if any(removed[start:end]):
+                self._edit(body[start:end], removed[start:end], need_pass and start == 0)
+            start = end
+
+    def _edit(self, group: list[ast.stmt], removed: list[bool], need_pass: bool) -> None:
+        first, last = group[0], group[-1]
+        l0, l1 = first.lineno - 1, (last.end_lineno or last.lineno) - 1
+        c0 = self._col(l0, first.col_offset)
+        c1 = self._col(l1, last.end_col_offset or 0)
+        kept = [ast.get_source_segment(self.source, s) or ""
+                for s, r in zip(group, removed, strict=True) if not r]
+        new = "; ".join(kept) or ("pass" if need_pass else "")
+        before, after = self.lines[l0][:c0], self.lines[l1][c1:].strip()
+        if not new and not before.strip() and (not after or after.startswith("#")):
+            self.edits.append((l0, 0, l1 + 1, 0, ""))  # whole lines
+        else:
+            self.edits.append((l0, c0, l1, c1, new))
+
+    def _col(self, line: int, byte_col: int) -> int:
+        return len(self.lines[line].encode("utf-8")[:byte_col].decode("utf-8", "replace"))
+
+    def _visit(self, stmt: ast.stmt) -> bool:
+        """Whether ``stmt`` goes; recurses into compound statements, which always stay."""
+        state = self.state
+        if isinstance(stmt, ast.Import | ast.ImportFrom):
+            for alias in stmt.names:
+                bound = alias.asname or alias.name.split(".")[0]
+                if isinstance(stmt, ast.ImportFrom) and alias.name in RUNTIME_CLASSES:
+                    state.runtime_names.add(bound)
+                state.imported.add(bound)
+                state.tainted.discard(bound)
+            return False
+        if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            state.tainted.discard(stmt.name)
+            return False
+        bodies = _child_bodies(stmt)
+        if bodies:
+            for body in bodies:
+                self._body(body, nested=True)
+            return False
+        stored = {n.id for n in _walk(stmt) if isinstance(n, ast.Name)
+                  and isinstance(n.ctx, ast.Store)}
+        receivers = self._runs_or_builds(stmt)
+        if receivers is None:
+            state.tainted -= stored
+            return False
+        state.tainted |= stored | receivers
+        return True
+
+    def _runs_or_builds(self, stmt: ast.stmt) -> set[str] | None:
+        """None when ``stmt`` stays; else the names it ran (``flow`` of ``flow.run()``)."""
+        state = self.state
+        hit = False
+        receivers: set[str] = set()
+        for node in _walk(stmt):
+            if isinstance(node, ast.Call):
+                func = node.func
+                callee = func.id if isinstance(func, ast.Name) else \
+                    func.attr if isinstance(func, ast.Attribute) else None
+                if callee in state.runtime_names:
+                    hit = True
+                elif isinstance(func, ast.Attribute) and func.attr == "run" and \
+                        not node.args and not node.keywords:
+                    hit = True
+                    receivers |= {n.id for n in ast.walk(func.value) if isinstance(n, ast.Name)}
+            elif isinstance(node, ast.Attribute) and node.attr == "runtime":
+                hit |= isinstance(node.ctx, ast.Store) or (
+                    isinstance(node.value, ast.Name) and node.value.id not in state.imported)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+                hit |= node.id in state.tainted
+        return receivers if hit else None
+
+
+def _walk(node: ast.AST) -> Iterator[ast.AST]:
+    """``ast.walk`` that does not enter lambdas (defining one runs nothing)."""
+    todo = [node]
+    while todo:
+        current = todo.pop()
+        yield current
+        todo.extend(child for child in ast.iter_child_nodes(current)
+                    if not isinstance(child, ast.Lambda))
+
+
+# -- loading at a site -------------------------------------------------------------------------
+
+def load_package(package: ExperimentPackage, workdir: Path) -> type:
+    """Write the files into ``workdir/<digest12>/``, import the entry module as
+    ``package.module`` (the only name it takes in ``sys.modules``) and return the flow class.
+    A module already loaded from the same code is reused."""
+    root = Path(workdir) / package.digest[:12]
+    _write_files(root, package.files)
+    module = _import_entry(package, root / package.entry)
+    flow_cls = getattr(module, package.flow_class, None)
+    if not (isinstance(flow_cls, type) and issubclass(flow_cls, FLSpec)):
+        flows = sorted(n for n, v in vars(module).items()
+                       if isinstance(v, type) and issubclass(v, FLSpec) and v is not FLSpec)
+        raise PackageError(f"package {package.digest[:12]} ({package.entry}) does not define "
+                           f"the flow class {package.flow_class}; its flow classes: {flows}")
+    return flow_cls
+
+
+def _write_files(root: Path, files: Mapping[str, str]) -> None:
+    for rel, text in files.items():
+        _check_relative_path(rel)
+        target = root.joinpath(*rel.split("/"))
+        data = text.encode("utf-8")
+        if target.is_file() and target.read_bytes() == data:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        temp.write_bytes(data)
+        os.replace(temp, target)  # atomic: a concurrent loader never sees half a file
+
+
+def _import_entry(package: ExperimentPackage, path: Path) -> ModuleType:
+    name = package.module
+    marker = sources_digest(package.flow_class, package.entry, package.files)
+    existing = sys.modules.get(name)
+    if existing is not None:
+        if getattr(existing, "__fedloom_sources__", None) == marker:
+            return existing
+        raise PackageError(f"module name {name!r} is already used in this process by other "
+                           f"code; cannot load package {package.digest[:12]} under it")
+    if importlib.util.find_spec(name) is not None:
+        raise PackageError(f"package module name {name!r} would shadow an importable module")
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise PackageError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except (Exception, SystemExit) as err:
+        sys.modules.pop(name, None)
+        raise PackageError(
+            f"importing package {package.digest[:12]} ({package.entry} as {name}) failed with "
+            f"{type(err).__name__}: {err}\n\n{_user_traceback(err, path)}") from err
+    module.__fedloom_sources__ = marker  # type: ignore[attr-defined]
+    return module
+
+
+def _user_traceback(err: BaseException, path: Path) -> str:
+    """The traceback from the package's own frames on (the import machinery left out)."""
+    tb = err.__traceback__
+    while tb is not None and Path(tb.tb_frame.f_code.co_filename) != path:
+        tb = tb.tb_next
+    lines = traceback.format_exception(type(err), err, tb or err.__traceback__)
+    return "".join(lines).rstrip()
+
+
+# -- what a reviewer sees ----------------------------------------------------------------------
+
+def describe_package(package: ExperimentPackage) -> dict[str, Any]:
+    """A JSON-serialisable summary for reviewers, read from the source without running it:
+    digest, flow class, steps (placement), transitions (foreach/include/exclude), files (line
+    counts), requirements, initial state size, metadata and anything that looked wrong."""
+    warnings: list[str] = []
+    steps, transitions = _static_flow(package, warnings)
+    files = [{"path": path, "lines": text.count("\n") + (not text.endswith("\n") and bool(text)),
+              "bytes": len(text.encode("utf-8")), "sha256": _sha256(text.encode("utf-8"))}
+             for path, text in package.files.items()]
+    return {
+        "digest": package.digest,
+        "flow_class": package.flow_class,
+        "module": package.module,
+        "entry": package.entry,
+        "source": package.metadata.get("source", ""),
+        "steps": steps,
+        "transitions": transitions,
+        "files": files,
+        "requirements": list(package.requirements),
+        "initial_state": {"bytes": len(package.initial_state),
+                          "sha256": _sha256(package.initial_state)},
+        "metadata": dict(package.metadata),
+        "warnings": warnings,
+    }
+
+
+def _static_flow(package: ExperimentPackage,
+                 warnings: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    try:
+        tree = ast.parse(package.files[package.entry])
+    except SyntaxError as err:
+        warnings.append(f"{package.entry} is not valid Python: {err}")
+        return [], []
+    methods = _flow_methods(_module_level_classes(tree), package.flow_class, warnings)
+    steps: list[dict[str, Any]] = []
+    transitions: list[dict[str, Any]] = []
+    for name, fdef in methods.items():
+        placement = _placement(fdef)
+        if placement is None:
+            continue
+        role, resources = placement
+        params = [a.arg for a in fdef.args.args]
+        steps.append({"name": name, "placement": role, "resources": resources,
+                      "line": fdef.lineno, "join": role == "aggregator" and "inputs" in params})
+        self_name = params[0] if params else "self"
+        calls = [_read_next_call(n, self_name, 0) for n in ast.walk(fdef)
+                 if _is_next_call(n, self_name)]
+        for call in sorted(calls, key=lambda c: c.line):
+            transitions.append({"from": name, "to": call.target or call.target_text,
+                                "line": call.line, "foreach": call.foreach_text,
+                                "include": _names(call.include),
+                                "exclude": _names(call.exclude)})
+    rank = {"start": 0, "end": 2}
+    steps.sort(key=lambda s: (rank.get(s["name"], 1), s["line"]))
+    if not steps:
+        warnings.append(f"no @aggregator/@collaborator steps of {package.flow_class} were found "
+                        f"in {package.entry}")
+    return steps, transitions
+
+
+def _flow_methods(classes: Mapping[str, ast.ClassDef], name: str,
+                  warnings: list[str]) -> dict[str, ast.FunctionDef | ast.AsyncFunctionDef]:
+    """Methods of class ``name`` and its bases in the same file (the most derived wins)."""
+    if name not in classes:
+        warnings.append(f"class {name} is not defined at module level of the entry file")
+        return {}
+    order: list[ast.ClassDef] = []
+    todo = [name]
+    while todo:
+        cls = classes[todo.pop(0)]
+        if cls in order:
+            continue
+        order.append(cls)
+        for base in cls.bases:
+            base_name = base.id if isinstance(base, ast.Name) else \
+                base.attr if isinstance(base, ast.Attribute) else ast.unparse(base)
+            if base_name in classes:
+                todo.append(base_name)
+            elif base_name != "FLSpec":
+                warnings.append(f"{cls.name} derives from {ast.unparse(base)}, which is not in "
+                                "the package; its steps are not shown")
+    methods: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}
+    for cls in order:
+        for stmt in cls.body:
+            if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
+                methods.setdefault(stmt.name, stmt)
+    return methods
+
+
+def _placement(fdef: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[str, dict[str, str]] | None:
+    for decorator in fdef.decorator_list:
+        target = decorator.func if isinstance(decorator, ast.Call) else decorator
+        role = target.id if isinstance(target, ast.Name) else \
+            target.attr if isinstance(target, ast.Attribute) else None
+        if role in ("aggregator", "collaborator"):
+            resources = {kw.arg or "**": ast.unparse(kw.value) for kw in
+                         getattr(decorator, "keywords", ())}
+            return role, resources
+    return None
+
+
+def _names(value: NameList | None) -> list[str] | str | None:
+    if value is None:
+        return None
+    return list(value.names) if value.names is not None else value.text

@@ -1,0 +1,223 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Chunk(_message.Message):
+    __slots__ = ("total", "offset", "data")
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    total: int
+    offset: int
+    data: bytes
+    def __init__(self, total: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class RegisterRequest(_message.Message):
+    __slots__ = ("name", "fedloom_version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FEDLOOM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    fedloom_version: str
+    def __init__(self, name: _Optional[str] = ..., fedloom_version: _Optional[str] = ...) -> None: ...
+
+class RegisterReply(_message.Message):
+    __slots__ = ("session", "health_check_period")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_CHECK_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    session: str
+    health_check_period: float
+    def __init__(self, session: _Optional[str] = ..., health_check_period: _Optional[float] = ...) -> None: ...
+
+class WorkRequest(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: str
+    def __init__(self, session: _Optional[str] = ...) -> None: ...
+
+class Work(_message.Message):
+    __slots__ = ("experiment", "ping", "offer", "chain", "end")
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    PING_FIELD_NUMBER: _ClassVar[int]
+    OFFER_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    experiment: str
+    ping: float
+    offer: Offer
+    chain: ChainRequest
+    end: str
+    def __init__(self, experiment: _Optional[str] = ..., ping: _Optional[float] = ..., offer: _Optional[_Union[Offer, _Mapping]] = ..., chain: _Optional[_Union[ChainRequest, _Mapping]] = ..., end: _Optional[str] = ...) -> None: ...
+
+class Offer(_message.Message):
+    __slots__ = ("digest", "collaborators", "run_id", "checkpoint", "package")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    COLLABORATORS_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    PACKAGE_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    collaborators: _containers.RepeatedScalarFieldContainer[str]
+    run_id: str
+    checkpoint: bool
+    package: Chunk
+    def __init__(self, digest: _Optional[str] = ..., collaborators: _Optional[_Iterable[str]] = ..., run_id: _Optional[str] = ..., checkpoint: _Optional[bool] = ..., package: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
+
+class ChainRequest(_message.Message):
+    __slots__ = ("request", "step", "state")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    request: str
+    step: str
+    state: Chunk
+    def __init__(self, request: _Optional[str] = ..., step: _Optional[str] = ..., state: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
+
+class Report(_message.Message):
+    __slots__ = ("session", "experiment", "request", "outcome", "state", "ready", "failure")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    session: str
+    experiment: str
+    request: str
+    outcome: ChainOutcome
+    state: Chunk
+    ready: str
+    failure: Failure
+    def __init__(self, session: _Optional[str] = ..., experiment: _Optional[str] = ..., request: _Optional[str] = ..., outcome: _Optional[_Union[ChainOutcome, _Mapping]] = ..., state: _Optional[_Union[Chunk, _Mapping]] = ..., ready: _Optional[str] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ...) -> None: ...
+
+class ChainOutcome(_message.Message):
+    __slots__ = ("collaborator", "join_step", "tasks", "failure")
+    COLLABORATOR_FIELD_NUMBER: _ClassVar[int]
+    JOIN_STEP_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    collaborator: str
+    join_step: str
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskInfo]
+    failure: Failure
+    def __init__(self, collaborator: _Optional[str] = ..., join_step: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ...) -> None: ...
+
+class TaskInfo(_message.Message):
+    __slots__ = ("step", "participant", "stdout", "stderr", "ok", "started_at", "finished_at", "exception", "unpicklable")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_FIELD_NUMBER: _ClassVar[int]
+    STDOUT_FIELD_NUMBER: _ClassVar[int]
+    STDERR_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXCEPTION_FIELD_NUMBER: _ClassVar[int]
+    UNPICKLABLE_FIELD_NUMBER: _ClassVar[int]
+    step: str
+    participant: str
+    stdout: str
+    stderr: str
+    ok: bool
+    started_at: float
+    finished_at: float
+    exception: str
+    unpicklable: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, step: _Optional[str] = ..., participant: _Optional[str] = ..., stdout: _Optional[str] = ..., stderr: _Optional[str] = ..., ok: _Optional[bool] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., exception: _Optional[str] = ..., unpicklable: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Failure(_message.Message):
+    __slots__ = ("kind", "message", "step", "participant", "exc_type", "exc_message", "traceback")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_FIELD_NUMBER: _ClassVar[int]
+    EXC_TYPE_FIELD_NUMBER: _ClassVar[int]
+    EXC_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TRACEBACK_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    message: str
+    step: str
+    participant: str
+    exc_type: str
+    exc_message: str
+    traceback: str
+    def __init__(self, kind: _Optional[str] = ..., message: _Optional[str] = ..., step: _Optional[str] = ..., participant: _Optional[str] = ..., exc_type: _Optional[str] = ..., exc_message: _Optional[str] = ..., traceback: _Optional[str] = ...) -> None: ...
+
+class Ack(_message.Message):
+    __slots__ = ("note",)
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    note: str
+    def __init__(self, note: _Optional[str] = ...) -> None: ...
+
+class Submission(_message.Message):
+    __slots__ = ("header", "package")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    PACKAGE_FIELD_NUMBER: _ClassVar[int]
+    header: SubmissionHeader
+    package: Chunk
+    def __init__(self, header: _Optional[_Union[SubmissionHeader, _Mapping]] = ..., package: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
+
+class SubmissionHeader(_message.Message):
+    __slots__ = ("collaborators", "digest", "checkpoint")
+    COLLABORATORS_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    collaborators: _containers.RepeatedScalarFieldContainer[str]
+    digest: str
+    checkpoint: bool
+    def __init__(self, collaborators: _Optional[_Iterable[str]] = ..., digest: _Optional[str] = ..., checkpoint: _Optional[bool] = ...) -> None: ...
+
+class SubmitReply(_message.Message):
+    __slots__ = ("experiment",)
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    experiment: str
+    def __init__(self, experiment: _Optional[str] = ...) -> None: ...
+
+class EventsRequest(_message.Message):
+    __slots__ = ("experiment",)
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    experiment: str
+    def __init__(self, experiment: _Optional[str] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("output", "status", "final_state", "failure")
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    FINAL_STATE_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    output: TaskInfo
+    status: str
+    final_state: Chunk
+    failure: Failure
+    def __init__(self, output: _Optional[_Union[TaskInfo, _Mapping]] = ..., status: _Optional[str] = ..., final_state: _Optional[_Union[Chunk, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ...) -> None: ...
+
+class EnvoysRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class EnvoyInfo(_message.Message):
+    __slots__ = ("name", "online", "last_seen", "experiment")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ONLINE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    online: bool
+    last_seen: float
+    experiment: str
+    def __init__(self, name: _Optional[str] = ..., online: _Optional[bool] = ..., last_seen: _Optional[float] = ..., experiment: _Optional[str] = ...) -> None: ...
+
+class EnvoysReply(_message.Message):
+    __slots__ = ("envoys",)
+    ENVOYS_FIELD_NUMBER: _ClassVar[int]
+    envoys: _containers.RepeatedCompositeFieldContainer[EnvoyInfo]
+    def __init__(self, envoys: _Optional[_Iterable[_Union[EnvoyInfo, _Mapping]]] = ...) -> None: ...
+
+class CancelRequest(_message.Message):
+    __slots__ = ("experiment",)
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    experiment: str
+    def __init__(self, experiment: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,140 @@
+"""FederatedRuntime: submit a flow to a running director and follow it to the end.
+
+``flow.run()`` packages the flow (its module or notebook, plus its constructor state), submits
+it, prints each task's output as it happens (attributed to step and participant), and returns
+with the final state on the flow object — or raises the run's error. It never hangs: the event
+stream is the run's own, and Ctrl-C cancels the experiment everywhere.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from fedloom.capture import print_attributed
+from fedloom.errors import FedloomError, ParticipantError
+from fedloom.federation import messages, transport, wire
+from fedloom.federation.package import ExperimentPackage, package_flow
+from fedloom.federation.proto import fedloom_pb2 as pb
+from fedloom.federation.proto import fedloom_pb2_grpc as rpc
+from fedloom.spec.flowspec import (
+    FLSpec,
+    is_checkpointing,
+    public_state,
+    replace_public_state,
+    set_run_id,
+    validate_flow,
+)
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True)
+class EnvoyStatus:
+    name: str
+    online: bool
+    last_seen: float
+    experiment: str
+
+
+class FederatedRuntime:
+    """Runs a flow across a federation. ``director`` is the spec's dict:
+    ``{director_node_fqdn, director_port, cert_chain, api_cert, api_private_key}``."""
+
+    def __init__(self, collaborators: Sequence[str], director: Mapping[str, Any],
+                 notebook_path: str | Path | None = None, tls: bool = True) -> None:
+        if isinstance(collaborators, str) or not collaborators or \
+                not all(isinstance(c, str) for c in collaborators):
+            raise ParticipantError("collaborators= must be a list of envoy names")
+        self._collaborators = list(collaborators)
+        self.endpoint = transport.Endpoint(str(director.get("director_node_fqdn", "localhost")),
+                                           int(director.get("director_port", 50050)))
+        self.notebook_path = notebook_path
+        self._credentials = _credentials(director, tls)
+
+    @property
+    def collaborators(self) -> list[str]:
+        return list(self._collaborators)
+
+    def get_envoys(self) -> list[EnvoyStatus]:
+        """The envoys the director knows: name, online, last seen, current experiment."""
+        with self._channel() as channel:
+            reply = rpc.DirectorStub(channel).Envoys(pb.EnvoysRequest(), timeout=30)
+        return [EnvoyStatus(e.name, e.online, e.last_seen, e.experiment) for e in reply.envoys]
+
+    def execute(self, flow: FLSpec) -> None:
+        """Called by ``flow.run()``."""
+        validate_flow(type(flow))
+        package = package_flow(type(flow), wire.dumps(public_state(flow)),
+                               notebook_path=self.notebook_path, created_by=getpass.getuser())
+        with self._channel() as channel:
+            stub = rpc.DirectorStub(channel)
+            experiment = stub.Submit(self._submission(package, is_checkpointing(flow)),
+                                     timeout=600).experiment
+            log.info("submitted experiment %s (package %s)", experiment, package.digest[:12])
+            set_run_id(flow, experiment)
+            try:
+                final = self._follow(stub, experiment, package, type(flow))
+            except KeyboardInterrupt:
+                stub.Cancel(pb.CancelRequest(experiment=experiment), timeout=30)
+                raise
+        replace_public_state(flow, final)
+
+    def _submission(self, package: ExperimentPackage, checkpoint: bool) -> Iterator[pb.Submission]:
+        yield pb.Submission(header=pb.SubmissionHeader(
+            collaborators=self._collaborators, digest=package.digest, checkpoint=checkpoint))
+        for part in transport.chunks(package.to_bytes()):
+            yield pb.Submission(package=part)
+
+    def _follow(self, stub: rpc.DirectorStub, experiment: str, package: ExperimentPackage,
+                flow_cls: type) -> dict[str, Any]:
+        assembler = transport.Assembler("final state")
+        frame: bytes | None = None
+        failure: pb.Failure | None = None
+        for event in stub.Events(pb.EventsRequest(experiment=experiment)):
+            kind = event.WhichOneof("kind")
+            if kind == "output":
+                out = event.output
+                print_attributed(out.step, out.participant, out.stdout, out.stderr)
+            elif kind == "status":
+                log.info("experiment %s: %s", experiment, event.status)
+            elif kind == "final_state":
+                frame = assembler.add(event.final_state) or frame
+            elif kind == "failure":
+                failure = event.failure
+        if failure is not None:
+            raise messages.error(failure)
+        if frame is None:
+            raise FedloomError(f"experiment {experiment} ended without a result; see the "
+                               "director's log")
+        # Objects of the flow's own classes come back under the package's module name.
+        sys.modules.setdefault(package.module, sys.modules[flow_cls.__module__])
+        state = wire.loads(frame, allowed_modules={package.module, flow_cls.__module__})
+        return dict(state)
+
+    def _channel(self) -> grpc.Channel:
+        channel = transport.open_channel(self.endpoint, self._credentials)
+        transport.wait_ready(channel, self.endpoint, CONNECT_TIMEOUT)
+        return channel
+
+
+def _credentials(director: Mapping[str, Any], tls: bool) -> grpc.ChannelCredentials | None:
+    if not tls:
+        return None
+    from fedloom.federation.pki import TlsFiles, channel_credentials
+
+    paths = [director.get(k) for k in ("cert_chain", "api_cert", "api_private_key")]
+    if not all(paths):
+        raise ParticipantError("tls=True needs director={'cert_chain': CA, 'api_cert': CERT, "
+                               "'api_private_key': KEY} (make them with fx pki), or pass "
+                               "tls=False to connect without TLS")
+    return channel_credentials(TlsFiles(*(Path(p) for p in paths)))  # type: ignore[arg-type]

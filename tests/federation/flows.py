@@ -1,0 +1,57 @@
+"""Flows the federation tests submit (a module file, so it can be packaged as is)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+
+from fedloom import FLSpec, aggregator, collaborator, fedavg
+
+
+class FedAvgFlow(FLSpec):
+    """Rounds of FedAvg over each envoy's private ``data``; the aggregator checks its own
+    private ``secret`` and collaborators report what they saw."""
+
+    def __init__(self, model=None, rounds: int = 2, fail_on: str = "", die_on: str = "",
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.model = model if model is not None else np.zeros(3)
+        self.rounds = rounds
+        self.fail_on = fail_on
+        self.die_on = die_on
+
+    @aggregator
+    def start(self):
+        assert self.secret == "aggregator-only"
+        print(f"starting with {self.runtime.collaborators}")
+        self.collaborators = self.runtime.collaborators
+        self.round = 0
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        assert not hasattr(self, "secret")
+        if self.input == self.fail_on:
+            raise ValueError(f"bad data at {self.input}")
+        if self.input == self.die_on:
+            os.kill(os.getppid(), signal.SIGKILL)  # the envoy process dies mid-round
+        self.model = self.model + self.data
+        self.seen = float(self.data.sum())
+        print(f"{self.input} trained round {self.round}")
+        self.next(self.join)
+
+    @aggregator
+    def join(self, inputs):
+        self.model = fedavg([i.model for i in inputs])
+        self.seen_by = {i.input: i.seen for i in inputs}
+        self.round += 1
+        if self.round < self.rounds:
+            self.next(self.train, foreach="collaborators")
+        else:
+            self.next(self.end)
+
+    @aggregator
+    def end(self):
+        print("done")

@@ -1,0 +1,69 @@
+"""The federation with real processes: a director and envoys on 127.0.0.1, real certificates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedloom import FedloomError, StepFailed
+from fedloom.runtime.federated import FederatedRuntime
+from tests.federation.flows import FedAvgFlow
+from tests.federation.nodes import federation
+
+pytestmark = pytest.mark.slow
+
+ENVOYS = {"envoy_one": 1.0, "New York": 3.0}
+
+
+def run(fed, **flow_args) -> FedAvgFlow:
+    flow = FedAvgFlow(**flow_args)
+    flow.runtime = FederatedRuntime(collaborators=list(ENVOYS), director=fed.director_info(),
+                                    tls=fed.certs is not None)
+    flow.run()
+    return flow
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["tls", "plaintext"])
+def test_a_multi_round_flow_runs_across_envoys(tmp_path, capsys, tls):
+    with federation(tmp_path, ENVOYS, tls=tls) as fed:
+        start_model = np.array([10.0, 0.0, 0.0])  # a "pre-trained" model passed to the flow
+        flow = run(fed, model=start_model, rounds=3)
+        np.testing.assert_allclose(flow.model, start_model + 3 * 2.0)  # mean of 1 and 3, x3
+        assert flow.round == 3 and flow.seen_by == {"envoy_one": 3.0, "New York": 9.0}
+        assert not hasattr(flow, "data") and not hasattr(flow, "secret")
+        out = capsys.readouterr().out
+        assert "[train @ New York] New York trained round 2" in out
+        assert "[start @ aggregator] starting with ['envoy_one', 'New York']" in out
+        # two experiments back to back: envoys were freed
+        again = run(fed, rounds=1)
+        np.testing.assert_allclose(again.model, [2.0, 2.0, 2.0])
+        runtime = FederatedRuntime(collaborators=list(ENVOYS), director=fed.director_info(),
+                                   tls=tls)
+        envoys = {e.name: e for e in runtime.get_envoys()}
+        assert set(envoys) == set(ENVOYS) and all(e.online for e in envoys.values())
+
+
+def test_a_step_that_raises_fails_the_experiment_and_the_director_keeps_serving(tmp_path):
+    with federation(tmp_path, ENVOYS) as fed:
+        with pytest.raises(StepFailed) as info:
+            run(fed, fail_on="New York")
+        err = info.value
+        assert (err.step, err.participant) == ("train", "New York")
+        assert "ValueError: bad data at New York" in err.traceback_text
+        flow = run(fed, rounds=1)  # the same envoys serve the next experiment
+        np.testing.assert_allclose(flow.model, [2.0, 2.0, 2.0])
+
+
+def test_an_envoy_that_dies_mid_round_fails_the_experiment(tmp_path):
+    with federation(tmp_path, ENVOYS) as fed, \
+            pytest.raises(FedloomError, match="envoy 'New York' disconnected"):
+        run(fed, die_on="New York")
+
+
+def test_an_envoy_with_another_envoys_certificate_is_refused(tmp_path):
+    with federation(tmp_path, {"envoy_one": 1.0}) as fed:
+        impostor = fed.start_envoy("New York", 3.0, cert_name="envoy_one")
+        impostor.wait_for(r"refused envoy 'New York'")
+        assert impostor.process.wait(timeout=30) == 1  # it stops: retrying cannot help
+        assert "presented the certificate of" in "\n".join(impostor.seen + [
+            line for line in iter(lambda: impostor.lines.get(timeout=5), None)])

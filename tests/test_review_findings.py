@@ -1,0 +1,683 @@
+"""Review findings: each test shows one defect and is marked xfail(strict) until it is fixed."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fedloom import (
+    Aggregator,
+    Collaborator,
+    FlowRunError,
+    FLSpec,
+    LocalRuntime,
+    PrivateAttributeError,
+    StepFailed,
+    aggregator,
+    collaborator,
+    fedavg,
+)
+from fedloom.capture import capture_output
+from fedloom.cli import main
+from fedloom.errors import FedloomError
+from fedloom.tasks import TaskRecord
+from tests.conftest import NAMES, make_runtime
+
+SECRET = b"SECRET-PAYLOAD-0123456789abcdef!"
+
+
+def secret_array(index: int, name: str) -> dict[str, Any]:
+    """A private array with bytes that are easy to find on disk."""
+    return {"secret": np.frombuffer(SECRET, dtype=np.uint8).copy()}
+
+
+def slow_private(index: int, name: str) -> dict[str, Any]:
+    """A private_attributes_callable that loads data for a while (as real ones do)."""
+    time.sleep(3)
+    return {"shard": np.full(3, float(index))}
+
+
+# -- flows --------------------------------------------------------------------------------------
+
+
+class NestedPrivateFlow(FLSpec):
+    """A collaborator wraps its private array in a container it sends back."""
+
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        self.bundle = {"data": self.secret}  # the private object itself, one level down
+        self.next(self.join)
+
+    @aggregator
+    def join(self, inputs):
+        self.received = [bytes(i.bundle["data"]) for i in inputs]
+        self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+class PrivateStringFlow(FLSpec):
+    """A collaborator publishes its private API token (a str) as a public attribute."""
+
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        self.token_copy = self.api_token  # the private object itself
+        self.next(self.join)
+
+    @aggregator
+    def join(self, inputs):
+        self.tokens = [i.token_copy for i in inputs]
+        self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+class FailsInLastCollaboratorFlow(FLSpec):
+    def __init__(self, fail: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fail = fail
+
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        print(f"training {self.input}")
+        if self.fail and self.input == NAMES[-1]:
+            raise RuntimeError("out of memory")
+        self.next(self.join)
+
+    @aggregator
+    def join(self, inputs):
+        self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+class SlowFailFlow(FLSpec):
+    """Collaborators fail after a short while (a failed checkpoint write is known by then)."""
+
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        time.sleep(0.5)
+        if self.input:
+            raise RuntimeError("the real problem")
+        self.next(self.join)
+
+    @aggregator
+    def join(self, inputs):
+        self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+class PhantomFlow(FLSpec):
+    @aggregator
+    def start(self):
+        self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+def broken_private_attributes() -> dict[str, Any]:
+    raise ValueError("the data directory is missing")
+
+
+class ZombieFlow(FLSpec):
+    """One collaborator fails at once; the others are still busy when the run stops."""
+
+    def __init__(self, fail: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fail = fail
+
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        if self.fail:
+            if self.input == NAMES[-1]:
+                raise RuntimeError("fast failure")
+            time.sleep(5)
+        self.next(self.join)
+
+    @aggregator
+    def join(self, inputs):
+        self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+class QuickFlow(FLSpec):
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        self.next(self.join)
+
+    @aggregator
+    def join(self, inputs):
+        self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+class LockAtFanOutFlow(FLSpec):
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.lock = threading.Lock()  # public, and cannot be copied
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        self.next(self.join)
+
+    @aggregator
+    def join(self, inputs):
+        self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+class ExcludePrivateFlow(FLSpec):
+    """OpenFL-style: the step excludes its private data loader by name."""
+
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        self.loss = 0.5
+        self.next(self.join, exclude=["train_loader"])
+
+    @aggregator
+    def join(self, inputs):
+        self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+class ExcludeBetweenCollaboratorStepsFlow(FLSpec):
+    """``train`` holds its optimizer state back from ``validate``; it should still keep it."""
+
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.round = 0
+        self.history: list[list[bool]] = []
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        self.had_opt_state = hasattr(self, "opt_state")
+        if not self.had_opt_state:
+            self.opt_state = f"momentum-of-{self.input}"
+        self.next(self.validate, exclude=["opt_state"])
+
+    @collaborator
+    def validate(self):
+        self.next(self.join)
+
+    @aggregator
+    def join(self, inputs):
+        self.history.append([i.had_opt_state for i in inputs])
+        self.round += 1
+        if self.round < 2:
+            self.next(self.train, foreach="collaborators")
+        else:
+            self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+class IncludeDropsInputFlow(FLSpec):
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        self.model = 1.0
+        self.next(self.join, include=["model"])
+
+    @aggregator
+    def join(self, inputs):
+        self.senders = [i.input for i in inputs]  # the contract: inputs[0].input
+        self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+class TypoInExcludeFlow(FLSpec):
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.model = 0.0
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        self.model = self.model + 1
+        self.next(self.join, exclude=["modle"])  # never assigned anywhere in the flow
+
+    @aggregator
+    def join(self, inputs):
+        self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+# -- 1. private objects nested in public containers ------------------------------------------
+
+
+@pytest.mark.xfail(reason="FINDING: check_no_leak only compares top-level identity; a private "
+                   "object inside a public container is sent to the aggregator", strict=True)
+def test_private_object_nested_in_a_container_is_not_sent():
+    flow = NestedPrivateFlow()
+    flow.runtime = make_runtime(collab_private=secret_array)
+    with pytest.raises(PrivateAttributeError):
+        flow.run()
+
+
+@pytest.mark.xfail(reason="FINDING: a private object nested in a public container is pickled "
+                   "into the checkpoint", strict=True)
+def test_private_object_nested_in_a_container_is_not_checkpointed(metaflow_client):
+    flow = NestedPrivateFlow(checkpoint=True)
+    flow.runtime = make_runtime(collab_private=secret_array)
+    with contextlib.suppress(PrivateAttributeError):
+        flow.run()
+    raw = b"".join(p.read_bytes() for p in Path(".metaflow").rglob("*") if p.is_file())
+    assert SECRET not in raw
+
+
+@pytest.mark.xfail(reason="FINDING: on Ray a private object nested in a container goes through "
+                   "the object store to the driver", strict=True)
+def test_ray_private_object_nested_in_a_container_is_not_sent(ray_cluster):
+    flow = NestedPrivateFlow()
+    runtime = make_runtime(collab_private=secret_array, backend="ray")
+    flow.runtime = runtime
+    try:
+        with pytest.raises(PrivateAttributeError):
+            flow.run()
+    finally:
+        runtime.shutdown()
+
+
+# -- 2. immutable private values are exempt from the leak check -------------------------------
+
+
+@pytest.mark.xfail(reason="FINDING: private str/bytes/tuple values are skipped by check_no_leak, "
+                   "so a token assigned to a public attribute is sent", strict=True)
+def test_private_string_assigned_to_a_public_attribute_is_refused():
+    def token(index: int, name: str) -> dict[str, Any]:
+        return {"api_token": "".join(["tok-", name, "-", "x" * 20])}  # built at run time
+
+    flow = PrivateStringFlow()
+    flow.runtime = make_runtime(collab_private=token)
+    with pytest.raises(PrivateAttributeError):
+        flow.run()
+
+
+# -- 3. a failing fan-out drops the other collaborators' task records --------------------------
+
+
+@pytest.mark.xfail(reason="FINDING: when one chain fails, the finished chains of the other "
+                   "collaborators in that fan-out are never recorded", strict=True)
+def test_failed_fan_out_keeps_the_other_collaborators_tasks(metaflow_client):
+    from metaflow import Step
+
+    flow = FailsInLastCollaboratorFlow(checkpoint=True)
+    flow.runtime = make_runtime()
+    with pytest.raises(StepFailed):
+        flow.run()
+    tasks = list(Step(f"FailsInLastCollaboratorFlow/{flow._run_id}/train"))
+    recorded = sorted((t.metadata_dict["participant"], bool(t.successful)) for t in tasks)
+    assert recorded == sorted([(NAMES[0], True), (NAMES[1], True), (NAMES[2], False)])
+
+
+# -- 4. a checkpoint write error hides the step failure and skips finishing the run ----------
+
+
+@pytest.mark.xfail(reason="FINDING: a failed checkpoint write raised from record() in the error "
+                   "path replaces StepFailed and skips recorder.finish()", strict=True)
+def test_checkpoint_write_error_does_not_hide_the_step_failure(metaflow_client, monkeypatch):
+    from fedloom.checkpoint.metaflow_store import MetaflowStore
+
+    original = MetaflowStore.write_task
+
+    def flaky_write(self: Any, step: str, *args: Any, **kwargs: Any) -> None:
+        if step == "start":
+            raise OSError("disk quota exceeded")
+        original(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(MetaflowStore, "write_task", flaky_write)
+    flow = SlowFailFlow(checkpoint=True)
+    flow.runtime = make_runtime()
+    with pytest.raises(StepFailed):
+        flow.run()
+    report = Path(".metaflow") / "SlowFailFlow" / str(flow._run_id) / "fedloom-run.html"
+    assert report.is_file()
+
+
+# -- 5. a run that fails before it starts leaves a phantom checkpoint run --------------------
+
+
+@pytest.mark.xfail(reason="FINDING: the checkpoint run is registered before participants are "
+                   "set up and never closed when setup fails", strict=True)
+def test_setup_failure_leaves_no_phantom_checkpoint_run(metaflow_client):
+    from metaflow import Flow
+    from metaflow.exception import MetaflowNotFound
+
+    flow = PhantomFlow(checkpoint=True)
+    flow.runtime = LocalRuntime(
+        aggregator=Aggregator(private_attributes_callable=broken_private_attributes),
+        collaborators=[Collaborator(name=NAMES[0])])
+    with pytest.raises(FedloomError):  # a ParticipantError
+        flow.run()
+    try:
+        runs = [r.id for r in Flow("PhantomFlow")]
+    except MetaflowNotFound:
+        runs = []
+    assert runs == []
+
+
+# -- 6. fx run show calls a failed run "unfinished" -----------------------------------------
+
+
+@pytest.mark.xfail(reason="FINDING: report_from_metaflow maps a failed run without an 'end' task "
+                   "to 'unfinished'", strict=True)
+def test_fx_run_show_reports_a_failed_run_as_failed(metaflow_client):
+    from fedloom.checkpoint.report import report_from_metaflow
+
+    flow = FailsInLastCollaboratorFlow(checkpoint=True)
+    flow.runtime = make_runtime()
+    with pytest.raises(StepFailed):
+        flow.run()
+    assert report_from_metaflow("FailsInLastCollaboratorFlow", flow._run_id).status == "failed"
+
+
+# -- 7. Ray: a failed fan-out leaves the other chains running; the next run waits for them ----
+
+
+@pytest.mark.xfail(reason="FINDING: RayBackend does not cancel the other actors' streams after a "
+                   "failure; the next run's open() waits (with no timeout) behind them",
+                   strict=True)
+def test_ray_failed_run_does_not_leave_chains_running(ray_cluster):
+    runtime = make_runtime(backend="ray", num_actors=len(NAMES))
+    flow = ZombieFlow()
+    flow.runtime = runtime
+    try:
+        with pytest.raises(StepFailed):
+            flow.run()
+        flow.fail = False
+        started = time.monotonic()
+        flow.run()
+        assert time.monotonic() - started < 2.5  # the quick re-run waits ~5 s for the zombies
+    finally:
+        runtime.shutdown()
+
+
+# -- 8. Ray: a slow private_attributes_callable is reported as missing resources -------------
+
+
+@pytest.mark.xfail(reason="FINDING: actor_start_timeout also covers private_attributes_callable "
+                   "and the error blames cluster resources", strict=True)
+def test_ray_slow_private_attributes_callable_is_not_blamed_on_resources(ray_cluster):
+    runtime = make_runtime(backend="ray", collab_private=slow_private, actor_start_timeout=1.0)
+    flow = QuickFlow()
+    flow.runtime = runtime
+    try:
+        flow.run()  # a data loader that takes 3 s is normal; failing is acceptable only ...
+    except FlowRunError as err:
+        assert "waiting for resources" not in str(err)  # ... with a message that says why
+    finally:
+        runtime.shutdown()
+
+
+# -- 9. an uncopyable public attribute at a fan-out is a bare TypeError ----------------------
+
+
+@pytest.mark.xfail(reason="FINDING: StateCopier's deepcopy error escapes as a bare TypeError "
+                   "that names no step, participant or attribute", strict=True)
+def test_uncopyable_public_attribute_at_fan_out_names_step_and_attribute():
+    flow = LockAtFanOutFlow()
+    flow.runtime = make_runtime()
+    with pytest.raises(FlowRunError) as info:
+        flow.run()
+    assert "lock" in str(info.value) and "start" in str(info.value)
+
+
+# -- 10. excluding a private attribute gives a misleading error ------------------------------
+
+
+@pytest.mark.xfail(reason="FINDING: exclude=['<private attribute>'] says the attribute is not "
+                   "set and to set it, instead of explaining private attributes", strict=True)
+def test_excluding_a_private_attribute_is_explained():
+    flow = ExcludePrivateFlow()
+    flow.runtime = make_runtime(collab_private=lambda i, n: {"train_loader": [i]})
+    try:
+        flow.run()  # a no-op exclude (OpenFL ports write this) would be fine ...
+    except FlowRunError as err:
+        assert "private" in str(err).split("Attributes present")[0]  # ... or a message saying so
+
+
+# -- 11. collaborator -> collaborator exclude loses the attribute for good --------------------
+
+
+@pytest.mark.xfail(reason="FINDING: an attribute excluded between two collaborator steps is "
+                   "dropped, not kept by the collaborator (the sender keeps its attributes)",
+                   strict=True)
+def test_exclude_between_collaborator_steps_keeps_the_attribute_on_the_collaborator():
+    flow = ExcludeBetweenCollaboratorStepsFlow()
+    flow.runtime = make_runtime()
+    flow.run()
+    assert flow.history == [[False] * len(NAMES), [True] * len(NAMES)]
+
+
+# -- 12. include= at the join drops `input` --------------------------------------------------
+
+
+@pytest.mark.xfail(reason="FINDING: include=[...] towards a join drops 'input', so "
+                   "inputs[i].input (part of the contract) fails", strict=True)
+def test_include_keeps_input_for_the_join():
+    flow = IncludeDropsInputFlow()
+    flow.runtime = make_runtime()
+    flow.run()
+    assert flow.senders == NAMES
+
+
+# -- 13. a name never set anywhere is not caught before the run -------------------------------
+
+
+@pytest.mark.xfail(reason="FINDING: no lint rule for include/exclude/foreach names that no step "
+                   "or __init__ ever assigns; the contract wants them refused before running",
+                   strict=True)
+def test_exclude_name_never_assigned_is_refused_before_running():
+    problems = TypoInExcludeFlow.flow_check()
+    assert any("modle" in str(p) for p in problems)
+
+
+# -- 14. captured streams are not file-like enough -------------------------------------------
+
+
+@pytest.mark.xfail(reason="FINDING: _Tee has encoding None and no fileno(); steps behave "
+                   "differently under checkpoint=True or on Ray", strict=True)
+def test_captured_stdout_looks_like_a_text_stream():
+    before = sys.stdout.encoding
+    with capture_output(passthrough=True):
+        encoding = sys.stdout.encoding
+    assert isinstance(before, str)
+    assert encoding == before
+
+
+# -- 15. the recorder scans every pending write on every record -------------------------------
+
+
+@pytest.mark.xfail(reason="FINDING: MetaflowRecorder._raise_write_error scans all pending "
+                   "futures on each record(): quadratic in the tasks of a fan-out", strict=True)
+def test_recording_a_fan_out_is_linear_in_its_tasks(metaflow_client, monkeypatch):
+    from fedloom.checkpoint.metaflow_store import MetaflowStore
+    from fedloom.checkpoint.recorder import MetaflowRecorder
+    from fedloom.spec.flowspec import graph_of
+
+    release = threading.Event()
+    ids = iter(range(1, 10**6))
+    monkeypatch.setattr(MetaflowStore, "new_task_id", lambda self, step: str(next(ids)))
+    monkeypatch.setattr(MetaflowStore, "write_task", lambda self, *a, **k: release.wait())
+    recorder = MetaflowRecorder(graph_of(QuickFlow), "1700000000000001")
+    calls = 0
+    done = concurrent.futures.Future.done
+
+    def counting_done(self: concurrent.futures.Future[Any]) -> bool:
+        nonlocal calls
+        calls += 1
+        return done(self)
+
+    monkeypatch.setattr(concurrent.futures.Future, "done", counting_done)
+    tasks = 400  # one fan-out of 400 collaborators whose writes are still queued
+    try:
+        for _ in range(tasks):
+            recorder.record(TaskRecord("train", NAMES[0], 0.0, 0.0))
+    finally:
+        release.set()
+        monkeypatch.setattr(concurrent.futures.Future, "done", done)
+        recorder.finish(ok=False)
+    assert calls <= 10 * tasks
+
+
+# -- 16. shutdown() does not make the aggregator's private attributes again ------------------
+
+
+@pytest.mark.xfail(reason="FINDING: LocalRuntime.shutdown() promises private attributes are made "
+                   "again, but the aggregator's are cached on the runtime", strict=True)
+def test_shutdown_makes_the_aggregators_private_attributes_again():
+    made: list[int] = []
+
+    def agg_private() -> dict[str, Any]:
+        made.append(1)
+        return {"key": object()}
+
+    runtime = LocalRuntime(aggregator=Aggregator(private_attributes_callable=agg_private),
+                           collaborators=[Collaborator(name=n) for n in NAMES])
+    flow = QuickFlow()
+    flow.runtime = runtime
+    flow.run()
+    runtime.shutdown()
+    flow.run()
+    assert len(made) == 2
+
+
+# -- 17. the report page runs JavaScript from a CDN -----------------------------------------
+
+
+@pytest.mark.xfail(reason="FINDING: fedloom-run.html imports mermaid from cdn.jsdelivr.net, so "
+                   "opening a local report runs third-party code next to run data", strict=True)
+def test_report_page_loads_no_third_party_code():
+    from fedloom.checkpoint.report import RunReport
+
+    page = RunReport("F", "1", True, graph_mermaid="flowchart TD").to_html()
+    assert "https://" not in page
+
+
+# -- 18. fx flow check stops at the first broken flow ----------------------------------------
+
+
+BROKEN_FLOWS = textwrap.dedent("""
+    from fedloom import FLSpec, aggregator
+
+    class FirstBroken(FLSpec):
+        @aggregator
+        def start(self):
+            self.next(self.nowhere)
+
+        @aggregator
+        def end(self):
+            pass
+
+    class SecondBroken(FLSpec):
+        @aggregator
+        def start(self):
+            pass
+""")
+
+
+@pytest.mark.xfail(reason="FINDING: fx flow check sys.exit()s on the first flow with problems, "
+                   "so the other flows in the file are never checked", strict=True)
+def test_fx_flow_check_reports_every_broken_flow(tmp_path):
+    path = tmp_path / "two_flows.py"
+    path.write_text(BROKEN_FLOWS)
+    result = CliRunner().invoke(main, ["flow", "check", str(path)])
+    assert result.exit_code == 1
+    assert "FirstBroken" in result.output and "SecondBroken" in result.output
+
+
+# -- 19. fedavg accumulates low-precision arrays in their own precision ----------------------
+
+
+@pytest.mark.xfail(reason="FINDING: _average_arrays accumulates float16 in float16; the average "
+                   "of 1000 identical updates is off by ~6 %", strict=True)
+def test_fedavg_of_identical_float16_arrays_is_that_array():
+    value = np.full(3, 0.1, dtype=np.float16)
+    averaged = fedavg([value] * 1000)
+    assert averaged.dtype == np.float16
+    np.testing.assert_allclose(averaged.astype(np.float32), value.astype(np.float32), rtol=2e-3)
