@@ -177,7 +177,7 @@ class ZombieFlow(FLSpec):
         if self.fail:
             if self.input == NAMES[-1]:
                 raise RuntimeError("fast failure")
-            time.sleep(5)
+            time.sleep(60)  # stands for a step that is stuck
         self.next(self.join)
 
     @aggregator
@@ -330,8 +330,6 @@ class TypoInExcludeFlow(FLSpec):
 # -- 1. private objects nested in public containers ------------------------------------------
 
 
-@pytest.mark.xfail(reason="FINDING: check_no_leak only compares top-level identity; a private "
-                   "object inside a public container is sent to the aggregator", strict=True)
 def test_private_object_nested_in_a_container_is_not_sent():
     flow = NestedPrivateFlow()
     flow.runtime = make_runtime(collab_private=secret_array)
@@ -339,8 +337,6 @@ def test_private_object_nested_in_a_container_is_not_sent():
         flow.run()
 
 
-@pytest.mark.xfail(reason="FINDING: a private object nested in a public container is pickled "
-                   "into the checkpoint", strict=True)
 def test_private_object_nested_in_a_container_is_not_checkpointed(metaflow_client):
     flow = NestedPrivateFlow(checkpoint=True)
     flow.runtime = make_runtime(collab_private=secret_array)
@@ -350,8 +346,6 @@ def test_private_object_nested_in_a_container_is_not_checkpointed(metaflow_clien
     assert SECRET not in raw
 
 
-@pytest.mark.xfail(reason="FINDING: on Ray a private object nested in a container goes through "
-                   "the object store to the driver", strict=True)
 def test_ray_private_object_nested_in_a_container_is_not_sent(ray_cluster):
     flow = NestedPrivateFlow()
     runtime = make_runtime(collab_private=secret_array, backend="ray")
@@ -381,8 +375,6 @@ def test_private_string_assigned_to_a_public_attribute_is_refused():
 # -- 3. a failing fan-out drops the other collaborators' task records --------------------------
 
 
-@pytest.mark.xfail(reason="FINDING: when one chain fails, the finished chains of the other "
-                   "collaborators in that fan-out are never recorded", strict=True)
 def test_failed_fan_out_keeps_the_other_collaborators_tasks(metaflow_client):
     from metaflow import Step
 
@@ -398,8 +390,6 @@ def test_failed_fan_out_keeps_the_other_collaborators_tasks(metaflow_client):
 # -- 4. a checkpoint write error hides the step failure and skips finishing the run ----------
 
 
-@pytest.mark.xfail(reason="FINDING: a failed checkpoint write raised from record() in the error "
-                   "path replaces StepFailed and skips recorder.finish()", strict=True)
 def test_checkpoint_write_error_does_not_hide_the_step_failure(metaflow_client, monkeypatch):
     from fedloom.checkpoint.metaflow_store import MetaflowStore
 
@@ -422,8 +412,6 @@ def test_checkpoint_write_error_does_not_hide_the_step_failure(metaflow_client, 
 # -- 5. a run that fails before it starts leaves a phantom checkpoint run --------------------
 
 
-@pytest.mark.xfail(reason="FINDING: the checkpoint run is registered before participants are "
-                   "set up and never closed when setup fails", strict=True)
 def test_setup_failure_leaves_no_phantom_checkpoint_run(metaflow_client):
     from metaflow import Flow
     from metaflow.exception import MetaflowNotFound
@@ -444,8 +432,6 @@ def test_setup_failure_leaves_no_phantom_checkpoint_run(metaflow_client):
 # -- 6. fx run show calls a failed run "unfinished" -----------------------------------------
 
 
-@pytest.mark.xfail(reason="FINDING: report_from_metaflow maps a failed run without an 'end' task "
-                   "to 'unfinished'", strict=True)
 def test_fx_run_show_reports_a_failed_run_as_failed(metaflow_client):
     from fedloom.checkpoint.report import report_from_metaflow
 
@@ -459,9 +445,6 @@ def test_fx_run_show_reports_a_failed_run_as_failed(metaflow_client):
 # -- 7. Ray: a failed fan-out leaves the other chains running; the next run waits for them ----
 
 
-@pytest.mark.xfail(reason="FINDING: RayBackend does not cancel the other actors' streams after a "
-                   "failure; the next run's open() waits (with no timeout) behind them",
-                   strict=True)
 def test_ray_failed_run_does_not_leave_chains_running(ray_cluster):
     runtime = make_runtime(backend="ray", num_actors=len(NAMES))
     flow = ZombieFlow()
@@ -472,7 +455,7 @@ def test_ray_failed_run_does_not_leave_chains_running(ray_cluster):
         flow.fail = False
         started = time.monotonic()
         flow.run()
-        assert time.monotonic() - started < 2.5  # the quick re-run waits ~5 s for the zombies
+        assert time.monotonic() - started < 30  # nobody waited for the stuck chains
     finally:
         runtime.shutdown()
 
@@ -510,8 +493,6 @@ def test_uncopyable_public_attribute_at_fan_out_names_step_and_attribute():
 # -- 10. excluding a private attribute gives a misleading error ------------------------------
 
 
-@pytest.mark.xfail(reason="FINDING: exclude=['<private attribute>'] says the attribute is not "
-                   "set and to set it, instead of explaining private attributes", strict=True)
 def test_excluding_a_private_attribute_is_explained():
     flow = ExcludePrivateFlow()
     flow.runtime = make_runtime(collab_private=lambda i, n: {"train_loader": [i]})
@@ -524,9 +505,6 @@ def test_excluding_a_private_attribute_is_explained():
 # -- 11. collaborator -> collaborator exclude loses the attribute for good --------------------
 
 
-@pytest.mark.xfail(reason="FINDING: an attribute excluded between two collaborator steps is "
-                   "dropped, not kept by the collaborator (the sender keeps its attributes)",
-                   strict=True)
 def test_exclude_between_collaborator_steps_keeps_the_attribute_on_the_collaborator():
     flow = ExcludeBetweenCollaboratorStepsFlow()
     flow.runtime = make_runtime()
@@ -537,8 +515,6 @@ def test_exclude_between_collaborator_steps_keeps_the_attribute_on_the_collabora
 # -- 12. include= at the join drops `input` --------------------------------------------------
 
 
-@pytest.mark.xfail(reason="FINDING: include=[...] towards a join drops 'input', so "
-                   "inputs[i].input (part of the contract) fails", strict=True)
 def test_include_keeps_input_for_the_join():
     flow = IncludeDropsInputFlow()
     flow.runtime = make_runtime()
@@ -560,8 +536,6 @@ def test_exclude_name_never_assigned_is_refused_before_running():
 # -- 14. captured streams are not file-like enough -------------------------------------------
 
 
-@pytest.mark.xfail(reason="FINDING: _Tee has encoding None and no fileno(); steps behave "
-                   "differently under checkpoint=True or on Ray", strict=True)
 def test_captured_stdout_looks_like_a_text_stream():
     before = sys.stdout.encoding
     with capture_output(passthrough=True):
@@ -573,8 +547,6 @@ def test_captured_stdout_looks_like_a_text_stream():
 # -- 15. the recorder scans every pending write on every record -------------------------------
 
 
-@pytest.mark.xfail(reason="FINDING: MetaflowRecorder._raise_write_error scans all pending "
-                   "futures on each record(): quadratic in the tasks of a fan-out", strict=True)
 def test_recording_a_fan_out_is_linear_in_its_tasks(metaflow_client, monkeypatch):
     from fedloom.checkpoint.metaflow_store import MetaflowStore
     from fedloom.checkpoint.recorder import MetaflowRecorder
@@ -583,7 +555,9 @@ def test_recording_a_fan_out_is_linear_in_its_tasks(metaflow_client, monkeypatch
     release = threading.Event()
     ids = iter(range(1, 10**6))
     monkeypatch.setattr(MetaflowStore, "new_task_id", lambda self, step: str(next(ids)))
-    monkeypatch.setattr(MetaflowStore, "write_task", lambda self, *a, **k: release.wait())
+    # Writers finish at once here: the recorder bounds its queue, so blocked writers would
+    # (rightly) push back on record() itself.
+    monkeypatch.setattr(MetaflowStore, "write_task", lambda self, *a, **k: None)
     recorder = MetaflowRecorder(graph_of(QuickFlow), "1700000000000001")
     calls = 0
     done = concurrent.futures.Future.done
@@ -608,8 +582,6 @@ def test_recording_a_fan_out_is_linear_in_its_tasks(metaflow_client, monkeypatch
 # -- 16. shutdown() does not make the aggregator's private attributes again ------------------
 
 
-@pytest.mark.xfail(reason="FINDING: LocalRuntime.shutdown() promises private attributes are made "
-                   "again, but the aggregator's are cached on the runtime", strict=True)
 def test_shutdown_makes_the_aggregators_private_attributes_again():
     made: list[int] = []
 
@@ -630,8 +602,6 @@ def test_shutdown_makes_the_aggregators_private_attributes_again():
 # -- 17. the report page runs JavaScript from a CDN -----------------------------------------
 
 
-@pytest.mark.xfail(reason="FINDING: fedloom-run.html imports mermaid from cdn.jsdelivr.net, so "
-                   "opening a local report runs third-party code next to run data", strict=True)
 def test_report_page_loads_no_third_party_code():
     from fedloom.checkpoint.report import RunReport
 
@@ -661,8 +631,6 @@ BROKEN_FLOWS = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(reason="FINDING: fx flow check sys.exit()s on the first flow with problems, "
-                   "so the other flows in the file are never checked", strict=True)
 def test_fx_flow_check_reports_every_broken_flow(tmp_path):
     path = tmp_path / "two_flows.py"
     path.write_text(BROKEN_FLOWS)
@@ -674,8 +642,6 @@ def test_fx_flow_check_reports_every_broken_flow(tmp_path):
 # -- 19. fedavg accumulates low-precision arrays in their own precision ----------------------
 
 
-@pytest.mark.xfail(reason="FINDING: _average_arrays accumulates float16 in float16; the average "
-                   "of 1000 identical updates is off by ~6 %", strict=True)
 def test_fedavg_of_identical_float16_arrays_is_that_array():
     value = np.full(3, 0.1, dtype=np.float16)
     averaged = fedavg([value] * 1000)

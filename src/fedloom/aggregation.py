@@ -96,6 +96,9 @@ def _average_arrays(values: list[Any], weights: list[float]) -> Any:
         # Integer counters (e.g. batch-norm's num_batches_tracked) are averaged then cast back.
         acc = sum(w * np.asarray(v, dtype=np.float64) for w, v in zip(weights, values, strict=True))
         return np.asarray(acc).astype(first.dtype)
+    if first.dtype.itemsize < 4:  # float16: accumulate in float32, or sums lose digits
+        wide = [np.asarray(v, dtype=np.float32) for v in values]
+        return _average_arrays(wide, weights).astype(first.dtype)
     # Accumulate in place, block by block: one output buffer, no N x P stack, and a scratch
     # buffer of one block rather than of one model.
     out = np.multiply(first, first.dtype.type(weights[0]))
@@ -130,6 +133,8 @@ def _average_tensors(values: list[Any], weights: list[float]) -> Any:
     import torch
 
     first = values[0].detach()
+    if first.is_floating_point() and first.element_size() < 4:  # fp16/bf16: sum in float32
+        return _average_tensors([v.detach().float() for v in values], weights).to(first.dtype)
     if not first.is_floating_point():
         acc = sum(w * v.detach().double() for w, v in zip(weights, values, strict=True))
         return torch.as_tensor(acc).to(first.dtype)

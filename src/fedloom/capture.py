@@ -25,6 +25,22 @@ class _Tee(io.TextIOBase):
         self.buffer_text = io.StringIO()
         self._through = through
 
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._through, "encoding", None) or "utf-8"
+
+    @property
+    def errors(self) -> str | None:  # type: ignore[override]
+        return getattr(self._through, "errors", None)
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        if self._through is None:
+            raise io.UnsupportedOperation("captured output has no file descriptor")
+        return self._through.fileno()
+
     def write(self, text: str) -> int:
         self.buffer_text.write(text)
         if self._through is not None:

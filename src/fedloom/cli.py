@@ -40,13 +40,18 @@ def flow() -> None:
 @flow.command("check")
 @click.argument("target")
 def flow_check(target: str) -> None:
-    """Check a flow without running it. TARGET is FILE.py or FILE.py:ClassName."""
+    """Check flows without running them. TARGET is FILE.py or FILE.py:ClassName; every flow
+    in the file is checked and every problem reported."""
+    broken = 0
     for cls in _load_flows(target):
         problems = check_flow(cls)
         if problems:
-            console.print(str(FlowDefinitionError(cls.__name__, problems)), markup=False)
-            sys.exit(1)
-        console.print(f"[green]ok[/green] {cls.__name__}: {len(graph_of(cls).steps)} steps")
+            broken += 1
+            click.echo(str(FlowDefinitionError(cls.__name__, problems)), err=True)
+        else:
+            console.print(f"[green]ok[/green] {cls.__name__}: {len(graph_of(cls).steps)} steps")
+    if broken:
+        raise click.exceptions.Exit(1)
 
 
 @flow.command("show")
@@ -141,7 +146,7 @@ def director_start(config_path: str, disable_tls: bool, root_certificate: str | 
     from fedloom.federation.pki import server_credentials
 
     _logging()
-    config = _or_exit(lambda: _load_config("director", config_path))
+    config = _or_exit(lambda: _load_config(config_path))
     files = _tls_files(disable_tls, root_certificate, private_key, certificate)
     credentials = _or_exit(lambda: server_credentials(files)) if files else None
     node = Director(config, credentials, Path.cwd() / ".fedloom" / "director")
@@ -190,7 +195,7 @@ def envoy_start(name: str, config_path: str, director_host: str, director_port: 
         node.stop()
 
 
-def _load_config(kind: str, path: str) -> Any:
+def _load_config(path: str) -> Any:
     from fedloom.federation.config import load_director_config
 
     return load_director_config(path)

@@ -10,6 +10,7 @@ travels to it; every rule about transitions and private attributes is applied he
 from __future__ import annotations
 
 import gc
+import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,6 +21,8 @@ from fedloom.errors import FlowRunError, TransitionError
 from fedloom.state import State, Transition, copy_state, select
 from fedloom.tasks import FlowJob, TaskRecord, TaskRecorder, run_task
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class ChainResult:
@@ -29,6 +32,12 @@ class ChainResult:
     join_step: str
     state: State
     tasks: list[TaskRecord] = field(default_factory=list)  # when captured or checkpointing
+
+
+def keep_finished_tasks(err: FlowRunError, finished: Sequence[ChainResult]) -> None:
+    """A failing chain stops the fan-out; the chains that finished before it keep their task
+    records (they ran and printed), ahead of the failing chain's own."""
+    err.tasks[:0] = [task for result in finished for task in result.tasks]
 
 
 class Backend(Protocol):
@@ -69,6 +78,7 @@ class CollaboratorSite:
         state.update(received)
         state["input"] = self.name
         records: list[TaskRecord] = []
+        held_back: State = {}  # filtered out between collaborator steps: stays with us
         try:
             while True:
                 state, transition, record = run_task(job, step, state, self.private, self.name,
@@ -84,10 +94,13 @@ class CollaboratorSite:
                 if transition.include is None and transition.exclude is None:
                     sent = state  # everything moves on; nothing is left to keep or filter
                 else:
-                    sent = select(state, transition, step=step, participant=self.name)
+                    sent = select(state, transition, step=step, participant=self.name,
+                                  private=self.private)
+                    held_back.update((k, v) for k, v in state.items() if k not in sent)
                 if target.role == "aggregator":
-                    if sent is not state:
-                        self.kept = self._keep({k: v for k, v in state.items() if k not in sent})
+                    kept = {k: v for k, v in held_back.items() if k not in sent}
+                    self.kept = self._keep(kept)
+                    sent["input"] = self.name  # a join can always tell who sent what
                     return ChainResult(self.name, transition.step, sent, records)
                 state, step = sent, transition.step
         except FlowRunError as err:
@@ -123,15 +136,24 @@ class FlowEngine:
         try:
             with _fewer_gc_pauses():
                 final = self._walk(dict(initial))
-        except FlowRunError as err:
-            self._record(err.tasks)
-            self._finish(ok=False)
-            raise
-        except BaseException:
-            self._finish(ok=False)
+        except BaseException as err:
+            self._close_record(err)
             raise
         self._finish(ok=True)
         return final
+
+    def _close_record(self, err: BaseException) -> None:
+        """Record what the failure left and close the run as failed, without letting a
+        checkpoint problem hide the failure itself (it is attached as a note)."""
+        try:
+            if isinstance(err, FlowRunError):
+                self._record(err.tasks)
+        except Exception as problem:
+            _note(err, f"checkpoint: {problem}")
+        try:
+            self._finish(ok=False)
+        except Exception as problem:
+            _note(err, f"checkpoint: {problem}")
 
     def _record(self, tasks: Sequence[TaskRecord]) -> None:
         if self.recorder is not None:
@@ -169,7 +191,8 @@ class FlowEngine:
 
     def _fan_out(self, step: str, state: State, transition: Transition) -> tuple[str, list[Any]]:
         names = self._fan_out_names(step, state, transition)
-        sent = select(state, transition, step=step, participant=self.aggregator_name)
+        sent = select(state, transition, step=step, participant=self.aggregator_name,
+                      private=self.private)
         results = self.backend.run_chains(transition.step, names, sent)
         for result in results:
             self._record(result.tasks)
@@ -203,6 +226,12 @@ class FlowEngine:
             raise fail(f"foreach='{attr}' is empty, so no collaborator would run "
                        f"'{transition.step}'")
         return list(names)
+
+
+def _note(err: BaseException, text: str) -> None:
+    log.warning("%s", text)
+    if hasattr(err, "add_note"):  # Python 3.11+
+        err.add_note(text)
 
 
 @contextmanager

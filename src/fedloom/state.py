@@ -42,13 +42,19 @@ class Transition:
 
 
 def select(state: Mapping[str, Any], transition: Transition, *, step: str,
-           participant: str) -> State:
+           participant: str, private: Collection[str] = ()) -> State:
     """The part of ``state`` that ``transition`` sends (include/exclude applied, no copies)."""
     names = transition.include if transition.include is not None else transition.exclude
     if names is not None:
         missing = [n for n in names if n not in state]
+        kind = "include" if transition.include is not None else "exclude"
+        secret = [n for n in missing if n in private]
+        if secret:
+            raise TransitionError(
+                f"{kind}= names {secret}, private attribute(s) of '{participant}': private "
+                "attributes never leave their owner, so they can be neither sent nor excluded; "
+                f"remove them from {kind}=", step=step, participant=participant)
         if missing:
-            kind = "include" if transition.include is not None else "exclude"
             raise TransitionError(
                 f"{kind}= names {missing}, which {'is' if len(missing) == 1 else 'are'} not in "
                 f"the state when going to '{transition.step}'. Attributes present: "
@@ -138,20 +144,56 @@ def check_no_collision(private_names: Collection[str], state: Mapping[str, Any],
 
 def check_no_leak(private: Mapping[str, Any], state: Mapping[str, Any], *, step: str,
                   participant: str) -> None:
-    """A public attribute must not *be* a private object, or private data would leave its owner."""
+    """No public attribute may reach a private object — itself, inside a container, as an
+    attribute of another object, or as the base of an array view — or private data would leave
+    its owner (sent, copied, checkpointed)."""
     if not private:
         return
     private_ids = {id(v): k for k, v in private.items() if not _is_shared_global(v)}
     if not private_ids:
         return
+    found = _reaching(state, private_ids)
+    if found is not None:
+        name, owner = found
+        raise PrivateAttributeError(
+            f"public attribute '{name}' holds (or is) the private attribute '{owner}'; it would "
+            f"leave '{participant}'. Keep private data in '{owner}' and store only results "
+            "(e.g. a metric, or a copy you mean to share) in public attributes.",
+            step=step, participant=participant)
+
+
+_WALK_BUDGET = 200_000  # objects visited per check: a bound on time, never on correctness
+
+
+def _reaching(state: Mapping[str, Any], targets: Mapping[int, str]) -> tuple[str, str] | None:
+    """(public name, private name) for the first public value that reaches a target object."""
+    seen: set[int] = set()
+    budget = _WALK_BUDGET
     for name, value in state.items():
-        owner = private_ids.get(id(value))
-        if owner is not None:
-            raise PrivateAttributeError(
-                f"public attribute '{name}' is the private attribute '{owner}' itself; it would "
-                f"leave '{participant}'. Keep private data in '{owner}' and store only results "
-                "(e.g. a metric or a copy you mean to share) in public attributes.",
-                step=step, participant=participant)
+        stack = [value]
+        while stack and budget > 0:
+            obj = stack.pop()
+            budget -= 1
+            owner = targets.get(id(obj))
+            if owner is not None:
+                return name, owner
+            if id(obj) in seen or _is_shared_global(obj):
+                continue
+            seen.add(id(obj))
+            stack.extend(_children(obj))
+    return None
+
+
+def _children(obj: Any) -> list[Any]:
+    if isinstance(obj, dict):
+        return list(obj.values())
+    if isinstance(obj, list | tuple | set | frozenset):
+        return list(obj)
+    base = getattr(obj, "base", None) if _is_plain_ndarray(obj) else None
+    if base is not None:
+        return [base]  # a view of a private array is that array's data
+    attributes = getattr(obj, "__dict__", None)
+    return list(attributes.values()) if isinstance(attributes, dict) else []
 
 
 _GLOBAL_TYPES = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,6 +17,7 @@ log = logging.getLogger(__name__)
 
 REPORT_FILE = "fedloom-run.html"
 WRITERS = 3
+MAX_QUEUED = 64  # tasks waiting to be written (each holds its pickled state in memory)
 
 
 class MetaflowRecorder:
@@ -37,16 +39,14 @@ class MetaflowRecorder:
         # files) is I/O-bound and releases the GIL, so a few writers overlap it with the flow.
         self._ids = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedloom-ckpt-ids")
         self._writers = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="fedloom-ckpt")
-        self._pending: list[Future[None]] = []
+        self._slots = threading.BoundedSemaphore(MAX_QUEUED)
+        self._error: BaseException | None = None
 
     def _raise_write_error(self) -> None:
-        done = [f for f in self._pending if f.done()]
-        self._pending = [f for f in self._pending if not f.done()]
-        for future in done:
-            error = future.exception()
-            if error is not None:
-                raise FedloomError(f"checkpoint: writing a task to {self._store.datastore_root} "
-                                   f"failed: {error}") from error
+        error = self._error
+        if error is not None:
+            raise FedloomError(f"checkpoint: writing a task to {self._store.datastore_root} "
+                               f"failed: {error}") from error
 
     @property
     def report_path(self) -> Path:
@@ -59,7 +59,15 @@ class MetaflowRecorder:
         self._raise_write_error()
         self._warn_unpicklable(task)
         task_id = self._ids.submit(self._store.new_task_id, task.step)
-        self._pending.append(self._writers.submit(self._write, task, task_id))
+        self._slots.acquire()  # bounded: writers push back instead of queueing every model
+        written = self._writers.submit(self._write, task, task_id)
+        written.add_done_callback(self._written)
+
+    def _written(self, future: Future[None]) -> None:
+        self._slots.release()
+        error = future.exception()
+        if error is not None and self._error is None:
+            self._error = error
 
     def _write(self, task: TaskRecord, task_id_future: Future[str]) -> None:
         task_id = task_id_future.result()
@@ -71,16 +79,20 @@ class MetaflowRecorder:
                                          task.started_at, task.finished_at))
 
     def finish(self, ok: bool) -> None:
+        """Wait for the writers, close the run and write its report — all of it even when a
+        write failed (raised afterwards), so the store never keeps a half-open run."""
         self._writers.shutdown(wait=True)
         self._ids.shutdown(wait=True)
-        self._raise_write_error()
         ended = any(t.step == "end" and t.ok for t in self.report.tasks)
-        self._store.finish_run(ok and ended)
-        self.report.ok = ok and ended
-        self.report_path.parent.mkdir(parents=True, exist_ok=True)
-        self.report_path.write_text(self.report.to_html(), encoding="utf-8")
-        log.info("checkpoint: %s/%s recorded; report at %s", self.report.flow_name,
-                 self.report.run_id, self.report_path)
+        self.report.ok = ok and ended and self._error is None
+        try:
+            self._store.finish_run(self.report.ok)
+        finally:
+            self.report_path.parent.mkdir(parents=True, exist_ok=True)
+            self.report_path.write_text(self.report.to_html(), encoding="utf-8")
+            log.info("checkpoint: %s/%s recorded; report at %s", self.report.flow_name,
+                     self.report.run_id, self.report_path)
+        self._raise_write_error()
 
     def _warn_unpicklable(self, task: TaskRecord) -> None:
         new = [n for n in task.unpicklable if n not in self._warned]

@@ -74,9 +74,10 @@ class RunReport:
                 f"<p class='{self.status}'>Run {self.status}: {len(self.tasks)} tasks in "
                 f"{len(self.steps)} steps, {span:.2f} s, started {_when(start)}.</p>"]
         if self.graph_mermaid:
-            body.append(f"<h2>Flow</h2><pre class='mermaid'>{_e(self.graph_mermaid)}</pre>"
-                        f"<details><summary>as text</summary><pre>{_e(self.graph_text)}</pre>"
-                        "</details>")
+            # Offline on purpose: no third-party script runs on a page holding run data.
+            body.append(f"<h2>Flow</h2><pre>{_e(self.graph_text)}</pre><details><summary>"
+                        "as Mermaid (paste into any Mermaid renderer)</summary><pre>"
+                        f"{_e(self.graph_mermaid)}</pre></details>")
         body.append("<h2>Timeline</h2><div class='timeline'>")
         for t in self.tasks:
             left, width = 100 * (t.started_at - start) / span, 100 * t.seconds / span
@@ -117,7 +118,9 @@ def report_from_metaflow(flow_name: str, run_id: str | None = None) -> RunReport
             tasks.append(TaskRow(step.id, task.id, meta.get("participant", "?"),
                                  bool(task.successful), started, finished))
     tasks.sort(key=lambda t: (t.started_at, int(t.task_id) if t.task_id.isdigit() else 0))
-    return RunReport(flow_name, run.id, run.successful if run.finished else None, tasks)
+    # A failed run never reaches 'end', so Metaflow calls it unfinished: a failed task says more.
+    ok = False if any(not t.ok for t in tasks) else (run.successful if run.finished else None)
+    return RunReport(flow_name, run.id, ok, tasks)
 
 
 def _timestamp(value: Any) -> float:
@@ -146,10 +149,7 @@ td, th {{ border: 1px solid #d1d5db; padding: 2px 8px; font-size: 13px; text-ali
 .timeline .bar {{ position: absolute; top: 0; height: 10px; }}
 .timeline .bar.ok {{ background: #60a5fa; }} .timeline .bar.bad {{ background: #ef4444; }}
 </style>
-<script type="module">
-try {{ const m = await import("https://cdn.jsdelivr.net/npm/mermaid@11/dist/mermaid.esm.min.mjs");
-      m.default.initialize({{ startOnLoad: true }}); }} catch (e) {{ /* offline: text stays */ }}
-</script></head>
+</head>
 <body>
 {body}
 </body></html>

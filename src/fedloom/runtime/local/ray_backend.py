@@ -20,7 +20,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from fedloom.capture import print_attributed
-from fedloom.engine import ChainResult, CollaboratorSite
+from fedloom.engine import ChainResult, CollaboratorSite, keep_finished_tasks
 from fedloom.errors import FedloomError, FlowRunError
 from fedloom.participants import Aggregator, Collaborator
 from fedloom.runtime.local.ray_placement import ActorPlan, NodeResources, check_fits, plan_actors
@@ -210,12 +210,22 @@ class RayBackend:
                     del pending[stream]
                 elif isinstance(outcome, FedloomError):
                     print_task_outputs(getattr(outcome, "tasks", []))
+                    self._abandon(pending, stream)
+                    if isinstance(outcome, FlowRunError):
+                        keep_finished_tasks(outcome, results)
                     raise outcome
                 else:
                     for result in outcome:
                         print_task_outputs(result.tasks)
                     results.extend(outcome)
         return results
+
+    def _abandon(self, pending: dict[Any, int], failed: Any) -> None:
+        """Stop the actors whose chains are still running: their results would be thrown away,
+        and a step stuck forever would make the next run wait forever behind it. Their
+        private attributes are made again on the next run."""
+        if any(stream is not failed for stream in pending):
+            self.shutdown_actors()
 
     def _next_outcome(self, stream: Any,
                       members: tuple[str, ...]) -> list[ChainResult] | FedloomError | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -92,14 +93,15 @@ class LocalRuntime:
         checkpoint = is_checkpointing(flow)
         job = FlowJob(type(flow), graph, tuple(self.collaborators), new_run_id(),
                       record_tasks=checkpoint)
-        recorder = _recorder(graph, job.run_id) if checkpoint else None
         backend = self._backend_for_run()
         if self._aggregator_private is None:
             self._aggregator_private = self._aggregator.build_private_attributes()
+        backend.open(job)
+        # The run is registered in the store only once everything it needs is ready.
+        recorder = _recorder(graph, job.run_id) if checkpoint else None
         set_run_id(flow, job.run_id)
         engine = FlowEngine(job, self._aggregator.name, self._aggregator_private, backend,
                             recorder)
-        backend.open(job)
         initial = public_state(flow)
         # While it runs, the engine holds the state: the flow object keeping the initial model
         # too would cost one more copy of it for the whole run.
@@ -126,6 +128,7 @@ class LocalRuntime:
         if stop is not None:
             stop()
         self._backend = None
+        self._aggregator_private = None
 
     def __enter__(self) -> LocalRuntime:
         return self
@@ -153,8 +156,7 @@ def _check_participants(aggregator: Any, collaborators: list[Any]) -> None:
             raise ParticipantError(f"collaborators= must hold Collaborator objects, got "
                                    f"{type(c).__name__}")
     names = [c.name for c in collaborators]
-    repeated = sorted({n for n in names if names.count(n) > 1}) if len(set(names)) != len(
-        names) else []
+    repeated = sorted(name for name, count in Counter(names).items() if count > 1)
     if repeated:
         raise ParticipantError(f"collaborator names must be unique; repeated: {repeated}")
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fedloom.engine import ChainResult, CollaboratorSite
+from fedloom.engine import ChainResult, CollaboratorSite, keep_finished_tasks
+from fedloom.errors import FlowRunError
 from fedloom.participants import Collaborator
 from fedloom.state import State, StateCopier
 from fedloom.tasks import FlowJob
@@ -30,10 +31,18 @@ class SerialBackend:
         self._job = job
 
     def run_chains(self, step: str, names: Sequence[str], sent: State) -> list[ChainResult]:
-        assert self._job is not None, "open() must be called before run_chains()"
+        if self._job is None:
+            raise RuntimeError("open() must be called before run_chains()")
         # One copy per collaborator: the floor for isolation.
         copier = StateCopier(sent)
-        return [self._sites[name].run_chain(self._job, step, copier.copy()) for name in names]
+        results: list[ChainResult] = []
+        try:
+            for name in names:
+                results.append(self._sites[name].run_chain(self._job, step, copier.copy()))
+        except FlowRunError as err:
+            keep_finished_tasks(err, results)
+            raise
+        return results
 
     def close(self) -> None:
         self._job = None
