@@ -463,8 +463,6 @@ def test_ray_failed_run_does_not_leave_chains_running(ray_cluster):
 # -- 8. Ray: a slow private_attributes_callable is reported as missing resources -------------
 
 
-@pytest.mark.xfail(reason="FINDING: actor_start_timeout also covers private_attributes_callable "
-                   "and the error blames cluster resources", strict=True)
 def test_ray_slow_private_attributes_callable_is_not_blamed_on_resources(ray_cluster):
     runtime = make_runtime(backend="ray", collab_private=slow_private, actor_start_timeout=1.0)
     flow = QuickFlow()
@@ -480,8 +478,6 @@ def test_ray_slow_private_attributes_callable_is_not_blamed_on_resources(ray_clu
 # -- 9. an uncopyable public attribute at a fan-out is a bare TypeError ----------------------
 
 
-@pytest.mark.xfail(reason="FINDING: StateCopier's deepcopy error escapes as a bare TypeError "
-                   "that names no step, participant or attribute", strict=True)
 def test_uncopyable_public_attribute_at_fan_out_names_step_and_attribute():
     flow = LockAtFanOutFlow()
     flow.runtime = make_runtime()

@@ -193,7 +193,14 @@ class FlowEngine:
         names = self._fan_out_names(step, state, transition)
         sent = select(state, transition, step=step, participant=self.aggregator_name,
                       private=self.private)
-        results = self.backend.run_chains(transition.step, names, sent)
+        try:
+            results = self.backend.run_chains(transition.step, names, sent)
+        except TransitionError as err:
+            if err.step is not None:
+                raise
+            # The backend could not even ship the state: that is this step's transition.
+            raise TransitionError(str(err), step=step, participant=self.aggregator_name) \
+                from err
         for result in results:
             self._record(result.tasks)
         join = _common_join(results, transition.step)

@@ -13,6 +13,8 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import cloudpickle
+
 from fedloom.errors import PrivateAttributeError, TransitionError
 
 State = dict[str, Any]
@@ -91,6 +93,24 @@ class StateCopier:
                 found = memo[id(value)] = copier(value, memo)
             out[name] = found
         return out
+
+
+def uncopyable(state: Mapping[str, Any], step: str, error: Exception) -> TransitionError:
+    """The error for a fan-out whose state can't be copied or serialised, naming the culprit."""
+    culprit = next((name for name, value in state.items() if not _copies(value)), None)
+    what = f"public attribute '{culprit}'" if culprit else "the state"
+    return TransitionError(
+        f"{what} cannot be copied to each collaborator of '{step}' ({type(error).__name__}: "
+        f"{error}). Make it a private attribute of its owner, or leave it out with "
+        f"exclude=['{culprit or '...'}'].")
+
+
+def _copies(value: Any) -> bool:
+    try:
+        cloudpickle.dumps(value)
+    except Exception:
+        return False
+    return True
 
 
 def copy_state(state: Mapping[str, Any]) -> State:

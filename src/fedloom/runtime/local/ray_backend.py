@@ -24,7 +24,7 @@ from fedloom.engine import ChainResult, CollaboratorSite, keep_finished_tasks
 from fedloom.errors import FedloomError, FlowRunError
 from fedloom.participants import Aggregator, Collaborator
 from fedloom.runtime.local.ray_placement import ActorPlan, NodeResources, check_fits, plan_actors
-from fedloom.state import State, StateCopier
+from fedloom.state import State, StateCopier, uncopyable
 from fedloom.tasks import FlowJob, TaskRecord
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,10 @@ class CollaboratorGroup:
         self._participants = participants
         self._sites: dict[str, CollaboratorSite] = {}
         self._job: FlowJob | None = None
+
+    def ping(self) -> bool:
+        """Answers once the actor is placed and running."""
+        return True
 
     def setup(self) -> dict[str, Any] | FedloomError:
         """Make the private attributes here, where they will live; report where that is."""
@@ -124,7 +128,11 @@ class RayBackend:
         self._wait([a.start_run.remote(job_ref) for a in self._actors], "starting the run")
 
     def run_chains(self, step: str, names: Sequence[str], sent: State) -> list[ChainResult]:
-        sent_ref = ray.put(Shipment(sent))  # once per fan-out, whatever the number of collaborators
+        try:
+            # Once per fan-out, whatever the number of collaborators.
+            sent_ref = ray.put(Shipment(sent))
+        except Exception as exc:  # e.g. a lock in a public attribute
+            raise uncopyable(sent, step, exc) from exc
         subsets: dict[int, list[str]] = {}
         for name in names:
             subsets.setdefault(self._actor_of[name], []).append(name)
@@ -171,8 +179,12 @@ class RayBackend:
                               name=None).remote([by_name[m] for m in plan.members])
             for plan in self._plans]
         self._actor_of = {m: i for i, plan in enumerate(self._plans) for m in plan.members}
-        where = self._wait([a.setup.remote() for a in self._actors], "starting Ray actors",
-                           timeout=self._start_timeout)
+        # Placement is bounded (resources may never free up); making the private attributes
+        # is the user's own work (loading a dataset can take minutes), so it is not.
+        self._wait([a.ping.remote() for a in self._actors], "placing Ray actors",
+                   timeout=self._start_timeout)
+        where = self._wait([a.setup.remote() for a in self._actors],
+                           "making the collaborators' private attributes")
         self.placement = {m: place for plan, place in zip(self._plans, where, strict=True)
                           for m in plan.members}
 
@@ -182,10 +194,10 @@ class RayBackend:
         except GetTimeoutError:
             self.shutdown_actors()
             raise FlowRunError(
-                f"Ray did not finish {doing} within {timeout:g} s: {len(refs)} actor(s) are "
-                f"waiting for resources; available now: {ray.available_resources()}. Free "
-                "resources on the cluster, lower num_cpus/num_gpus, or raise "
-                "actor_start_timeout=") from None
+                f"Ray did not finish {doing} within {timeout:g} s ({len(refs)} actor(s)); "
+                f"available now: {ray.available_resources()}. If that is less than the "
+                "participants ask for, free resources or lower num_cpus/num_gpus; otherwise "
+                "starting worker processes is slow here: raise actor_start_timeout=") from None
         except RayTaskError as err:
             raise _unwrap(err) from None
         except RayActorError as err:

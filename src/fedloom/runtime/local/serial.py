@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from fedloom.engine import ChainResult, CollaboratorSite, keep_finished_tasks
 from fedloom.errors import FlowRunError
 from fedloom.participants import Collaborator
-from fedloom.state import State, StateCopier
+from fedloom.state import State, StateCopier, uncopyable
 from fedloom.tasks import FlowJob
 
 
@@ -38,7 +38,11 @@ class SerialBackend:
         results: list[ChainResult] = []
         try:
             for name in names:
-                results.append(self._sites[name].run_chain(self._job, step, copier.copy()))
+                try:
+                    received = copier.copy()
+                except Exception as exc:  # e.g. a lock in a public attribute
+                    raise uncopyable(sent, step, exc) from exc
+                results.append(self._sites[name].run_chain(self._job, step, received))
         except FlowRunError as err:
             keep_finished_tasks(err, results)
             raise
