@@ -20,7 +20,7 @@ from rich.logging import RichHandler
 
 from fedloom import __version__
 from fedloom.errors import FedloomError, FlowDefinitionError
-from fedloom.spec.flowspec import FLSpec, check_flow, flow_picture, graph_of
+from fedloom.spec.flowspec import FLSpec, check_flow, flow_picture, flow_warnings, graph_of
 
 console = Console(stderr=False, highlight=False)
 T = TypeVar("T")
@@ -50,6 +50,8 @@ def flow_check(target: str) -> None:
             click.echo(str(FlowDefinitionError(cls.__name__, problems)), err=True)
         else:
             console.print(f"[green]ok[/green] {cls.__name__}: {len(graph_of(cls).steps)} steps")
+        for warning in flow_warnings(cls):
+            click.echo(f"warning: {warning}", err=True)
     if broken:
         raise click.exceptions.Exit(1)
 

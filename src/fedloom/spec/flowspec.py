@@ -9,13 +9,14 @@ Framework bookkeeping lives under ``_fl_``-prefixed keys and never counts as flo
 
 from __future__ import annotations
 
+import logging
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fedloom.errors import FedloomError, FlowDefinitionError, Problem, TransitionError
 from fedloom.spec.graph import FlowGraph, build_graph
-from fedloom.spec.lint import check_graph
+from fedloom.spec.lint import check_graph, unknown_names
 from fedloom.state import State, Transition, validate_name_list
 
 if TYPE_CHECKING:
@@ -26,6 +27,8 @@ _STEP_KEY = "_fl_step"
 _RUNTIME_KEY = "_fl_runtime"
 _RUN_ID_KEY = "_fl_run_id"
 _CHECKPOINT_KEY = "_fl_checkpoint"
+
+log = logging.getLogger(__name__)
 
 _NO_RUNTIME = ("this flow has no runtime yet; set flow.runtime = LocalRuntime(...) "
                "(or FederatedRuntime(...)) first")
@@ -122,6 +125,8 @@ class FLSpec:
             raise FedloomError(f"{type(self).__name__} has no runtime: set flow.runtime = "
                                "LocalRuntime(aggregator=..., collaborators=[...]) before run()")
         validate_flow(type(self))
+        for warning in flow_warnings(type(self), known=public_state(self)):
+            log.warning("%s", warning)
         runtime.execute(self)
 
     # -- inside steps -----------------------------------------------------------------------
@@ -192,6 +197,12 @@ def graph_of(flow_cls: type[FLSpec]) -> FlowGraph:
 def check_flow(flow_cls: type[FLSpec]) -> list[Problem]:
     """Every problem in the definition of ``flow_cls`` (empty when it is valid)."""
     return check_graph(graph_of(flow_cls), reserved=RESERVED_STEP_NAMES)
+
+
+def flow_warnings(flow_cls: type[FLSpec], known: Iterable[str] = ()) -> list[Problem]:
+    """Likely mistakes that are not certain: include/exclude/foreach names that nothing in the
+    flow sets (``known``: attributes the flow object already has)."""
+    return unknown_names(graph_of(flow_cls), known)
 
 
 def validate_flow(flow_cls: type[FLSpec]) -> FlowGraph:

@@ -87,6 +87,8 @@ class FlowGraph:
     steps: dict[str, StepNode]
     undecorated: dict[str, StepNode]  # methods calling self.next() without a placement
     attributes: frozenset[str]  # every attribute name of the class (for "not a step" checks)
+    assigned: frozenset[str] = frozenset()  # self.<name> = ... anywhere in the flow's methods
+    dynamic_attributes: bool = False  # setattr(self, <expr>) or self.__dict__: names unknowable
 
     def __getitem__(self, name: str) -> StepNode:
         return self.steps[name]
@@ -117,6 +119,7 @@ def build_graph(flow_cls: type, base_cls: type) -> FlowGraph:
         elif node.next_calls:
             undecorated[name] = node
     file, line = _class_position(flow_cls)
+    assigned, dynamic = _assigned_names(flow_cls, base_cls)
     return FlowGraph(
         flow_name=flow_cls.__name__,
         file=file,
@@ -124,7 +127,50 @@ def build_graph(flow_cls: type, base_cls: type) -> FlowGraph:
         steps=_ordered(steps),
         undecorated=undecorated,
         attributes=frozenset(dir(flow_cls)),
+        assigned=assigned,
+        dynamic_attributes=dynamic,
     )
+
+
+def _assigned_names(flow_cls: type, base_cls: type) -> tuple[frozenset[str], bool]:
+    """Attribute names the flow's own methods (``__init__`` included) assign on ``self``, and
+    whether some assignment is dynamic (then no name can be called unknown)."""
+    names: set[str] = set()
+    dynamic = False
+    for klass in flow_cls.__mro__:
+        if klass is base_cls or klass is object or issubclass(base_cls, klass):
+            continue
+        for value in vars(klass).values():
+            if not inspect.isfunction(value):
+                continue
+            try:
+                tree = ast.parse(textwrap.dedent(inspect.getsource(inspect.unwrap(value))))
+            except (OSError, TypeError, SyntaxError):
+                return frozenset(names), True
+            fdef = tree.body[0] if tree.body else None
+            if isinstance(fdef, ast.FunctionDef | ast.AsyncFunctionDef) and fdef.args.args:
+                dynamic |= _collect_assignments(fdef, fdef.args.args[0].arg, names)
+    return frozenset(names), dynamic
+
+
+def _collect_assignments(fdef: ast.AST, self_name: str, names: set[str]) -> bool:
+    dynamic = False
+    for node in ast.walk(fdef):
+        if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and \
+                isinstance(node.value, ast.Name) and node.value.id == self_name:
+            names.add(node.attr)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+                node.func.id == "setattr" and node.args and isinstance(node.args[0], ast.Name) \
+                and node.args[0].id == self_name:
+            target = node.args[1] if len(node.args) > 1 else None
+            if isinstance(target, ast.Constant) and isinstance(target.value, str):
+                names.add(target.value)
+            else:
+                dynamic = True
+        elif isinstance(node, ast.Attribute) and node.attr == "__dict__" and \
+                isinstance(node.value, ast.Name) and node.value.id == self_name:
+            dynamic = True
+    return dynamic
 
 
 def _user_functions(flow_cls: type, base_cls: type) -> Iterator[tuple[str, Any]]:

@@ -10,7 +10,7 @@ import difflib
 from collections.abc import Callable, Iterable, Iterator
 
 from fedloom.errors import Problem
-from fedloom.spec.graph import FlowGraph, StepNode
+from fedloom.spec.graph import FlowGraph, NameList, StepNode
 
 Rule = Callable[[FlowGraph], Iterator[Problem]]
 RULES: list[Rule] = []
@@ -161,6 +161,28 @@ def include_exclude_shape(graph: FlowGraph) -> Iterator[Problem]:
             if names is not None and not names.is_list:
                 yield _at(node, f"{kind}={names.text} is not a list of attribute names",
                           f"write {kind}=['model', ...] (a list of names)", call.line)
+
+
+def unknown_names(graph: FlowGraph, known: Iterable[str] = ()) -> list[Problem]:
+    """Warnings: include=/exclude=/foreach= names that nothing visible ever sets — no method of
+    the flow, not the framework (``input``), not ``known`` (the initial state). Only warnings:
+    helper functions outside the class may set attributes too; the run still checks names."""
+    if graph.dynamic_attributes:
+        return []
+    available = graph.assigned | {"input"} | set(known)
+    problems = []
+    for node, call in graph.edges():
+        for kind, names in (("include", call.include), ("exclude", call.exclude),
+                            ("foreach", NameList((call.foreach,), "", True) if call.foreach
+                             else None)):
+            for name in (names.names or ()) if names else ():
+                if name not in available:
+                    problems.append(_at(
+                        node, f"{kind}= names '{name}', which no step or __init__ of "
+                        f"{graph.flow_name} ever sets.{_suggest(name, available)}",
+                        "fix the name, or set the attribute (in __init__ or a step); private "
+                        "attributes are never sent, so they need no exclude=", call.line))
+    return problems
 
 
 @rule
