@@ -13,7 +13,6 @@ import os
 import pickle
 import random
 import subprocess
-import time
 import zlib
 from collections.abc import Iterator
 from os import system as imported_system  # noqa: F401 - a foreign name in the package
@@ -364,36 +363,17 @@ def test_dumps_reports_what_cannot_be_encoded() -> None:
             dumps(torch.ones(2).as_subclass(Special))
 
 
-def test_big_array_is_about_as_fast_as_a_copy(capsys: pytest.CaptureFixture[str]) -> None:
-    """dumps + loads of 200 MB within a small multiple of copying 200 MB into a new bytes.
+def test_big_array_travels_out_of_band_with_a_small_envelope() -> None:
+    """A large array is carried as one raw buffer: the frame is the array's bytes plus a small
+    envelope (no pickled copy, no text encoding), and it comes back equal and writable.
 
-    Timed in CPU time of this process (user + system, which includes page faults), best of two
-    rounds, so that other processes on a busy machine do not decide the outcome."""
-    array = np.random.default_rng(0).random(25_000_000)  # 200 MB
-    megabytes = array.nbytes / 1e6
-    rounds = []
-    for _ in range(2):
-        start = time.process_time()
-        copy = bytes(memoryview(array))
-        memcpy = time.process_time() - start
-        del copy
-        start = time.process_time()
-        frame = dumps({"w": array})
-        encode = time.process_time() - start
-        start = time.process_time()
-        got = loads(frame)
-        decode = time.process_time() - start
-        rounds.append(((encode + decode) / memcpy, encode, decode, memcpy))
-        del frame
-    assert got["w"].nbytes == array.nbytes
-    np.testing.assert_array_equal(got["w"], array)
-    ratio, encode, decode, memcpy = min(rounds)
-    with capsys.disabled():
-        print(f"\nwire 200 MB (CPU time): dumps {encode * 1e3:.0f} ms "
-              f"({megabytes / encode:.0f} MB/s), loads {decode * 1e3:.0f} ms "
-              f"({megabytes / decode:.0f} MB/s), memcpy {memcpy * 1e3:.0f} ms "
-              f"({megabytes / memcpy:.0f} MB/s); dumps+loads = {ratio:.1f} x memcpy")
-    assert ratio < 6
+    How fast that is lives in benchmarks/wire_frames.py, not in a timed test."""
+    array = np.random.default_rng(0).random(2_000_000)  # 16 MB
+    frame = dumps({"w": array})
+    assert array.nbytes <= len(frame) < array.nbytes + 4096
+    got = loads(frame)["w"]
+    np.testing.assert_array_equal(got, array)
+    assert got.flags.writeable and not np.shares_memory(got, np.frombuffer(frame, np.uint8))
 
 
 # ---------------------------------------------------------------------------- hostile payloads
