@@ -67,3 +67,28 @@ def test_an_envoy_with_another_envoys_certificate_is_refused(tmp_path):
         assert impostor.process.wait(timeout=30) == 1  # it stops: retrying cannot help
         assert "presented the certificate of" in "\n".join(impostor.seen + [
             line for line in iter(lambda: impostor.lines.get(timeout=5), None)])
+
+
+def test_a_checkpointed_run_is_kept_by_the_director_and_fetched_for_the_user(
+        tmp_path, metaflow_client):
+    from metaflow import Flow
+
+    with federation(tmp_path, ENVOYS) as fed:
+        flow = run(fed, rounds=2, checkpoint=True)
+        with pytest.raises(StepFailed):
+            run(fed, fail_on="envoy_one", checkpoint=True)
+    kept = tmp_path / ".fedloom" / "director" / "checkpoints" / ".metaflow" / "FedAvgFlow"
+    assert (kept / flow._run_id).is_dir()
+    record = Flow("FedAvgFlow")[flow._run_id]  # read from the user's own datastore
+    assert str(tmp_path / ".metaflow") in record["end"].task["model"]._object["location"]
+    assert record.successful
+    np.testing.assert_allclose(record.data.model, flow.model)
+    trained = list(record["train"])
+    assert len(trained) == 4 and {t.data.input for t in trained} == set(ENVOYS)
+    assert any("New York trained round 1" in t.stdout for t in trained)
+    for step in record:
+        for task in step:
+            assert "data" not in task and "secret" not in task  # private: never recorded
+    failed = Flow("FedAvgFlow").latest_run
+    assert failed.id != flow._run_id and not failed.successful
+    assert any(not t.successful for t in failed["train"])

@@ -21,9 +21,12 @@ from typing import Any, NoReturn
 
 import grpc
 
+from fedloom.checkpoint.transfer import pack_run
+from fedloom.errors import FedloomError
 from fedloom.federation import transport
 from fedloom.federation.config import DirectorConfig
 from fedloom.federation.experiment_process import ExperimentSpec, aggregator_main
+from fedloom.federation.package import ExperimentPackage
 from fedloom.federation.pki import peer_kind, peer_name
 from fedloom.federation.proto import fedloom_pb2 as pb
 from fedloom.federation.proto import fedloom_pb2_grpc as rpc
@@ -52,6 +55,8 @@ class Experiment:
     digest: str
     package: bytes
     checkpoint: bool
+    flow_name: str
+    run_id: str = field(default_factory=new_run_id)
     events: queue.Queue[pb.Event | None] = field(default_factory=queue.Queue)
     inbox: queue.Queue[tuple[Any, ...]] = field(default_factory=queue.Queue)
     status: str = "queued"
@@ -167,10 +172,15 @@ class Director(rpc.DirectorServicer):
         package = None
         for part in request_iterator:
             package = assembler.add(part.package)
+        package = package if package is not None else assembler.finish()
+        try:  # refuse a corrupt or mislabelled package now, not when the envoys load it
+            flow_name = ExperimentPackage.from_bytes(package,
+                                                     expected_digest=header.digest).flow_class
+        except FedloomError as exc:
+            _deny(context, grpc.StatusCode.INVALID_ARGUMENT, f"the package was refused: {exc}")
         experiment = Experiment(f"{next(self._ids)}-{uuid.uuid4().hex[:8]}", submitter,
-                                tuple(header.collaborators), header.digest,
-                                package if package is not None else assembler.finish(),
-                                header.checkpoint)
+                                tuple(header.collaborators), header.digest, package,
+                                header.checkpoint, flow_name)
         with self._lock:
             self._experiments[experiment.id] = experiment
             self._queue.append(experiment.id)
@@ -178,7 +188,7 @@ class Director(rpc.DirectorServicer):
         experiment.events.put(pb.Event(status="queued"))
         log.info("experiment %s submitted by '%s' for %s", experiment.id, submitter,
                  list(experiment.collaborators))
-        return pb.SubmitReply(experiment=experiment.id)
+        return pb.SubmitReply(experiment=experiment.id, run_id=experiment.run_id)
 
     def Events(self, request: pb.EventsRequest,
                context: grpc.ServicerContext) -> Iterator[pb.Event]:
@@ -209,6 +219,29 @@ class Director(rpc.DirectorServicer):
                 self._queue.remove(experiment.id)
                 self._finish_events(experiment, "cancelled by the user before it started")
         return pb.Ack(note="cancelling")
+
+    def FetchRun(self, request: pb.FetchRunRequest,
+                 context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
+        experiment = self._own_experiment(request.experiment, context)
+        if not experiment.checkpoint:
+            _deny(context, grpc.StatusCode.FAILED_PRECONDITION,
+                  f"experiment {experiment.id} was not checkpointed: submit the flow with "
+                  "checkpoint=True to keep its record")
+        if experiment.status not in ("done", "failed"):
+            _deny(context, grpc.StatusCode.FAILED_PRECONDITION,
+                  f"experiment {experiment.id} is {experiment.status}; fetch its run when it "
+                  "has ended")
+        try:
+            archive = pack_run(self.checkpoint_root / ".metaflow", experiment.flow_name,
+                               experiment.run_id)
+        except FedloomError as exc:
+            _deny(context, grpc.StatusCode.NOT_FOUND, str(exc))
+        yield from transport.chunks(archive)
+
+    @property
+    def checkpoint_root(self) -> Path:
+        """Where aggregator processes record runs (the folder holding ``.metaflow``)."""
+        return self._workdir / "checkpoints"
 
     # -- scheduling and running --------------------------------------------------------------
 
@@ -324,7 +357,7 @@ class ExperimentRun:
     def __init__(self, director: Director, experiment: Experiment) -> None:
         self.director = director
         self.experiment = experiment
-        self.run_id = new_run_id()
+        self.run_id = experiment.run_id
 
     def run(self) -> str:
         """Returns the failure reason, or '' when the experiment completed."""
@@ -363,7 +396,8 @@ class ExperimentRun:
         parent, child = ctx.Pipe()
         spec = ExperimentSpec(exp.package, exp.digest, exp.collaborators, self.run_id,
                               exp.checkpoint, self.director.config.aggregator,
-                              str(self.director._workdir / "aggregator"))
+                              str(self.director._workdir / "aggregator"),
+                              str(self.director.checkpoint_root))
         process = ctx.Process(target=aggregator_main, args=(child, spec), daemon=True,
                               name=f"fedloom-aggregator-{exp.id}")
         process.start()

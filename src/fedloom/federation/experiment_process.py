@@ -37,6 +37,7 @@ class ExperimentSpec:
     checkpoint: bool
     private: PrivateAttributesSpec
     workdir: str
+    checkpoint_root: str = ""  # the folder holding .metaflow; "" is Metaflow's default
 
 
 def _load(spec: ExperimentSpec) -> tuple[ExperimentPackage, FlowJob]:
@@ -118,7 +119,7 @@ def aggregator_main(conn: Connection, spec: ExperimentSpec) -> None:
         if spec.checkpoint:
             from fedloom.checkpoint.recorder import MetaflowRecorder
 
-            recorder = MetaflowRecorder(job.graph, spec.run_id)
+            recorder = MetaflowRecorder(job.graph, spec.run_id, spec.checkpoint_root or None)
         engine = FlowEngine(job, "aggregator", private, RemoteChains(conn, allowed),
                             OutputForwarder(conn, recorder), live_output=False)
         final = engine.run(initial)

@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 
 from fedloom.capture import print_attributed
+from fedloom.checkpoint.transfer import unpack_run
 from fedloom.errors import FedloomError, ParticipantError
 from fedloom.federation import messages, transport, wire
 from fedloom.federation.package import ExperimentPackage, package_flow
@@ -60,6 +61,7 @@ class FederatedRuntime:
                                            int(director.get("director_port", 50050)))
         self.notebook_path = notebook_path
         self._credentials = _credentials(director, tls)
+        self.last_experiment = ""
 
     @property
     def collaborators(self) -> list[str]:
@@ -76,18 +78,53 @@ class FederatedRuntime:
         validate_flow(type(flow))
         package = package_flow(type(flow), wire.dumps(public_state(flow)),
                                notebook_path=self.notebook_path, created_by=getpass.getuser())
+        checkpoint = is_checkpointing(flow)
         with self._channel() as channel:
             stub = rpc.DirectorStub(channel)
-            experiment = stub.Submit(self._submission(package, is_checkpointing(flow)),
-                                     timeout=600).experiment
+            reply = stub.Submit(self._submission(package, checkpoint), timeout=600)
+            experiment = self.last_experiment = reply.experiment
             log.info("submitted experiment %s (package %s)", experiment, package.digest[:12])
-            set_run_id(flow, experiment)
+            set_run_id(flow, reply.run_id)
             try:
                 final = self._follow(stub, experiment, package, type(flow))
             except KeyboardInterrupt:
                 stub.Cancel(pb.CancelRequest(experiment=experiment), timeout=30)
                 raise
+            finally:
+                if checkpoint:  # a failed run's record is wanted most of all
+                    self._fetch_quietly(stub, experiment)
         replace_public_state(flow, final)
+
+    def fetch_run(self, experiment: str | None = None,
+                  datastore_root: str | Path | None = None) -> Path:
+        """Copies the director's record of ``experiment`` (default: the last one submitted
+        here) into the local Metaflow datastore, so ``metaflow.Flow(...)`` reads it; returns
+        the run's folder. ``flow.run()`` does this by itself when the flow checkpoints."""
+        experiment = experiment or self.last_experiment
+        if not experiment:
+            raise ParticipantError("no experiment to fetch: run a flow with this runtime first, "
+                                   "or pass experiment=<id>")
+        with self._channel() as channel:
+            return self._fetch(rpc.DirectorStub(channel), experiment, datastore_root)
+
+    def _fetch(self, stub: rpc.DirectorStub, experiment: str,
+               datastore_root: str | Path | None) -> Path:
+        assembler = transport.Assembler(f"recorded run of experiment {experiment}")
+        archive = None
+        for chunk in stub.FetchRun(pb.FetchRunRequest(experiment=experiment), timeout=3600):
+            archive = assembler.add(chunk) or archive
+        root = Path(datastore_root) if datastore_root else _local_datastore_root()
+        return unpack_run(archive if archive is not None else assembler.finish(), root)
+
+    def _fetch_quietly(self, stub: rpc.DirectorStub, experiment: str) -> None:
+        try:
+            where = self._fetch(stub, experiment, None)
+        except (grpc.RpcError, FedloomError) as exc:
+            details = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
+            log.warning("the record of experiment %s stays on the director: %s (fetch it "
+                        "later with FederatedRuntime.fetch_run)", experiment, details)
+        else:
+            log.info("experiment %s recorded in %s", experiment, where)
 
     def _submission(self, package: ExperimentPackage, checkpoint: bool) -> Iterator[pb.Submission]:
         yield pb.Submission(header=pb.SubmissionHeader(
@@ -125,6 +162,15 @@ class FederatedRuntime:
         channel = transport.open_channel(self.endpoint, self._credentials)
         transport.wait_ready(channel, self.endpoint, CONNECT_TIMEOUT)
         return channel
+
+
+def _local_datastore_root() -> Path:
+    """Where local runs are recorded, so fetched runs sit beside them."""
+    try:
+        from fedloom.checkpoint.metaflow_store import default_datastore_root
+    except ImportError:  # without Metaflow the record is still kept, where Metaflow would look
+        return Path.cwd() / ".metaflow"
+    return Path(default_datastore_root())
 
 
 def _credentials(director: Mapping[str, Any], tls: bool) -> grpc.ChannelCredentials | None:

@@ -171,10 +171,12 @@ class SubmissionHeader(_message.Message):
     def __init__(self, collaborators: _Optional[_Iterable[str]] = ..., digest: _Optional[str] = ..., checkpoint: _Optional[bool] = ...) -> None: ...
 
 class SubmitReply(_message.Message):
-    __slots__ = ("experiment",)
+    __slots__ = ("experiment", "run_id")
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     experiment: str
-    def __init__(self, experiment: _Optional[str] = ...) -> None: ...
+    run_id: str
+    def __init__(self, experiment: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class EventsRequest(_message.Message):
     __slots__ = ("experiment",)
@@ -217,6 +219,12 @@ class EnvoysReply(_message.Message):
     def __init__(self, envoys: _Optional[_Iterable[_Union[EnvoyInfo, _Mapping]]] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
+    __slots__ = ("experiment",)
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    experiment: str
+    def __init__(self, experiment: _Optional[str] = ...) -> None: ...
+
+class FetchRunRequest(_message.Message):
     __slots__ = ("experiment",)
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     experiment: str
