@@ -92,3 +92,31 @@ def test_a_checkpointed_run_is_kept_by_the_director_and_fetched_for_the_user(
     failed = Flow("FedAvgFlow").latest_run
     assert failed.id != flow._run_id and not failed.successful
     assert any(not t.successful for t in failed["train"])
+
+
+@pytest.mark.parametrize("director_tls", [True, False], ids=["tls-director", "plain-director"])
+def test_a_client_whose_tls_setting_does_not_match_the_director_is_refused_at_once(
+        tmp_path, director_tls):
+    from fedloom.federation.transport import TransportError
+    from tests.federation.nodes import _make_certificates
+
+    with federation(tmp_path, {"envoy_one": 1.0}, tls=director_tls) as fed:
+        info = fed.director_info()
+        if not director_tls:  # a TLS client with valid certificates of some CA
+            certs = _make_certificates(tmp_path / "other-pki", [])
+            cert, key = certs[("user", "alice")]
+            info.update(cert_chain=str(certs[("ca", "")][0]), api_cert=str(cert),
+                        api_private_key=str(key))
+        runtime = FederatedRuntime(collaborators=["envoy_one"], director=info,
+                                   tls=not director_tls)
+        hint = "requires TLS" if director_tls else "TLS handshake failed"
+        with pytest.raises(TransportError, match=hint):
+            runtime.get_envoys()
+        flow = FedAvgFlow()
+        flow.runtime = runtime
+        with pytest.raises(TransportError, match=hint):
+            flow.run()
+        assert "round" not in flow.__dict__  # nothing ran
+        matching = FederatedRuntime(collaborators=["envoy_one"], director=fed.director_info(),
+                                    tls=director_tls)
+        assert [e.name for e in matching.get_envoys()] == ["envoy_one"]  # the director serves

@@ -87,7 +87,8 @@ class Envoy:
     def _serve_once(self) -> None:
         channel = transport.open_channel(self.endpoint, self._credentials)
         try:
-            transport.wait_ready(channel, self.endpoint, timeout=10)
+            transport.wait_ready(channel, self.endpoint, timeout=10,
+                                 tls=self._credentials is not None)
             self._stub = rpc.DirectorStub(channel)
             reply = self._stub.Register(pb.RegisterRequest(name=self.config.name,
                                                            fedloom_version=__version__),

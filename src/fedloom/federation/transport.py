@@ -7,6 +7,7 @@ users see typed helpers.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -101,13 +102,39 @@ def open_channel(endpoint: Endpoint, credentials: grpc.ChannelCredentials | None
     return grpc.secure_channel(endpoint.address, credentials, options=options)
 
 
-def wait_ready(channel: grpc.Channel, endpoint: Endpoint, timeout: float) -> None:
+def wait_ready(channel: grpc.Channel, endpoint: Endpoint, timeout: float, *, tls: bool) -> None:
+    """Returns once ``channel`` is connected. The first failed attempt is an error at once
+    (not after ``timeout``): a director that is down, or a TLS/plaintext mismatch, does not
+    get better by waiting, and the message says what to check."""
+    settled = threading.Event()
+    states: list[grpc.ChannelConnectivity] = []
+
+    def seen(state: grpc.ChannelConnectivity) -> None:
+        if state in (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+                     grpc.ChannelConnectivity.SHUTDOWN):
+            states.append(state)
+            settled.set()
+
+    channel.subscribe(seen, try_to_connect=True)
     try:
-        grpc.channel_ready_future(channel).result(timeout=timeout)
-    except grpc.FutureTimeoutError:
-        raise TransportError(f"cannot reach the director at {endpoint.address} within "
-                             f"{timeout:g} s: is it running, and do host, port and TLS "
-                             "settings match?") from None
+        if not settled.wait(timeout):
+            raise TransportError(f"no answer from the director at {endpoint.address} within "
+                                 f"{timeout:g} s: is the host reachable from here?")
+    finally:
+        channel.unsubscribe(seen)
+    if states[0] is not grpc.ChannelConnectivity.READY:
+        raise TransportError(_connect_hint(endpoint, tls))
+
+
+def _connect_hint(endpoint: Endpoint, tls: bool) -> str:
+    if tls:
+        return (f"cannot connect to the director at {endpoint.address}: it is not running there, "
+                "or the TLS handshake failed. Check the host and port, that the director uses "
+                "TLS (it was not started with --disable-tls), and that your certificate and its "
+                "root CA are the federation's (fx pki)")
+    return (f"cannot connect to the director at {endpoint.address} without TLS: it is not "
+            "running there, or it requires TLS (the default). Connect with TLS and certificates "
+            "from fx pki, unless the director was started with --disable-tls")
 
 
 def new_server(credentials: grpc.ServerCredentials | None, endpoint: Endpoint,

@@ -160,7 +160,12 @@ class FederatedRuntime:
 
     def _channel(self) -> grpc.Channel:
         channel = transport.open_channel(self.endpoint, self._credentials)
-        transport.wait_ready(channel, self.endpoint, CONNECT_TIMEOUT)
+        try:
+            transport.wait_ready(channel, self.endpoint, CONNECT_TIMEOUT,
+                                 tls=self._credentials is not None)
+        except BaseException:
+            channel.close()
+            raise
         return channel
 
 
