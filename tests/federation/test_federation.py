@@ -120,3 +120,79 @@ def test_a_client_whose_tls_setting_does_not_match_the_director_is_refused_at_on
         matching = FederatedRuntime(collaborators=["envoy_one"], director=fed.director_info(),
                                     tls=director_tls)
         assert [e.name for e in matching.get_envoys()] == ["envoy_one"]  # the director serves
+
+
+NOTEBOOK_CELLS = [
+    ("markdown", "# A federated flow written in a notebook"),
+    ("code", "import numpy as np\nfrom fedloom import FLSpec, aggregator, collaborator, fedavg\n"
+             "from fedloom import FederatedRuntime"),
+    ("code", "class Model:\n    '''A notebook-defined class in the flow's initial state.'''\n"
+             "    def __init__(self, weights):\n        self.weights = weights\n"),
+    ("code", '''class NotebookFlow(FLSpec):
+    def __init__(self, model, rounds=2, **kwargs):
+        super().__init__(**kwargs)
+        self.model, self.rounds = model, rounds
+
+    @aggregator
+    def start(self):
+        self.names = self.runtime.collaborators
+        self.round = 0
+        self.next(self.train, foreach="names")
+
+    @collaborator
+    def train(self):
+        self.model = Model(self.model.weights + self.data)
+        print(f"notebook step at {self.input}")
+        self.next(self.join)
+
+    @aggregator
+    def join(self, inputs):
+        self.model = Model(fedavg([i.model.weights for i in inputs]))
+        self.round += 1
+        if self.round < self.rounds:
+            self.next(self.train, foreach="names")
+        else:
+            self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+'''),
+    ("code", "flow = NotebookFlow(Model(np.array([1.0, 2.0, 3.0])), rounds=2)\n"
+             "flow.runtime = FederatedRuntime(collaborators={envoys!r}, director={director!r},\n"
+             "                                notebook_path={notebook!r})\n"
+             "flow.run()"),
+    ("code", "print('RESULT', type(flow.model).__name__, flow.model.weights.tolist())"),
+]
+
+# Runs the code cells in order in __main__, as a notebook kernel does: no source file, each
+# cell's text kept in linecache under a made-up file name (as IPython does).
+KERNEL = ("import linecache, sys, nbformat, __main__\n"
+          "cells = nbformat.read(sys.argv[1], as_version=4).cells\n"
+          "for n, cell in enumerate(c for c in cells if c.cell_type == 'code'):\n"
+          "    name = f'/tmp/ipykernel_0/cell{n}.py'\n"
+          "    lines = cell.source.splitlines(True)\n"
+          "    linecache.cache[name] = (len(cell.source), None, lines, name)\n"
+          "    exec(compile(cell.source, name, 'exec'), __main__.__dict__)\n")
+
+
+def test_a_flow_written_in_a_notebook_runs_across_envoys(tmp_path):
+    import subprocess
+    import sys
+
+    import nbformat
+
+    with federation(tmp_path, ENVOYS) as fed:
+        notebook = tmp_path / "experiment.ipynb"
+        fill = {"envoys": list(ENVOYS), "director": fed.director_info(),
+                "notebook": str(notebook)}
+        cells = [nbformat.v4.new_code_cell(text.format(**fill) if "{envoys" in text else text)
+                 if kind == "code" else nbformat.v4.new_markdown_cell(text)
+                 for kind, text in NOTEBOOK_CELLS]
+        nbformat.write(nbformat.v4.new_notebook(cells=cells), notebook)
+        done = subprocess.run([sys.executable, "-c", KERNEL, str(notebook)], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[train @ New York] notebook step at New York" in done.stdout
+    # start (1,2,3) + mean(1, 3) = 2 per round, two rounds; the class survived both ways
+    assert "RESULT Model [5.0, 6.0, 7.0]" in done.stdout

@@ -13,6 +13,8 @@ import os
 import pickle
 import random
 import subprocess
+import sys
+import types
 import zlib
 from collections.abc import Iterator
 from os import system as imported_system  # noqa: F401 - a foreign name in the package
@@ -265,6 +267,42 @@ def test_experiment_package_classes_need_approval() -> None:
 def test_allowed_modules_must_be_an_experiment_package(bad: str) -> None:
     with pytest.raises(WireError, match="allowed_modules"):
         loads(dumps(1), allowed_modules=[bad])
+
+
+def test_module_aliases_read_one_module_as_an_allowed_other_and_only_that(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Encoded where the class lived in another module (as a notebook's __main__) ...
+    elsewhere = types.ModuleType("nb_alias_module")
+    elsewhere.Point = type("Point", (), {"__module__": "nb_alias_module"})  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "nb_alias_module", elsewhere)
+    encoded = elsewhere.Point()  # type: ignore[attr-defined]
+    encoded.x, encoded.y = 1, 2
+    frame = dumps({"p": encoded})
+    # ... and decoded where the same code is this module.
+    got = loads(frame, allowed_modules=[HERE], module_aliases={"nb_alias_module": HERE})
+    assert type(got["p"]) is Point and (got["p"].x, got["p"].y) == (1, 2)
+    with pytest.raises(ValueError, match="not an allowed module"):
+        loads(frame, allowed_modules=[HERE], module_aliases={"nb_alias_module": "elsewhere"})
+    with pytest.raises(WireError, match=r"refused to decode nb_alias_module\.Point"):
+        loads(frame, allowed_modules=[HERE])
+
+
+def test_main_is_decoded_only_when_the_caller_says_it_is_its_own_code() -> None:
+    import __main__
+
+    class_name = "WireTestMainClass"
+    main_class = type(class_name, (), {"__module__": "__main__"})
+    setattr(__main__, class_name, main_class)
+    try:
+        frame = dumps([main_class()])
+        with pytest.raises(WireError, match="allowed_modules"):
+            loads(frame, allowed_modules=["__main__"])
+        with pytest.raises(WireError, match=rf"refused to decode __main__.{class_name}"):
+            loads(frame)
+        assert type(loads(frame, allowed_modules=["__main__"], allow_main=True)[0]) is \
+            main_class
+    finally:
+        delattr(__main__, class_name)
 
 
 @needs_torch

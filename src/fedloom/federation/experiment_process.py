@@ -48,6 +48,13 @@ def _load(spec: ExperimentSpec) -> tuple[ExperimentPackage, FlowJob]:
     return package, job
 
 
+def initial_state_aliases(package: ExperimentPackage) -> dict[str, str]:
+    """The constructor state was encoded where the flow was defined (often ``__main__`` in a
+    notebook or script); here that code is the package's module."""
+    original = package.metadata.get("flow_module", "")
+    return {original: package.module} if original and original != package.module else {}
+
+
 # -- aggregator side ---------------------------------------------------------------------------
 
 class RemoteChains:
@@ -113,7 +120,8 @@ def aggregator_main(conn: Connection, spec: ExperimentSpec) -> None:
     try:
         package, job = _load(spec)
         allowed = frozenset({package.module})
-        initial = wire.loads(package.initial_state, allowed_modules=allowed)
+        initial = wire.loads(package.initial_state, allowed_modules=allowed,
+                             module_aliases=initial_state_aliases(package))
         private = spec.private.build()
         recorder: TaskRecorder | None = None
         if spec.checkpoint:

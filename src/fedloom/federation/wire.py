@@ -51,7 +51,7 @@ import struct
 import sys
 import types
 import zlib
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -208,21 +208,31 @@ def _torch_constant(name: Any) -> Any:
 
 
 def loads(data: bytes | bytearray | memoryview, *,
-          allowed_modules: Collection[str] = ()) -> Any:
+          allowed_modules: Collection[str] = (),
+          module_aliases: Mapping[str, str] | None = None, allow_main: bool = False) -> Any:
     """The object in a frame made by :func:`dumps`.
 
     The frame is verified (magic, version, lengths, checksums) before anything is unpickled,
     and unpickling resolves only the globals listed in the module docstring plus those of
     ``allowed_modules`` (the experiment package; submodules included).  Every failure is a
     :class:`WireError`.  Arrays come back writable and own their memory (they are copied out
-    of ``data``).
+    of ``data``). ``module_aliases`` reads globals of one module as another's, e.g. a class a
+    notebook defined in ``__main__`` as the package's module that holds the notebook's code;
+    each target must be one of ``allowed_modules``. ``allow_main`` lets ``allowed_modules``
+    name ``__main__``: only for a user decoding results of their own notebook or script, never
+    on a node that runs other people's experiments.
     """
-    allowed = _approved(allowed_modules)
+    allowed = _approved(allowed_modules, allow_main)
+    aliases = dict(module_aliases or {})
+    for source, target in aliases.items():
+        if not _within(target, allowed):
+            raise ValueError(f"module alias {source} -> {target}: the target is not an "
+                             f"allowed module")
     view = _as_view(data)
     payload, raw_buffers = _verify(view)
     buffers = _OwnedBuffers(raw_buffers)
     stream = io.BytesIO(payload)
-    unpickler = _Unpickler(stream, allowed, buffers)
+    unpickler = _Unpickler(stream, allowed, buffers, aliases)
     try:
         obj = unpickler.load()
     except WireError:
@@ -360,12 +370,14 @@ class _Unpickler(pickle.Unpickler):
     found and undone."""
 
     def __init__(self, stream: io.BytesIO, allowed: tuple[str, ...],
-                 buffers: _OwnedBuffers) -> None:
+                 buffers: _OwnedBuffers, aliases: Mapping[str, str]) -> None:
         super().__init__(stream, buffers=buffers)
         self._allowed = allowed
+        self._aliases = aliases
         self._guarded: dict[int, tuple[Any, str, dict[str, Any]]] = {}
 
     def find_class(self, module: str, name: str, /) -> Any:
+        module = self._aliases.get(module, module)
         obj = _resolve(module, name, self._allowed)
         if id(obj) not in self._guarded and _is_mutable_global(obj) and \
                 not _within(getattr(obj, "__module__", None) or "", self._allowed):
@@ -600,8 +612,8 @@ def _is_functional(name: str, obj: Any, functional: dict[str, Any]) -> bool:
 def _from_experiment(module: str, name: str, allowed: tuple[str, ...]) -> Any:
     """A global defined in the approved experiment package, found without getattr."""
     parts = name.split(".")
-    if not all(part.isidentifier() and not _is_dunder(part) for part in (*module.split("."),
-                                                                         *parts)):
+    module_parts = () if module == "__main__" else module.split(".")  # allowed: see loads
+    if not all(part.isidentifier() and not _is_dunder(part) for part in (*module_parts, *parts)):
         raise _refuse(module, name, allowed, "not a plain name; ")
     try:
         obj: Any = importlib.import_module(module)
@@ -651,13 +663,13 @@ def _is_allowed_class(cls: type, allowed: tuple[str, ...]) -> bool:
         return False
 
 
-def _approved(allowed_modules: Collection[str]) -> tuple[str, ...]:
+def _approved(allowed_modules: Collection[str], allow_main: bool = False) -> tuple[str, ...]:
     names = (allowed_modules,) if isinstance(allowed_modules, str) else tuple(allowed_modules)
     for name in names:
         if not isinstance(name, str) or not name or not all(
                 part.isidentifier() for part in name.split(".")):
             raise WireError(f"allowed_modules must be module names, got {name!r}")
-        if name.split(".")[0] in _FORBIDDEN_ROOTS:
+        if name.split(".")[0] in _FORBIDDEN_ROOTS and not (allow_main and name == "__main__"):
             raise WireError(f"allowed_modules must name the experiment package, not {name!r} "
                             f"(the standard library, fedloom, numpy and torch are decoded "
                             f"through the built-in allowlist only)")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import getpass
 import logging
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,9 +152,12 @@ class FederatedRuntime:
         if frame is None:
             raise FedloomError(f"experiment {experiment} ended without a result; see the "
                                "director's log")
-        # Objects of the flow's own classes come back under the package's module name.
-        sys.modules.setdefault(package.module, sys.modules[flow_cls.__module__])
-        state = wire.loads(frame, allowed_modules={package.module, flow_cls.__module__})
+        # Objects of the flow's own classes come back under the package's module name; here
+        # they are the user's own classes again (the package is the user's code).
+        own = flow_cls.__module__
+        aliases = {package.module: own} if package.module != own else {}
+        state = wire.loads(frame, allowed_modules={own}, module_aliases=aliases,
+                           allow_main=True)
         return dict(state)
 
     def _channel(self) -> grpc.Channel:
