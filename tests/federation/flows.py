@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 
 import numpy as np
 
@@ -15,12 +16,13 @@ class FedAvgFlow(FLSpec):
     private ``secret`` and collaborators report what they saw."""
 
     def __init__(self, model=None, rounds: int = 2, fail_on: str = "", die_on: str = "",
-                 **kwargs):
+                 hold_on: str = "", hold_port: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.model = model if model is not None else np.zeros(3)
         self.rounds = rounds
         self.fail_on = fail_on
         self.die_on = die_on
+        self.hold_on, self.hold_port = hold_on, hold_port
 
     @aggregator
     def start(self):
@@ -37,6 +39,8 @@ class FedAvgFlow(FLSpec):
             raise ValueError(f"bad data at {self.input}")
         if self.input == self.die_on:
             os.kill(os.getppid(), signal.SIGKILL)  # the envoy process dies mid-round
+        if self.input == self.hold_on:  # stays in this step until the test's socket closes
+            socket.create_connection(("127.0.0.1", self.hold_port)).recv(1)
         self.model = self.model + self.data
         self.seen = float(self.data.sum())
         print(f"{self.input} trained round {self.round}")

@@ -196,3 +196,63 @@ def test_a_flow_written_in_a_notebook_runs_across_envoys(tmp_path):
     assert "[train @ New York] notebook step at New York" in done.stdout
     # start (1,2,3) + mean(1, 3) = 2 per round, two rounds; the class survived both ways
     assert "RESULT Model [5.0, 6.0, 7.0]" in done.stdout
+
+
+# A user's script: runs FedAvgFlow, holding one collaborator inside its step (see flows.py).
+USER_SCRIPT = """
+import json, sys
+from fedloom import FederatedRuntime
+from tests.federation.flows import FedAvgFlow
+args = json.loads(sys.argv[1])
+flow = FedAvgFlow(hold_on=args["hold_on"], hold_port=args["port"])
+flow.runtime = FederatedRuntime(collaborators=args["envoys"], director=args["director"])
+try:
+    flow.run()
+except KeyboardInterrupt:
+    print("CANCELLED", flush=True)
+    sys.exit(3)
+"""
+
+
+def test_ctrl_c_cancels_the_experiment_everywhere_and_frees_the_envoys(tmp_path):
+    import json
+    import signal
+    import socket
+    import sys
+
+    from tests.federation.nodes import Node
+
+    with socket.create_server(("127.0.0.1", 0)) as server, \
+            federation(tmp_path, ENVOYS) as fed:
+        server.settimeout(60)
+        args = {"hold_on": "New York", "port": server.getsockname()[1],
+                "envoys": list(ENVOYS), "director": fed.director_info()}
+        user = Node([sys.executable, "-c", USER_SCRIPT, json.dumps(args)], tmp_path)
+        held, _ = server.accept()  # New York's collaborator is inside its step now
+        with held:
+            held.settimeout(60)
+            user.process.send_signal(signal.SIGINT)
+            user.wait_for("CANCELLED")
+            assert user.process.wait(timeout=30) == 3
+            assert held.recv(1) == b""  # its envoy stopped the collaborator mid-step
+        fed.director.wait_for(r"experiment \S+ failed: cancelled by the user")
+        flow = run(fed, rounds=1)  # the envoys serve the next experiment
+        np.testing.assert_allclose(flow.model, [2.0, 2.0, 2.0])
+
+
+def test_envoys_reconnect_by_themselves_to_a_restarted_director(tmp_path):
+    from tests.federation.nodes import FX, Node
+
+    with federation(tmp_path, ENVOYS) as fed:
+        fed.director.process.kill()  # a crash: no goodbye to the envoys
+        fed.director.process.wait(timeout=30)
+        config = tmp_path / "director.yaml"
+        config.write_text(config.read_text().replace("listen_port: 0",
+                                                     f"listen_port: {fed.port}"))
+        fed.director = Node([*FX, "director", "start", "-c", str(config),
+                             *fed.tls_args("director", "director")], tmp_path)
+        fed.director.wait_for(rf"director listening on [^:]+:{fed.port}")
+        for name in ENVOYS:
+            fed.director.wait_for(rf"envoy '{name}' registered")
+        flow = run(fed, rounds=2)
+        np.testing.assert_allclose(flow.model, [4.0, 4.0, 4.0])

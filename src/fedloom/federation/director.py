@@ -285,6 +285,8 @@ class Director(rpc.DirectorServicer):
                     link.work.put(pb.Work(experiment=experiment.id, end=reason))
                     link.experiment = ""
             experiment.status = "failed" if reason else "done"
+            log.info("experiment %s %s", experiment.id,
+                     f"failed: {reason}" if reason else "completed")
             experiment.events.put(None)
             self._lock.notify_all()
 

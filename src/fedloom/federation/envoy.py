@@ -185,7 +185,7 @@ class Envoy:
         if reason:
             log.info("envoy '%s': experiment %s ended: %s", self.config.name, experiment_id,
                      reason)
-        _stop_process(running)
+        _stop_process(running, aborted=bool(reason))
 
     def _end_all(self, reason: str) -> None:
         for experiment_id in list(self._experiments):
@@ -202,15 +202,21 @@ def _outcome_reports(head: pb.Report, request: str, outcome: bytes,
                         state=part)
 
 
-def _stop_process(running: RunningExperiment) -> None:
-    if running.conn is not None:
+def _stop_process(running: RunningExperiment, aborted: bool) -> None:
+    """Ends the collaborator process: asked to stop when the experiment completed; terminated
+    when it was aborted (it may be inside a step that would never return)."""
+    process = running.process
+    if running.conn is not None and not aborted:
         with contextlib.suppress(OSError):  # the process may be gone already
             running.conn.send(("stop",))
-    if running.process is not None:
-        running.process.join(timeout=5)
-        if running.process.is_alive():
-            running.process.kill()
-            running.process.join(timeout=5)
+    if process is None:
+        return
+    if aborted:
+        process.terminate()
+    process.join(timeout=5)
+    if process.is_alive():
+        process.kill()
+        process.join(timeout=5)
 
 
 def _refused(exc: grpc.RpcError) -> bool:
