@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,20 @@ def test_demo_trains_a_federated_model(capsys):
     assert accuracy > 0.9
     out = capsys.readouterr().out
     assert "round 6" in out.lower() or "6/6" in out
+
+
+@pytest.mark.slow
+def test_the_quick_start_demo_trains_across_a_real_federation(tmp_path):
+    """What scripts/demo.sh runs: a director and envoys as processes, TLS, the digits flow."""
+    pytest.importorskip("sklearn")
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "digits_federation.py"),
+                           "--rounds", "3", "--envoys", "2", "--keep", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "[join @ aggregator] round   3/3" in done.stdout
+    accuracy = float(re.search(r"final global test accuracy: ([\d.]+)", done.stdout).group(1))
+    assert accuracy > 0.85
+    assert (tmp_path / "pki").is_dir() and (tmp_path / "envoy_site_1.yaml").is_file()
 
 
 def test_a_plain_run_imports_neither_metaflow_nor_ray():
