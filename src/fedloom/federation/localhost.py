@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +115,11 @@ class LocalFederation:
     director: NodeProcess
     env: dict[str, str] = field(default_factory=dict)
     envoys: dict[str, NodeProcess] = field(default_factory=dict)
+    dial_port: int = 0  # where envoys and users connect, when not the director's own port
+
+    @property
+    def public_port(self) -> int:
+        return self.dial_port or self.port
 
     def tls_args(self, kind: str, name: str) -> list[str]:
         return tls_args(self.certs, kind, name)
@@ -126,14 +131,15 @@ class LocalFederation:
         config = self.folder / f"envoy_{_safe(name)}.yaml"
         config.write_text(config_yaml)
         node = NodeProcess([*FX, "envoy", "start", "-n", name, "-ec", str(config),
-                            "-dh", "127.0.0.1", "-dp", str(self.port),
+                            "-dh", "127.0.0.1", "-dp", str(self.public_port),
                             *self.tls_args("envoy", cert_name or name)], self.folder, self.env)
         self.envoys[name] = node
         return node
 
     def director_info(self, user: str = "alice") -> dict[str, object]:
         """The ``director=`` dict a FederatedRuntime takes, for ``user``."""
-        info: dict[str, object] = {"director_node_fqdn": "127.0.0.1", "director_port": self.port}
+        info: dict[str, object] = {"director_node_fqdn": "127.0.0.1",
+                                   "director_port": self.public_port}
         if self.certs is not None:
             cert, key = self.certs[("user", user)]
             info.update(cert_chain=str(self.certs[("ca", "")][0]), api_cert=str(cert),
@@ -150,11 +156,13 @@ class LocalFederation:
 def local_federation(folder: Path, envoys: Mapping[str, str], director_config_yaml: str = "",
                      files: Mapping[str, str] | None = None, tls: bool = True,
                      users: Sequence[str] = ("alice",), env: Mapping[str, str] | None = None,
-                     timeout: float = START_TIMEOUT) -> Iterator[LocalFederation]:
+                     timeout: float = START_TIMEOUT,
+                     front: Callable[[int], int] | None = None) -> Iterator[LocalFederation]:
     """Start a director and ``envoys`` (name -> envoy config YAML) and wait until every envoy
     registered; stop them all on exit. ``files`` (name -> text) are written to ``folder`` first,
     e.g. the modules the configs name for private attributes. The director's config must leave
-    ``listen_port`` 0 (or out): a free port is picked."""
+    ``listen_port`` 0 (or out): a free port is picked. ``front``, given the director's port,
+    returns the port envoys and users dial instead (e.g. a proxy that counts bytes)."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in (files or {}).items():
         (folder / name).write_text(text)
@@ -170,9 +178,15 @@ def local_federation(folder: Path, envoys: Mapping[str, str], director_config_ya
         raise
     fed = LocalFederation(folder, port, certs, director, extra)
     try:
+        fed.dial_port = front(port) if front is not None else 0
+    except BaseException:
+        director.stop()
+        raise
+    try:
         for name, config in envoys.items():
             fed.start_envoy(name, config)
-        for name in envoys:
+        for name in envoys:  # the envoy's own line first: one that fails says why, at once
+            fed.envoys[name].wait_for(r"registered with the director", timeout)
             director.wait_for(rf"envoy '{re.escape(name)}' registered", timeout)
         yield fed
     finally:
