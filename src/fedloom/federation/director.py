@@ -27,6 +27,7 @@ from fedloom.federation import transport
 from fedloom.federation.config import DirectorConfig
 from fedloom.federation.experiment_process import ExperimentSpec, aggregator_main
 from fedloom.federation.package import ExperimentPackage
+from fedloom.federation.pipes import FramePipe
 from fedloom.federation.pki import peer_kind, peer_name
 from fedloom.federation.proto import fedloom_pb2 as pb
 from fedloom.federation.proto import fedloom_pb2_grpc as rpc
@@ -404,15 +405,16 @@ class ExperimentRun:
                               name=f"fedloom-aggregator-{exp.id}")
         process.start()
         child.close()
-        threading.Thread(target=_pump, args=(parent, exp.inbox), daemon=True).start()
+        pipe = FramePipe(parent)
+        threading.Thread(target=_pump, args=(pipe, exp.inbox), daemon=True).start()
         try:
-            return self._loop(parent)
+            return self._loop(pipe)
         finally:
             process.join(timeout=10)
             if process.is_alive():
                 process.kill()
 
-    def _loop(self, aggregator: Any) -> str:
+    def _loop(self, aggregator: FramePipe) -> str:
         exp = self.experiment
         while True:
             message = exp.inbox.get()
@@ -463,7 +465,7 @@ def _deny(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) ->
     raise AssertionError("grpc's abort() raises")  # for type checkers: abort never returns
 
 
-def _pump(conn: Any, inbox: queue.Queue[tuple[Any, ...]]) -> None:
+def _pump(conn: FramePipe, inbox: queue.Queue[tuple[Any, ...]]) -> None:
     """Moves the aggregator process's messages into the experiment's inbox."""
     try:
         while True:

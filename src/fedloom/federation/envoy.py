@@ -10,7 +10,6 @@ import multiprocessing
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from fedloom.errors import FedloomError
 from fedloom.federation import transport
 from fedloom.federation.config import EnvoyConfig
 from fedloom.federation.experiment_process import ExperimentSpec, collaborator_main
+from fedloom.federation.pipes import FramePipe
 from fedloom.federation.proto import fedloom_pb2 as pb
 from fedloom.federation.proto import fedloom_pb2_grpc as rpc
 
@@ -42,7 +42,7 @@ class RunningExperiment:
     package: transport.Assembler
     offer: pb.Offer | None = None
     process: BaseProcess | None = None
-    conn: Connection | None = None
+    conn: FramePipe | None = None
     chains: dict[str, transport.Assembler] = field(default_factory=dict)
 
 
@@ -134,7 +134,7 @@ class Envoy:
                                       name=f"fedloom-collaborator-{experiment_id}")
         running.process.start()
         child.close()
-        running.conn = parent
+        running.conn = FramePipe(parent)
         threading.Thread(target=self._forward, args=(running,), daemon=True).start()
 
     def _on_chain(self, experiment_id: str, chain: pb.ChainRequest) -> None:

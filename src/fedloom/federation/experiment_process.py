@@ -20,6 +20,7 @@ from fedloom.errors import FedloomError, FlowRunError
 from fedloom.federation import messages, wire
 from fedloom.federation.config import PrivateAttributesSpec
 from fedloom.federation.package import ExperimentPackage, load_package
+from fedloom.federation.pipes import FramePipe
 from fedloom.federation.proto import fedloom_pb2 as pb
 from fedloom.spec.flowspec import validate_flow
 from fedloom.state import State
@@ -60,7 +61,7 @@ def initial_state_aliases(package: ExperimentPackage) -> dict[str, str]:
 class RemoteChains:
     """The engine's backend in the aggregator process: chains run on envoys, via the director."""
 
-    def __init__(self, conn: Connection, allowed_modules: frozenset[str]) -> None:
+    def __init__(self, conn: FramePipe, allowed_modules: frozenset[str]) -> None:
         self._conn = conn
         self._allowed = allowed_modules
 
@@ -101,7 +102,7 @@ class RemoteChains:
 class OutputForwarder:
     """Sends every task's output to the director (for the user), then records it if asked."""
 
-    def __init__(self, conn: Connection, inner: TaskRecorder | None) -> None:
+    def __init__(self, conn: FramePipe, inner: TaskRecorder | None) -> None:
         self._conn = conn
         self._inner = inner
 
@@ -115,8 +116,9 @@ class OutputForwarder:
             self._inner.finish(ok)
 
 
-def aggregator_main(conn: Connection, spec: ExperimentSpec) -> None:
+def aggregator_main(connection: Connection, spec: ExperimentSpec) -> None:
     """Entry point of the aggregator process."""
+    conn = FramePipe(connection)
     try:
         package, job = _load(spec)
         allowed = frozenset({package.module})
@@ -138,8 +140,9 @@ def aggregator_main(conn: Connection, spec: ExperimentSpec) -> None:
 
 # -- collaborator side -------------------------------------------------------------------------
 
-def collaborator_main(conn: Connection, name: str, spec: ExperimentSpec) -> None:
+def collaborator_main(connection: Connection, name: str, spec: ExperimentSpec) -> None:
     """Entry point of a collaborator process on an envoy."""
+    conn = FramePipe(connection)
     try:
         package, job = _load(spec)
         site = CollaboratorSite(name, spec.private.build(), in_process=False)
