@@ -260,7 +260,7 @@ def test_envoys_reconnect_by_themselves_to_a_restarted_director(tmp_path):
 
 
 def test_state_larger_than_any_grpc_message_crosses_in_chunks(tmp_path):
-    big = np.arange(5_000_000, dtype=np.float64)  # 40 MB: ten times gRPC's default limit
+    big = np.arange(5_100_000, dtype=np.float64).reshape(-1, 3)  # 41 MB: 10x gRPC's limit
     with federation(tmp_path, ENVOYS) as fed:
         flow = run(fed, model=big, rounds=1)
     np.testing.assert_allclose(flow.model, big + 2.0)
