@@ -39,7 +39,9 @@ from fedloom import FederatedRuntime
 from fedloom.federation.localhost import LocalFederation, local_federation
 
 ENVOYS = ("site_a", "site_b")
-ENVOY_CONFIG = "settings: {{}}\n"  # no private attributes: nothing to compute on
+ENVOY_CONFIG = "settings: {{review_experiment: false}}\n"  # no private attributes
+DIRECTOR_CONFIG = ("settings:\n  listen_host: 127.0.0.1\n  listen_port: 0\n"
+                   "  review_experiment: false\n")
 
 
 class CountingRelay:
@@ -93,7 +95,8 @@ def federation(folder: Path, relay: list[CountingRelay] | None = None
         return relay[0].port
 
     configs = {name: ENVOY_CONFIG.format(name=name) for name in ENVOYS}
-    with local_federation(folder, configs, front=front if relay is not None else None) as fed:
+    with local_federation(folder, configs, DIRECTOR_CONFIG,
+                          front=front if relay is not None else None) as fed:
         yield fed
 
 

@@ -54,14 +54,16 @@ def aggregator_attributes(seed, rounds):
 
 
 def director_config(seed: int, rounds: int) -> str:
+    # The demo's admins are you: plans are approved automatically (review_experiment: false).
     return ("settings:\n  listen_host: 127.0.0.1\n  listen_port: 0\n"
-            "  envoy_health_check_period: 5\n"
+            "  envoy_health_check_period: 5\n  review_experiment: false\n"
             "aggregator:\n  callable_func:\n    template: demo_sites.aggregator_attributes\n"
             f"    settings: {{seed: {seed}, rounds: {rounds}}}\n")
 
 
 def envoy_config(name: str, index: int, count: int, seed: int) -> str:
-    return (f"{name}:\n  callable_func:\n    template: demo_sites.collaborator_private_attributes"
+    return (f"settings:\n  review_experiment: false\n{name}:\n  callable_func:\n"
+            "    template: demo_sites.collaborator_private_attributes"
             f"\n    settings: {{index: {index}, n_collaborators: {count}, seed: {seed}}}\n")
 
 

@@ -6,11 +6,13 @@ then run it with :class:`LocalRuntime` (one process or Ray).
 
 from fedloom.aggregation import FedAvg, fedavg, weighted_mean
 from fedloom.errors import (
+    ExperimentRejected,
     FedloomError,
     FlowDefinitionError,
     FlowRunError,
     ParticipantError,
     PrivateAttributeError,
+    ReviewDecision,
     StepFailed,
     TransitionError,
 )
@@ -40,6 +42,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "Aggregator",
     "Collaborator",
+    "ExperimentRejected",
     "FLSpec",
     "FedAvg",
     "FederatedRuntime",
@@ -49,6 +52,7 @@ __all__ = [
     "LocalRuntime",
     "ParticipantError",
     "PrivateAttributeError",
+    "ReviewDecision",
     "StepFailed",
     "TransitionError",
     "__version__",

@@ -20,6 +20,7 @@ from rich.logging import RichHandler
 
 from fedloom import __version__
 from fedloom.errors import FedloomError, FlowDefinitionError
+from fedloom.federation.review_cli import director_workdir, envoy_workdir
 from fedloom.spec.flowspec import FLSpec, check_flow, flow_picture, flow_warnings, graph_of
 
 console = Console(stderr=False, highlight=False)
@@ -132,6 +133,13 @@ def _attach_pki() -> None:
 _attach_pki()
 
 
+def _attach_review() -> None:
+    from fedloom.federation.review_cli import director_review, envoy_review
+
+    director.add_command(director_review)
+    envoy.add_command(envoy_review)
+
+
 @main.group()
 def director() -> None:
     """The director: the federation's long-lived coordinator."""
@@ -151,7 +159,8 @@ def director_start(config_path: str, disable_tls: bool, root_certificate: str | 
     config = _or_exit(lambda: _load_config(config_path))
     files = _tls_files(disable_tls, root_certificate, private_key, certificate)
     credentials = _or_exit(lambda: server_credentials(files)) if files else None
-    node = Director(config, credentials, Path.cwd() / ".fedloom" / "director")
+    node = Director(config, credentials, director_workdir())
+    _prompt_on_console(node.desk)
     port = _or_exit(node.start)
     console.print(f"director listening on {config.listen_host}:{port}"
                   f"{'' if files else ' (TLS DISABLED)'}", markup=False)
@@ -188,13 +197,22 @@ def envoy_start(name: str, config_path: str, director_host: str, director_port: 
     files = _tls_files(disable_tls, root_certificate, private_key, certificate)
     credentials = _or_exit(lambda: channel_credentials(files)) if files else None
     node = Envoy(config, Endpoint(director_host, director_port), credentials,
-                 Path.cwd() / ".fedloom" / "envoy" / name)
+                 envoy_workdir(name))
+    _prompt_on_console(node.desk)
     console.print(f"envoy '{name}' connecting to {director_host}:{director_port}", markup=False)
     sys.stdout.flush()
     try:
         _or_exit(node.run)
     except KeyboardInterrupt:
         node.stop()
+
+
+def _prompt_on_console(desk: Any) -> None:
+    """In a terminal, plans are shown and decided at the prompt (fx ... review works too)."""
+    if desk.review and sys.stdin is not None and sys.stdin.isatty():
+        from fedloom.federation.review_console import ConsolePrompter
+
+        ConsolePrompter(desk, sys.stdin, sys.stdout).start()
 
 
 def _load_config(path: str) -> Any:
@@ -246,6 +264,9 @@ def _import_file(path: Path) -> ModuleType:
     finally:
         sys.path.pop(0)
     return module
+
+
+_attach_review()
 
 
 if __name__ == "__main__":

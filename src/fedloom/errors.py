@@ -101,3 +101,31 @@ class TransitionError(FlowRunError):
 
 class PrivateAttributeError(FlowRunError):
     """A private attribute would collide with, or leak into, the public flow state."""
+
+
+@dataclass(frozen=True)
+class ReviewDecision:
+    """One participant's decision on an experiment's plan (director or envoy)."""
+
+    participant: str
+    approved: bool
+    reason: str
+    decided_by: str  # "console", "fx review", "auto (review_experiment: false)", "" = not asked
+    at: float  # seconds since the epoch; 0 when not asked
+
+    @property
+    def verdict(self) -> str:
+        if not self.decided_by:
+            return "not asked"
+        return "approved" if self.approved else "rejected"
+
+
+class ExperimentRejected(FedloomError):
+    """The experiment's plan was rejected in review; ``decisions`` holds every participant's."""
+
+    def __init__(self, experiment: str, decisions: Sequence[ReviewDecision]) -> None:
+        self.experiment = experiment
+        self.decisions = list(decisions)
+        rejected = [d for d in self.decisions if d.decided_by and not d.approved]
+        super().__init__(f"experiment {experiment} was rejected in review by " + ", ".join(
+            f"{d.participant}{f' ({d.reason})' if d.reason else ''}" for d in rejected))

@@ -30,13 +30,15 @@ def envoy_data(value):
     return {"data": np.full(3, float(value))}
 '''
 
+# Review is off here (its tests turn it on): the plan is approved automatically.
 DIRECTOR = ("settings:\n  listen_host: 127.0.0.1\n  listen_port: 0\n"
-            "  envoy_health_check_period: 1\n"
+            "  envoy_health_check_period: 1\n  review_experiment: false\n"
             "aggregator:\n  private_attributes: private_attributes.aggregator_attrs\n")
 
 
-def envoy_config(name: str, value: float) -> str:
-    return (f"'{name}':\n  callable_func:\n    template: private_attributes.envoy_data\n"
+def envoy_config(name: str, value: float, review: bool = False) -> str:
+    return (f"settings:\n  review_experiment: {str(review).lower()}\n'{name}':\n"
+            "  callable_func:\n    template: private_attributes.envoy_data\n"
             f"    settings: {{value: {value}}}\n")
 
 

@@ -31,6 +31,9 @@ from fedloom.federation.pipes import FramePipe
 from fedloom.federation.pki import peer_kind, peer_name
 from fedloom.federation.proto import fedloom_pb2 as pb
 from fedloom.federation.proto import fedloom_pb2_grpc as rpc
+from fedloom.federation.review import ReviewDesk
+from fedloom.federation.review_phase import ReviewPhase
+from fedloom.federation.review_service import LocalReviewServer
 from fedloom.runtime.local.runtime import new_run_id
 
 log = logging.getLogger(__name__)
@@ -78,6 +81,8 @@ class Director(rpc.DirectorServicer):
         self._ids = itertools.count(1)
         self._server: grpc.Server | None = None
         self._stopping = threading.Event()
+        self.desk = ReviewDesk("director", config.review_experiment, workdir)
+        self._review_server: LocalReviewServer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -86,6 +91,8 @@ class Director(rpc.DirectorServicer):
         endpoint = transport.Endpoint(self.config.listen_host, self.config.listen_port)
         self._server, port = transport.new_server(self._credentials, endpoint)
         rpc.add_DirectorServicer_to_server(self, self._server)
+        self._review_server = LocalReviewServer(self.desk, self._workdir)
+        self._review_server.start()
         self._server.start()
         threading.Thread(target=self._schedule, name="fedloom-scheduler", daemon=True).start()
         return port
@@ -98,6 +105,8 @@ class Director(rpc.DirectorServicer):
                 link.work.put(None)
         if self._server is not None:
             self._server.stop(grace).wait(grace + 1)
+        if self._review_server is not None:
+            self._review_server.stop()
 
     def wait(self) -> None:
         if self._server is not None:
@@ -149,7 +158,9 @@ class Director(rpc.DirectorServicer):
             _deny(context, grpc.StatusCode.PERMISSION_DENIED,
                           f"envoy '{link.name}' is not part of experiment {first.experiment}")
         kind = first.WhichOneof("kind")
-        if kind == "ready":
+        if kind == "decision":
+            experiment.inbox.put(("decision", link.name, first.decision))
+        elif kind == "ready":
             experiment.inbox.put(("ready", link.name))
         elif kind == "failure":
             experiment.inbox.put(("failure", link.name, first.failure))
@@ -364,6 +375,12 @@ class ExperimentRun:
 
     def run(self) -> str:
         """Returns the failure reason, or '' when the experiment completed."""
+        review = ReviewPhase(self.experiment, self.director.desk, self.director.send)
+        reason = review.run()
+        if reason:
+            if not review.concluded:
+                self._fail(reason)
+            return reason
         self._offer()
         reason = self._wait_ready()
         if reason:
@@ -373,11 +390,10 @@ class ExperimentRun:
 
     def _offer(self) -> None:
         exp = self.experiment
-        for name in exp.collaborators:
-            for part in transport.chunks(exp.package):
-                self.director.send(name, pb.Work(experiment=exp.id, offer=pb.Offer(
-                    digest=exp.digest, collaborators=exp.collaborators, run_id=self.run_id,
-                    checkpoint=exp.checkpoint, package=part)))
+        for name in exp.collaborators:  # envoys run the package they reviewed, not a new copy
+            self.director.send(name, pb.Work(experiment=exp.id, offer=pb.Offer(
+                digest=exp.digest, collaborators=exp.collaborators, run_id=self.run_id,
+                checkpoint=exp.checkpoint)))
 
     def _wait_ready(self) -> str:
         waiting = set(self.experiment.collaborators)
@@ -389,7 +405,8 @@ class ExperimentRun:
                 return f"envoys {sorted(waiting)} did not start their collaborators in time"
             if message[0] == "ready":
                 waiting.discard(message[1])
-            elif message[0] in ("lost", "failure", "cancel"):
+            elif message[0] in ("failure", "cancel") or \
+                    (message[0] == "lost" and message[1] in self.experiment.collaborators):
                 return self._reason(message)
         return ""
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import shutil
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -24,6 +26,8 @@ from fedloom.federation.experiment_process import ExperimentSpec, collaborator_m
 from fedloom.federation.pipes import FramePipe
 from fedloom.federation.proto import fedloom_pb2 as pb
 from fedloom.federation.proto import fedloom_pb2_grpc as rpc
+from fedloom.federation.review import Plan, ReviewDesk
+from fedloom.federation.review_service import LocalReviewServer
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,8 @@ class RunningExperiment:
 
     id: str
     package: transport.Assembler
+    package_bytes: bytes | None = None  # the package as reviewed
+    digest: str = ""
     offer: pb.Offer | None = None
     process: BaseProcess | None = None
     conn: FramePipe | None = None
@@ -59,9 +65,19 @@ class Envoy:
         self._experiments: dict[str, RunningExperiment] = {}
         self._stub: rpc.DirectorStub | None = None
         self._session = ""
+        self.desk = ReviewDesk(config.name, config.review_experiment, workdir)
 
     def run(self) -> None:
-        """Serve until :meth:`stop`; reconnects (with back-off) whenever the director is away."""
+        """Serve until :meth:`stop`; reconnects (with back-off) whenever the director is away.
+        Meanwhile ``fx envoy review`` reaches this envoy's review desk."""
+        review_server = LocalReviewServer(self.desk, self._workdir)
+        review_server.start()
+        try:
+            self._serve()
+        finally:
+            review_server.stop()
+
+    def _serve(self) -> None:
         attempt = 0
         while not self._stop.is_set():
             try:
@@ -110,25 +126,64 @@ class Envoy:
 
     def _handle(self, work: pb.Work) -> None:
         kind = work.WhichOneof("kind")
-        if kind == "offer":
+        if kind == "review":
+            self._on_review(work.experiment, work.review)
+        elif kind == "offer":
             self._on_offer(work.experiment, work.offer)
         elif kind == "chain":
             self._on_chain(work.experiment, work.chain)
         elif kind == "end":
             self._end(work.experiment, work.end)
 
-    def _on_offer(self, experiment_id: str, offer: pb.Offer) -> None:
+    def _on_review(self, experiment_id: str, request: pb.ReviewRequest) -> None:
         running = self._experiments.setdefault(
             experiment_id, RunningExperiment(experiment_id, transport.Assembler("package")))
-        package = running.package.add(offer.package)
+        package = running.package.add(request.package)
         if package is None:
+            return
+        running.package_bytes, running.digest = package, request.digest
+        try:
+            plan = Plan.from_bytes(experiment_id, request.submitter, request.collaborators,
+                                   package, request.digest)
+        except FedloomError as exc:
+            self._send_decision(experiment_id, self.desk.refuse(
+                experiment_id, request.submitter, request.digest, f"the package is unusable: "
+                f"{exc}"))
+            return
+
+        def report(done: Future[pb.Decision]) -> None:
+            if not done.cancelled():
+                self._send_decision(experiment_id, done.result())
+
+        self.desk.submit(plan).add_done_callback(report)
+
+    def _send_decision(self, experiment_id: str, decision: pb.Decision) -> None:
+        try:
+            self._send(iter([pb.Report(session=self._session, experiment=experiment_id,
+                                       decision=decision)]))
+        except (grpc.RpcError, FedloomError) as exc:
+            log.warning("envoy '%s': could not send the decision on experiment %s: %s",
+                        self.config.name, experiment_id, _describe(exc))
+
+    def _on_offer(self, experiment_id: str, offer: pb.Offer) -> None:
+        running = self._experiments.get(experiment_id)
+        approved = self.desk.approved_digest(experiment_id)
+        if running is None or running.package_bytes is None or approved is None or \
+                approved != offer.digest or running.digest != offer.digest:
+            why = (f"envoy '{self.config.name}' refuses to run package {offer.digest[:12]} of "
+                   f"experiment {experiment_id}: "
+                   + (f"it approved package {approved[:12]}" if approved
+                      else "it approved no package for this experiment"))
+            log.error("%s", why)
+            self._send(iter([pb.Report(session=self._session, experiment=experiment_id,
+                                       failure=pb.Failure(kind="ReviewError", message=why))]))
             return
         running.offer = offer
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
-        spec = ExperimentSpec(package, offer.digest, tuple(offer.collaborators), offer.run_id,
-                              offer.checkpoint, self.config.collaborator,
-                              str(self._workdir / experiment_id))
+        spec = ExperimentSpec(running.package_bytes, offer.digest, tuple(offer.collaborators),
+                              offer.run_id, offer.checkpoint, self.config.collaborator,
+                              str(self._experiment_folder(experiment_id)))
         running.process = ctx.Process(target=collaborator_main,
                                       args=(child, self.config.name, spec), daemon=True,
                                       name=f"fedloom-collaborator-{experiment_id}")
@@ -136,6 +191,9 @@ class Envoy:
         child.close()
         running.conn = FramePipe(parent)
         threading.Thread(target=self._forward, args=(running,), daemon=True).start()
+
+    def _experiment_folder(self, experiment_id: str) -> Path:
+        return self._workdir / "experiments" / experiment_id
 
     def _on_chain(self, experiment_id: str, chain: pb.ChainRequest) -> None:
         running = self._experiments.get(experiment_id)
@@ -158,7 +216,7 @@ class Envoy:
                 return
             try:
                 self._report(running.id, message)
-            except grpc.RpcError as exc:
+            except (grpc.RpcError, FedloomError) as exc:
                 log.warning("envoy '%s': could not report to the director: %s",
                             self.config.name, _describe(exc))
                 return
@@ -176,10 +234,18 @@ class Envoy:
         else:
             _, request, outcome, frame = message
             reports = _outcome_reports(head, request, outcome, frame)
-        self._stub.SendReport(reports, timeout=600)
+        self._send(reports)
+
+    def _send(self, reports: Iterator[pb.Report]) -> None:
+        stub = self._stub
+        if stub is None:
+            raise transport.TransportError("not connected to the director")
+        stub.SendReport(reports, timeout=600)
 
     def _end(self, experiment_id: str, reason: str) -> None:
+        self.desk.withdraw(experiment_id, reason or "the experiment ended")
         running = self._experiments.pop(experiment_id, None)
+        shutil.rmtree(self._experiment_folder(experiment_id), ignore_errors=True)
         if running is None:
             return
         if reason:

@@ -194,7 +194,7 @@ def local_federation(folder: Path, envoys: Mapping[str, str], director_config_ya
 
 
 _DEFAULT_DIRECTOR = ("settings:\n  listen_host: 127.0.0.1\n  listen_port: 0\n"
-                     "  envoy_health_check_period: 5\n")
+                     "  envoy_health_check_period: 5\n")  # review on: the config's default
 
 
 def make_certificates(folder: Path, envoys: Sequence[str],

@@ -12,14 +12,17 @@ import getpass
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
+from rich.console import Console
+from rich.table import Table
 
 from fedloom.capture import print_attributed
 from fedloom.checkpoint.transfer import unpack_run
-from fedloom.errors import FedloomError, ParticipantError
+from fedloom.errors import ExperimentRejected, FedloomError, ParticipantError, ReviewDecision
 from fedloom.federation import messages, transport, wire
 from fedloom.federation.package import ExperimentPackage, package_flow
 from fedloom.federation.proto import fedloom_pb2 as pb
@@ -61,6 +64,7 @@ class FederatedRuntime:
         self.notebook_path = notebook_path
         self._credentials = _credentials(director, tls)
         self.last_experiment = ""
+        self.last_review: list[ReviewDecision] = []  # every participant's, for the last run
 
     @property
     def collaborators(self) -> list[str]:
@@ -89,9 +93,14 @@ class FederatedRuntime:
             except KeyboardInterrupt:
                 stub.Cancel(pb.CancelRequest(experiment=experiment), timeout=30)
                 raise
-            finally:
+            except ExperimentRejected:
+                raise  # nothing ran, so nothing was recorded
+            except BaseException:
                 if checkpoint:  # a failed run's record is wanted most of all
                     self._fetch_quietly(stub, experiment)
+                raise
+            if checkpoint:
+                self._fetch_quietly(stub, experiment)
         replace_public_state(flow, final)
 
     def fetch_run(self, experiment: str | None = None,
@@ -143,6 +152,11 @@ class FederatedRuntime:
                 print_attributed(out.step, out.participant, out.stdout, out.stderr)
             elif kind == "status":
                 log.info("experiment %s: %s", experiment, event.status)
+            elif kind == "review":
+                self.last_review = [_decision(d) for d in event.review.decisions]
+                print_review(experiment, event.review.accepted, self.last_review)
+                if not event.review.accepted:
+                    raise ExperimentRejected(experiment, self.last_review)
             elif kind == "final_state":
                 frame = assembler.add(event.final_state) or frame
             elif kind == "failure":
@@ -169,6 +183,24 @@ class FederatedRuntime:
             channel.close()
             raise
         return channel
+
+
+def _decision(message: pb.Decision) -> ReviewDecision:
+    return ReviewDecision(message.participant, message.approved, message.reason,
+                          message.decided_by, message.at)
+
+
+def print_review(experiment: str, accepted: bool, decisions: list[ReviewDecision]) -> None:
+    """The review's outcome as a table: participant, decision, reason, who decided, when."""
+    table = Table(title=f"experiment {experiment}: {'Accepted' if accepted else 'Rejected'}",
+                  title_justify="left")
+    for column in ("participant", "decision", "reason", "decided by", "at"):
+        table.add_column(column)
+    for d in decisions:
+        when = datetime.fromtimestamp(d.at).isoformat(sep=" ", timespec="seconds") if d.at \
+            else ""
+        table.add_row(d.participant, d.verdict, d.reason, d.decided_by, when)
+    Console(highlight=False).print(table)
 
 
 def _local_datastore_root() -> Path:

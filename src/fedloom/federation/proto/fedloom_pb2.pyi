@@ -39,32 +39,72 @@ class WorkRequest(_message.Message):
     def __init__(self, session: _Optional[str] = ...) -> None: ...
 
 class Work(_message.Message):
-    __slots__ = ("experiment", "ping", "offer", "chain", "end")
+    __slots__ = ("experiment", "ping", "offer", "chain", "end", "review")
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
     OFFER_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_FIELD_NUMBER: _ClassVar[int]
     experiment: str
     ping: float
     offer: Offer
     chain: ChainRequest
     end: str
-    def __init__(self, experiment: _Optional[str] = ..., ping: _Optional[float] = ..., offer: _Optional[_Union[Offer, _Mapping]] = ..., chain: _Optional[_Union[ChainRequest, _Mapping]] = ..., end: _Optional[str] = ...) -> None: ...
+    review: ReviewRequest
+    def __init__(self, experiment: _Optional[str] = ..., ping: _Optional[float] = ..., offer: _Optional[_Union[Offer, _Mapping]] = ..., chain: _Optional[_Union[ChainRequest, _Mapping]] = ..., end: _Optional[str] = ..., review: _Optional[_Union[ReviewRequest, _Mapping]] = ...) -> None: ...
+
+class ReviewRequest(_message.Message):
+    __slots__ = ("digest", "submitter", "collaborators", "package")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTER_FIELD_NUMBER: _ClassVar[int]
+    COLLABORATORS_FIELD_NUMBER: _ClassVar[int]
+    PACKAGE_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    submitter: str
+    collaborators: _containers.RepeatedScalarFieldContainer[str]
+    package: Chunk
+    def __init__(self, digest: _Optional[str] = ..., submitter: _Optional[str] = ..., collaborators: _Optional[_Iterable[str]] = ..., package: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
+
+class Decision(_message.Message):
+    __slots__ = ("participant", "approved", "reason", "decided_by", "at", "digest", "experiment", "submitter")
+    PARTICIPANT_FIELD_NUMBER: _ClassVar[int]
+    APPROVED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_BY_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTER_FIELD_NUMBER: _ClassVar[int]
+    participant: str
+    approved: bool
+    reason: str
+    decided_by: str
+    at: float
+    digest: str
+    experiment: str
+    submitter: str
+    def __init__(self, participant: _Optional[str] = ..., approved: _Optional[bool] = ..., reason: _Optional[str] = ..., decided_by: _Optional[str] = ..., at: _Optional[float] = ..., digest: _Optional[str] = ..., experiment: _Optional[str] = ..., submitter: _Optional[str] = ...) -> None: ...
+
+class ReviewOutcome(_message.Message):
+    __slots__ = ("accepted", "decisions")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    decisions: _containers.RepeatedCompositeFieldContainer[Decision]
+    def __init__(self, accepted: _Optional[bool] = ..., decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ...) -> None: ...
 
 class Offer(_message.Message):
-    __slots__ = ("digest", "collaborators", "run_id", "checkpoint", "package")
+    __slots__ = ("digest", "collaborators", "run_id", "checkpoint")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     COLLABORATORS_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
-    PACKAGE_FIELD_NUMBER: _ClassVar[int]
     digest: str
     collaborators: _containers.RepeatedScalarFieldContainer[str]
     run_id: str
     checkpoint: bool
-    package: Chunk
-    def __init__(self, digest: _Optional[str] = ..., collaborators: _Optional[_Iterable[str]] = ..., run_id: _Optional[str] = ..., checkpoint: _Optional[bool] = ..., package: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
+    def __init__(self, digest: _Optional[str] = ..., collaborators: _Optional[_Iterable[str]] = ..., run_id: _Optional[str] = ..., checkpoint: _Optional[bool] = ...) -> None: ...
 
 class ChainRequest(_message.Message):
     __slots__ = ("request", "step", "state")
@@ -77,7 +117,7 @@ class ChainRequest(_message.Message):
     def __init__(self, request: _Optional[str] = ..., step: _Optional[str] = ..., state: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
 
 class Report(_message.Message):
-    __slots__ = ("session", "experiment", "request", "outcome", "state", "ready", "failure")
+    __slots__ = ("session", "experiment", "request", "outcome", "state", "ready", "failure", "decision")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +125,7 @@ class Report(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
     session: str
     experiment: str
     request: str
@@ -92,7 +133,8 @@ class Report(_message.Message):
     state: Chunk
     ready: str
     failure: Failure
-    def __init__(self, session: _Optional[str] = ..., experiment: _Optional[str] = ..., request: _Optional[str] = ..., outcome: _Optional[_Union[ChainOutcome, _Mapping]] = ..., state: _Optional[_Union[Chunk, _Mapping]] = ..., ready: _Optional[str] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ...) -> None: ...
+    decision: Decision
+    def __init__(self, session: _Optional[str] = ..., experiment: _Optional[str] = ..., request: _Optional[str] = ..., outcome: _Optional[_Union[ChainOutcome, _Mapping]] = ..., state: _Optional[_Union[Chunk, _Mapping]] = ..., ready: _Optional[str] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ...) -> None: ...
 
 class ChainOutcome(_message.Message):
     __slots__ = ("collaborator", "join_step", "tasks", "failure")
@@ -185,16 +227,18 @@ class EventsRequest(_message.Message):
     def __init__(self, experiment: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("output", "status", "final_state", "failure")
+    __slots__ = ("output", "status", "final_state", "failure", "review")
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     FINAL_STATE_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_FIELD_NUMBER: _ClassVar[int]
     output: TaskInfo
     status: str
     final_state: Chunk
     failure: Failure
-    def __init__(self, output: _Optional[_Union[TaskInfo, _Mapping]] = ..., status: _Optional[str] = ..., final_state: _Optional[_Union[Chunk, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ...) -> None: ...
+    review: ReviewOutcome
+    def __init__(self, output: _Optional[_Union[TaskInfo, _Mapping]] = ..., status: _Optional[str] = ..., final_state: _Optional[_Union[Chunk, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., review: _Optional[_Union[ReviewOutcome, _Mapping]] = ...) -> None: ...
 
 class EnvoysRequest(_message.Message):
     __slots__ = ()
@@ -229,3 +273,61 @@ class FetchRunRequest(_message.Message):
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     experiment: str
     def __init__(self, experiment: _Optional[str] = ...) -> None: ...
+
+class PendingRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PendingReview(_message.Message):
+    __slots__ = ("experiment", "submitter", "digest", "flow_class", "since")
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTER_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    FLOW_CLASS_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    experiment: str
+    submitter: str
+    digest: str
+    flow_class: str
+    since: float
+    def __init__(self, experiment: _Optional[str] = ..., submitter: _Optional[str] = ..., digest: _Optional[str] = ..., flow_class: _Optional[str] = ..., since: _Optional[float] = ...) -> None: ...
+
+class PendingReply(_message.Message):
+    __slots__ = ("pending",)
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    pending: _containers.RepeatedCompositeFieldContainer[PendingReview]
+    def __init__(self, pending: _Optional[_Iterable[_Union[PendingReview, _Mapping]]] = ...) -> None: ...
+
+class ShowRequest(_message.Message):
+    __slots__ = ("experiment",)
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    experiment: str
+    def __init__(self, experiment: _Optional[str] = ...) -> None: ...
+
+class ShowReply(_message.Message):
+    __slots__ = ("text",)
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    def __init__(self, text: _Optional[str] = ...) -> None: ...
+
+class DecideRequest(_message.Message):
+    __slots__ = ("experiment", "approve", "reason", "digest")
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    APPROVE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    experiment: str
+    approve: bool
+    reason: str
+    digest: str
+    def __init__(self, experiment: _Optional[str] = ..., approve: _Optional[bool] = ..., reason: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
+
+class HistoryRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HistoryReply(_message.Message):
+    __slots__ = ("decisions",)
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    decisions: _containers.RepeatedCompositeFieldContainer[Decision]
+    def __init__(self, decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ...) -> None: ...

@@ -397,3 +397,204 @@ class Director:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ReviewStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Pending = channel.unary_unary(
+                '/fedloom.v1.Review/Pending',
+                request_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.PendingRequest.SerializeToString,
+                response_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.PendingReply.FromString,
+                _registered_method=True)
+        self.Show = channel.unary_unary(
+                '/fedloom.v1.Review/Show',
+                request_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.ShowRequest.SerializeToString,
+                response_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.ShowReply.FromString,
+                _registered_method=True)
+        self.Decide = channel.unary_unary(
+                '/fedloom.v1.Review/Decide',
+                request_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.DecideRequest.SerializeToString,
+                response_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Decision.FromString,
+                _registered_method=True)
+        self.History = channel.unary_unary(
+                '/fedloom.v1.Review/History',
+                request_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.HistoryRequest.SerializeToString,
+                response_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.HistoryReply.FromString,
+                _registered_method=True)
+
+
+class ReviewServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Pending(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Show(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Decide(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def History(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ReviewServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Pending': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pending,
+                    request_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.PendingRequest.FromString,
+                    response_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.PendingReply.SerializeToString,
+            ),
+            'Show': grpc.unary_unary_rpc_method_handler(
+                    servicer.Show,
+                    request_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.ShowRequest.FromString,
+                    response_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.ShowReply.SerializeToString,
+            ),
+            'Decide': grpc.unary_unary_rpc_method_handler(
+                    servicer.Decide,
+                    request_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.DecideRequest.FromString,
+                    response_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Decision.SerializeToString,
+            ),
+            'History': grpc.unary_unary_rpc_method_handler(
+                    servicer.History,
+                    request_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.HistoryRequest.FromString,
+                    response_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.HistoryReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fedloom.v1.Review', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fedloom.v1.Review', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Review:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Pending(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedloom.v1.Review/Pending',
+            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.PendingRequest.SerializeToString,
+            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.PendingReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Show(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedloom.v1.Review/Show',
+            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.ShowRequest.SerializeToString,
+            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.ShowReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Decide(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedloom.v1.Review/Decide',
+            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.DecideRequest.SerializeToString,
+            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Decision.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def History(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedloom.v1.Review/History',
+            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.HistoryRequest.SerializeToString,
+            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.HistoryReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

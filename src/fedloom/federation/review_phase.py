@@ -1,0 +1,121 @@
+"""The review phase of an experiment on the director: the director's own review first, then the
+plan goes to the experiment's envoys and each reviews it. Decisions arrive as events on the
+experiment's inbox (a future's callback for the director's, reports for the envoys'), so the
+phase waits on one queue and a cancel or a lost envoy ends it at once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from fedloom.errors import FedloomError
+from fedloom.federation import transport
+from fedloom.federation.proto import fedloom_pb2 as pb
+from fedloom.federation.review import Plan, ReviewDesk
+
+DIRECTOR = "director"
+
+
+class ReviewPhase:
+    def __init__(self, experiment: Any, desk: ReviewDesk,
+                 send: Callable[[str, pb.Work], None]) -> None:
+        self.experiment = experiment  # director.Experiment (not imported: no cycle)
+        self.desk = desk
+        self.send = send
+        self.decisions: dict[str, pb.Decision] = {}
+        self.concluded = False  # the user was sent the outcome table
+
+    def run(self) -> str:
+        """'' when every participant approved; otherwise why not. When the review concluded
+        (accepted or rejected), the user was sent every decision; when it was cut short
+        (cancelled, an envoy lost), the caller reports the reason."""
+        exp = self.experiment
+        try:
+            plan = Plan.from_bytes(exp.id, exp.submitter, exp.collaborators, exp.package,
+                                   exp.digest)
+        except FedloomError as exc:
+            self._add(self.desk.refuse(exp.id, exp.submitter, exp.digest, str(exc)))
+            return self._conclude()
+        self._status("awaiting review by the director")
+        self._when_decided(self.desk.submit(plan))
+        stopped = self._collect({DIRECTOR})
+        if stopped or not self._all_approved():
+            self.desk.withdraw(exp.id, stopped or "ended")
+            return stopped or self._conclude()
+        self._send_plan()
+        self._status(f"awaiting review by envoys {', '.join(exp.collaborators)}")
+        stopped = self._collect(set(exp.collaborators))
+        return stopped or self._conclude()
+
+    def _status(self, text: str) -> None:
+        self.experiment.events.put(pb.Event(status=text))
+
+    def _when_decided(self, future: Future[pb.Decision]) -> None:
+        def forward(done: Future[pb.Decision]) -> None:
+            if not done.cancelled():
+                self.experiment.inbox.put(("decision", DIRECTOR, done.result()))
+        future.add_done_callback(forward)
+
+    def _send_plan(self) -> None:
+        exp = self.experiment
+        for name in exp.collaborators:
+            for part in transport.chunks(exp.package):
+                self.send(name, pb.Work(experiment=exp.id, review=pb.ReviewRequest(
+                    digest=exp.digest, submitter=exp.submitter,
+                    collaborators=exp.collaborators, package=part)))
+
+    def _collect(self, waiting: set[str]) -> str:
+        """Waits for the decisions of ``waiting``; stops early at a rejection. Returns why the
+        experiment cannot go on for another reason (cancelled, an envoy lost), else ''."""
+        while waiting:
+            message = self.experiment.inbox.get()
+            kind = message[0]
+            if kind == "decision" and message[1] in waiting:
+                decision = self._checked(message[1], message[2])
+                self._add(decision)
+                waiting.discard(message[1])
+                if not decision.approved:
+                    return ""
+            elif kind == "cancel":
+                return "cancelled by the user during the review"
+            elif kind == "lost" and message[1] in self.experiment.collaborators:
+                return f"envoy '{message[1]}' disconnected during the review"
+            elif kind == "failure":
+                return f"envoy '{message[1]}' failed during the review: {message[2].message}"
+        return ""
+
+    def _checked(self, participant: str, decision: pb.Decision) -> pb.Decision:
+        """A decision counts only for this experiment's package, from whom it claims to be."""
+        exp = self.experiment
+        if decision.participant != participant or decision.digest != exp.digest or \
+                decision.experiment != exp.id:
+            return pb.Decision(participant=participant, approved=False, decided_by="director",
+                               at=time.time(), digest=exp.digest, experiment=exp.id,
+                               submitter=exp.submitter,
+                               reason=f"its decision was for package {decision.digest[:12]} of "
+                                      f"experiment {decision.experiment}, not this one")
+        return decision
+
+    def _add(self, decision: pb.Decision) -> None:
+        self.decisions[decision.participant] = decision
+
+    def _all_approved(self) -> bool:
+        return all(d.approved for d in self.decisions.values())
+
+    def _conclude(self) -> str:
+        exp = self.experiment
+        participants: Sequence[str] = (DIRECTOR, *exp.collaborators)
+        accepted = len(self.decisions) == len(participants) and self._all_approved()
+        table = [self.decisions.get(name) or pb.Decision(
+            participant=name, reason="not asked: the experiment was rejected before",
+            experiment=exp.id, digest=exp.digest) for name in participants]
+        exp.events.put(pb.Event(review=pb.ReviewOutcome(accepted=accepted, decisions=table)))
+        self.concluded = True
+        if accepted:
+            return ""
+        rejected = [d for d in self.decisions.values() if not d.approved]
+        return "rejected in review: " + "; ".join(
+            f"{d.participant}{f' ({d.reason})' if d.reason else ''}" for d in rejected)
+
