@@ -4,7 +4,7 @@ private ``data`` is a vector of one value."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,9 +30,13 @@ def envoy_data(value):
     return {"data": np.full(3, float(value))}
 '''
 
-# Review is off here (its tests turn it on): the plan is approved automatically.
-DIRECTOR = ("settings:\n  listen_host: 127.0.0.1\n  listen_port: 0\n"
-            "  envoy_health_check_period: 1\n  review_experiment: false\n"
+
+
+def director_config(review: bool | None = False) -> str:
+    """Review is off unless asked for (None: the key is left out, so the default applies)."""
+    flag = "" if review is None else f"  review_experiment: {str(review).lower()}\n"
+    return ("settings:\n  listen_host: 127.0.0.1\n  listen_port: 0\n"
+            f"  envoy_health_check_period: 1\n{flag}"
             "aggregator:\n  private_attributes: private_attributes.aggregator_attrs\n")
 
 
@@ -43,13 +47,16 @@ def envoy_config(name: str, value: float, review: bool = False) -> str:
 
 
 @contextmanager
-def federation(folder: Path, envoys: dict[str, float], tls: bool = True
-               ) -> Iterator[LocalFederation]:
-    """A director and envoys (name -> the value of its private data), all registered."""
+def federation(folder: Path, envoys: dict[str, float], tls: bool = True,
+               director_review: bool | None = False, reviewing_envoys: Collection[str] = (),
+               terminal: bool = False) -> Iterator[LocalFederation]:
+    """A director and envoys (name -> the value of its private data), all registered; plans
+    are reviewed by the director if ``director_review`` and by ``reviewing_envoys``."""
     pythonpath = f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
-    with local_federation(folder, {name: envoy_config(name, value)
+    with local_federation(folder, {name: envoy_config(name, value, name in reviewing_envoys)
                                    for name, value in envoys.items()},
-                          DIRECTOR, files={"private_attributes.py": PRIVATE_ATTRIBUTES},
+                          director_config(director_review),
+                          files={"private_attributes.py": PRIVATE_ATTRIBUTES},
                           tls=tls, users=("alice", "mallory"),
-                          env={"PYTHONPATH": pythonpath}) as fed:
+                          env={"PYTHONPATH": pythonpath}, director_terminal=terminal) as fed:
         yield fed

@@ -11,6 +11,7 @@ Every wait is for an event (a line a node prints), with a timeout.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fedloom.errors import FedloomError
 
@@ -30,30 +32,74 @@ START_TIMEOUT = 60.0
 
 Certs = dict[tuple[str, str], tuple[Path, Path]]  # (kind, name) -> (certificate, key)
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")  # colours, cursor, titles
+_PARTIAL = "\x00partial:"
+
 
 class NodeFailed(FedloomError):
     """A node did not print what was awaited: it ended, or took too long."""
 
 
 class NodeProcess:
-    """A running process whose output lines can be awaited (lines are the events)."""
+    """A running process whose output lines can be awaited (lines are the events).
+
+    With ``terminal=True`` the process runs in a pseudo-terminal (as an admin's console):
+    :meth:`type` answers its prompts, and :meth:`wait_for` also matches a prompt that is not
+    yet a whole line."""
 
     def __init__(self, args: Sequence[str], cwd: Path,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, terminal: bool = False) -> None:
         environment = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **(env or {})}
-        self.process = subprocess.Popen(list(args), cwd=cwd, env=environment,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
-        self.echo = False  # print each line as it is read (for a live console)
-        threading.Thread(target=self._read, daemon=True).start()
+        self._terminal: int | None = None
+        self.process: subprocess.Popen[Any]
+        if terminal:
+            import pty
+
+            self._terminal, child_end = pty.openpty()
+            self.process = subprocess.Popen(list(args), cwd=cwd, env=environment,
+                                            stdin=child_end, stdout=child_end,
+                                            stderr=child_end, start_new_session=True)
+            os.close(child_end)
+            threading.Thread(target=self._read_terminal, daemon=True).start()
+        else:
+            self.process = subprocess.Popen(list(args), cwd=cwd, env=environment,
+                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                            text=True)
+            threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             self.lines.put(line.rstrip("\n"))
         self.lines.put(None)
+
+    def _read_terminal(self) -> None:
+        assert self._terminal is not None
+        pending = ""
+        while True:
+            try:
+                chunk = os.read(self._terminal, 65536)
+            except OSError:  # EIO: the process closed the terminal
+                chunk = b""
+            if not chunk:
+                break
+            pending += _ANSI.sub("", chunk.decode("utf-8", "replace")).replace("\r", "")
+            *whole, pending = pending.split("\n")
+            for line in whole:
+                self.lines.put(line)
+            if pending:
+                self.lines.put(_PARTIAL + pending)  # a prompt waits on this line
+        if pending:
+            self.lines.put(pending)
+        self.lines.put(None)
+
+    def type(self, text: str) -> None:
+        """Type ``text`` at the process's terminal."""
+        if self._terminal is None:
+            raise NodeFailed("this process has no terminal (start it with terminal=True)")
+        os.write(self._terminal, text.encode())
 
     def wait_for(self, pattern: str, timeout: float = START_TIMEOUT) -> re.Match[str]:
         """The first line so far, or to come, matching ``pattern``."""
@@ -72,6 +118,11 @@ class NodeProcess:
             if line is None:
                 raise NodeFailed(f"the process ended before printing {pattern!r}; output:\n"
                                  f"{self.tail()}")
+            if line.startswith(_PARTIAL):  # not a whole line yet: match it, don't keep it
+                found = regex.search(line[len(_PARTIAL):])
+                if found:
+                    return found
+                continue
             self.seen.append(line)
             found = regex.search(line)
             if found:
@@ -81,7 +132,8 @@ class NodeProcess:
         """Every line until the process ends (it must end within ``timeout``)."""
         self.process.wait(timeout=timeout)
         while (line := self.lines.get(timeout=timeout)) is not None:
-            self.seen.append(line)
+            if not line.startswith(_PARTIAL):
+                self.seen.append(line)
         return self.seen
 
     def tail(self, lines: int = 40) -> str:
@@ -95,6 +147,10 @@ class NodeProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
+        if self._terminal is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._terminal)
+            self._terminal = None
 
 
 def tls_args(certs: Certs | None, kind: str, name: str) -> list[str]:
@@ -157,12 +213,14 @@ def local_federation(folder: Path, envoys: Mapping[str, str], director_config_ya
                      files: Mapping[str, str] | None = None, tls: bool = True,
                      users: Sequence[str] = ("alice",), env: Mapping[str, str] | None = None,
                      timeout: float = START_TIMEOUT,
-                     front: Callable[[int], int] | None = None) -> Iterator[LocalFederation]:
+                     front: Callable[[int], int] | None = None,
+                     director_terminal: bool = False) -> Iterator[LocalFederation]:
     """Start a director and ``envoys`` (name -> envoy config YAML) and wait until every envoy
     registered; stop them all on exit. ``files`` (name -> text) are written to ``folder`` first,
     e.g. the modules the configs name for private attributes. The director's config must leave
     ``listen_port`` 0 (or out): a free port is picked. ``front``, given the director's port,
-    returns the port envoys and users dial instead (e.g. a proxy that counts bytes)."""
+    returns the port envoys and users dial instead (e.g. a proxy that counts bytes).
+    ``director_terminal`` runs the director in a pseudo-terminal (its review prompt)."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in (files or {}).items():
         (folder / name).write_text(text)
@@ -170,7 +228,8 @@ def local_federation(folder: Path, envoys: Mapping[str, str], director_config_ya
     certs = make_certificates(folder / "pki", list(envoys), users) if tls else None
     extra = dict(env or {})
     director = NodeProcess([*FX, "director", "start", "-c", str(folder / "director.yaml"),
-                            *tls_args(certs, "director", "director")], folder, extra)
+                            *tls_args(certs, "director", "director")], folder, extra,
+                           terminal=director_terminal)
     try:
         port = int(director.wait_for(r"director listening on [^:]+:(\d+)", timeout).group(1))
     except BaseException:

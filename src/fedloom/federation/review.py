@@ -31,7 +31,7 @@ from fedloom.federation.proto import fedloom_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-AUTO = "auto (review_experiment: false)"
+AUTO = "auto (review off)"  # the node has review_experiment: false
 LOG_FILE = "reviews.jsonl"
 SOURCE_LINES_SHOWN = 400  # per file; longer files are cut, with their digest shown
 

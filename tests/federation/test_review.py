@@ -1,0 +1,280 @@
+"""Plan review with real director and envoy processes: the proposal's scenarios A (the director
+rejects), B (an envoy rejects) and C (all approve), answered through ``fx ... review`` and
+through the console prompt in a pseudo-terminal; defaults, mixed flags, the review log."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedloom import ExperimentRejected
+from fedloom.federation.localhost import LocalFederation
+from fedloom.runtime.federated import FederatedRuntime
+from tests.federation.flows import FedAvgFlow
+from tests.federation.nodes import ROOT, federation
+
+pytestmark = pytest.mark.slow
+
+ENVOYS = {"envoy_one": 1.0, "New York": 3.0}
+
+
+def fx(folder: Path, *args: str) -> str:
+    """An admin's fx command on the node's machine (from the folder the node started in)."""
+    done = subprocess.run([sys.executable, "-m", "fedloom.cli", *args], cwd=folder,
+                          capture_output=True, text=True, timeout=60,
+                          env={"PYTHONPATH": str(ROOT), "COLUMNS": "200", "PATH": ""})
+    assert done.returncode == 0, f"fx {' '.join(args)}: {done.stdout}{done.stderr}"
+    return done.stdout
+
+
+def submit(fed: LocalFederation, pool: ThreadPoolExecutor,
+           **flow_args: object) -> tuple[Future[FedAvgFlow], FederatedRuntime]:
+    """The user's run(), in the background: it waits for the decisions."""
+    flow = FedAvgFlow(**flow_args)
+    runtime = FederatedRuntime(collaborators=list(ENVOYS), director=fed.director_info())
+    flow.runtime = runtime
+
+    def run() -> FedAvgFlow:
+        flow.run()
+        return flow
+
+    return pool.submit(run), runtime
+
+
+def awaiting(node: object, experiment: str = r"\S+") -> str:
+    """The id of the experiment ``node`` says awaits review."""
+    return node.wait_for(rf"experiment ({experiment}) from 'alice' awaits review").group(1)
+
+
+def test_scenario_c_all_approve_with_review_commands_and_review_on_by_default(tmp_path):
+    # The director's config leaves review_experiment out: review is on by default.
+    with ThreadPoolExecutor(1) as pool, \
+            federation(tmp_path, ENVOYS, director_review=None, reviewing_envoys=ENVOYS) as fed:
+        result, runtime = submit(fed, pool, rounds=1, model=np.array([5.0, 0.0, 0.0]))
+        experiment = awaiting(fed.director)
+        assert experiment in fx(tmp_path, "director", "review", "list")
+        plan = fx(tmp_path, "director", "review", "show", experiment)
+        for shown in ("submitted by 'alice'", "flow FedAvgFlow", "train", "collaborator",
+                      "start -> train", "model", "numpy.ndarray", "def join(self, inputs):",
+                      "envoy_one, New York"):
+            assert shown in plan
+        assert "envoy_data" not in plan and "private_attributes.py" not in plan
+        digest = re.search(r"package sha256 ([0-9a-f]{64})", plan).group(1)
+        fx(tmp_path, "director", "review", "approve", experiment, "--digest", digest)
+        for name in ENVOYS:
+            awaiting(fed.envoys[name], re.escape(experiment))
+            assert "flow FedAvgFlow" in fx(tmp_path, "envoy", "review", "-n", name, "show",
+                                           experiment)
+            fx(tmp_path, "envoy", "review", "-n", name, "approve", experiment)
+        flow = result.result(timeout=120)
+    np.testing.assert_allclose(flow.model, [7.0, 2.0, 2.0])
+    assert [(d.participant, d.verdict, d.decided_by) for d in runtime.last_review] == [
+        ("director", "approved", "fx review"), ("envoy_one", "approved", "fx review"),
+        ("New York", "approved", "fx review")]
+    logged = fx(tmp_path, "director", "review", "log")  # kept on disk, the node need not run
+    assert experiment in logged and "approved" in logged
+
+
+def test_scenario_a_the_director_rejects_and_nothing_reaches_the_envoys(tmp_path):
+    with ThreadPoolExecutor(1) as pool, \
+            federation(tmp_path, ENVOYS, director_review=True, reviewing_envoys=ENVOYS) as fed:
+        result, _runtime = submit(fed, pool)
+        experiment = awaiting(fed.director)
+        fx(tmp_path, "director", "review", "reject", experiment, "--reason", "not this week")
+        with pytest.raises(ExperimentRejected, match=r"director \(not this week\)") as info:
+            result.result(timeout=60)
+        fed.director.wait_for(rf"experiment {re.escape(experiment)} failed: rejected in review")
+        for name in ENVOYS:  # the plan never went to the envoys
+            assert "no decisions yet" in fx(tmp_path, "envoy", "review", "-n", name, "log")
+            assert not any(experiment in line for line in fed.envoys[name].seen)
+    verdicts = {d.participant: (d.verdict, d.reason) for d in info.value.decisions}
+    assert verdicts["director"] == ("rejected", "not this week")
+    assert verdicts["envoy_one"][0] == verdicts["New York"][0] == "not asked"
+
+
+def test_scenario_b_an_envoy_rejects_with_mixed_flags_and_every_site_cleans_up(tmp_path):
+    # The director and envoy_one approve automatically; New York's admin decides.
+    with ThreadPoolExecutor(1) as pool, \
+            federation(tmp_path, ENVOYS, director_review=False,
+                       reviewing_envoys={"New York"}) as fed:
+        result, _runtime = submit(fed, pool)
+        experiment = awaiting(fed.envoys["New York"])
+        fx(tmp_path, "envoy", "review", "-n", "New York", "reject", experiment, "--reason",
+           "data is embargoed")
+        with pytest.raises(ExperimentRejected, match="New York") as info:
+            result.result(timeout=60)
+        fed.envoys["envoy_one"].wait_for(rf"experiment {re.escape(experiment)} ended")
+        assert "no experiment awaits review" in fx(tmp_path, "envoy", "review", "-n",
+                                                   "envoy_one", "list")
+        for name in ENVOYS:  # no package, work folder or process was left behind
+            assert not (tmp_path / ".fedloom" / "envoy" / name / "experiments" /
+                        experiment).exists()
+        # The federation serves the next experiment (New York's admin approves this one).
+        again, _ = submit(fed, pool, rounds=1)
+        second = awaiting(fed.envoys["New York"], r"(?!" + re.escape(experiment) + r")\S+")
+        fx(tmp_path, "envoy", "review", "-n", "New York", "approve", second)
+        np.testing.assert_allclose(again.result(timeout=120).model, [2.0, 2.0, 2.0])
+    verdicts = {d.participant: (d.verdict, d.decided_by, d.reason) for d in info.value.decisions}
+    assert verdicts == {
+        "director": ("approved", "auto (review off)", ""),
+        "envoy_one": ("approved", "auto (review off)", ""),
+        "New York": ("rejected", "fx review", "data is embargoed")}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
+@pytest.mark.parametrize("answer", ["approve", "reject"])
+def test_the_director_decides_at_its_console_prompt(tmp_path, answer):
+    with ThreadPoolExecutor(1) as pool, \
+            federation(tmp_path, ENVOYS, director_review=True, terminal=True) as fed:
+        result, runtime = submit(fed, pool, rounds=1)
+        prompt = fed.director.wait_for(r"Approve experiment (\S+) from 'alice'\? \[y\]es")
+        assert any("Steps (where each runs):" in line for line in fed.director.seen)
+        if answer == "approve":
+            fed.director.type("y\n")
+            np.testing.assert_allclose(result.result(timeout=120).model, [2.0, 2.0, 2.0])
+            decision = runtime.last_review[0]
+            assert (decision.verdict, decision.decided_by) == ("approved", "console")
+        else:
+            fed.director.type("n\n")
+            fed.director.wait_for(r"Reason \(optional")
+            fed.director.type("wrong flow\n")
+            with pytest.raises(ExperimentRejected, match=r"wrong flow"):
+                result.result(timeout=60)
+        logged = fx(tmp_path, "director", "review", "log")
+        assert prompt.group(1) in logged and "console" in logged
+
+
+def test_a_review_command_for_an_unknown_experiment_or_stale_digest_is_refused(tmp_path):
+    with ThreadPoolExecutor(1) as pool, \
+            federation(tmp_path, ENVOYS, director_review=True) as fed:
+        result, _runtime = submit(fed, pool, rounds=1)
+        experiment = awaiting(fed.director)
+        wrong = subprocess.run([sys.executable, "-m", "fedloom.cli", "director", "review",
+                                "approve", experiment, "--digest", "0" * 64], cwd=tmp_path,
+                               capture_output=True, text=True, timeout=60,
+                               env={"PYTHONPATH": str(ROOT), "PATH": ""})
+        assert wrong.returncode != 0 and "not the" in wrong.stderr
+        unknown = subprocess.run([sys.executable, "-m", "fedloom.cli", "director", "review",
+                                  "approve", "no-such"], cwd=tmp_path, capture_output=True,
+                                 text=True, timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": ""})
+        assert unknown.returncode != 0 and "no experiment no-such awaits review" in unknown.stderr
+        fx(tmp_path, "director", "review", "approve", experiment)
+        np.testing.assert_allclose(result.result(timeout=120).model, [2.0, 2.0, 2.0])
+
+
+def test_the_user_can_cancel_while_the_plan_awaits_review(tmp_path):
+    with ThreadPoolExecutor(1) as pool, \
+            federation(tmp_path, ENVOYS, director_review=True) as fed:
+        result, runtime = submit(fed, pool, rounds=1)
+        experiment = awaiting(fed.director)
+        from fedloom.federation.proto import fedloom_pb2 as pb
+        from fedloom.federation.proto import fedloom_pb2_grpc as rpc
+
+        with runtime._channel() as channel:
+            rpc.DirectorStub(channel).Cancel(pb.CancelRequest(experiment=experiment), timeout=30)
+        with pytest.raises(Exception, match="cancelled by the user during the review"):
+            result.result(timeout=60)
+        assert "no experiment awaits review" in fx(tmp_path, "director", "review", "list")
+        fed.director.wait_for(rf"experiment {re.escape(experiment)} withdrawn before review")
+
+
+class FakeDirector:
+    """Speaks the director's protocol to a real envoy, to send what a real director never would:
+    a package that is not what its digest says, an offer of a package the envoy did not approve."""
+
+    def __init__(self) -> None:
+        import queue
+
+        import grpc
+
+        from fedloom.federation.proto import fedloom_pb2 as pb
+        from fedloom.federation.proto import fedloom_pb2_grpc as rpc
+
+        self.pb = pb
+        self.work: queue.Queue = queue.Queue()
+        self.reports: queue.Queue = queue.Queue()
+        self.registered: queue.Queue = queue.Queue()
+        fake = self
+
+        class Servicer(rpc.DirectorServicer):
+            def Register(self, request, context):
+                fake.registered.put(request.name)
+                return pb.RegisterReply(session="s", health_check_period=5)
+
+            def GetWork(self, request, context):
+                while context.is_active():
+                    try:
+                        yield fake.work.get(timeout=0.5)
+                    except queue.Empty:
+                        continue
+
+            def SendReport(self, request_iterator, context):
+                fake.reports.put(next(request_iterator))
+                for _ in request_iterator:
+                    pass
+                return pb.Ack()
+
+        self.server = grpc.server(ThreadPoolExecutor(8))
+        rpc.add_DirectorServicer_to_server(Servicer(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def review(self, experiment: str, digest: str, package: bytes) -> None:
+        from fedloom.federation import transport
+
+        for part in transport.chunks(package):
+            self.work.put(self.pb.Work(experiment=experiment, review=self.pb.ReviewRequest(
+                digest=digest, submitter="alice", collaborators=["site"], package=part)))
+
+    def offer(self, experiment: str, digest: str) -> None:
+        self.work.put(self.pb.Work(experiment=experiment, offer=self.pb.Offer(
+            digest=digest, collaborators=["site"], run_id="1")))
+
+    def report(self, experiment: str):
+        report = self.reports.get(timeout=60)
+        assert report.experiment == experiment, report
+        return report
+
+
+def test_an_envoy_runs_only_the_exact_package_it_approved(tmp_path):
+    from fedloom.federation import wire
+    from fedloom.federation.localhost import NodeProcess
+    from fedloom.federation.package import package_flow
+    from tests.federation.nodes import FX, PRIVATE_ATTRIBUTES, envoy_config
+
+    fake = FakeDirector()
+    (tmp_path / "private_attributes.py").write_text(PRIVATE_ATTRIBUTES)
+    (tmp_path / "envoy.yaml").write_text(envoy_config("site", 1.0, review=False))
+    envoy = NodeProcess([*FX, "envoy", "start", "-n", "site", "-ec", str(tmp_path / "envoy.yaml"),
+                         "-dh", "127.0.0.1", "-dp", str(fake.port), "--disable-tls"], tmp_path,
+                        {"PYTHONPATH": str(ROOT)})
+    try:
+        assert fake.registered.get(timeout=60) == "site"
+        approved = package_flow(FedAvgFlow, wire.dumps({"model": np.zeros(3)}))
+        other = package_flow(FedAvgFlow, wire.dumps({"model": np.ones(3)}))
+        fake.review("e1", approved.digest, approved.to_bytes())
+        decision = fake.report("e1").decision
+        assert decision.approved and decision.digest == approved.digest
+        # Changed in transit: the bytes are not the package the digest names.
+        fake.review("e2", approved.digest, other.to_bytes())
+        refused = fake.report("e2").decision
+        assert not refused.approved and "digest mismatch" in refused.reason
+        # An offer of another package than the one approved for e1, and of an unreviewed one.
+        fake.offer("e1", other.digest)
+        failure = fake.report("e1").failure
+        assert f"refuses to run package {other.digest[:12]}" in failure.message
+        assert f"it approved package {approved.digest[:12]}" in failure.message
+        fake.offer("e3", approved.digest)
+        assert "approved no package" in fake.report("e3").failure.message
+        # The package it approved, it runs.
+        fake.offer("e1", approved.digest)
+        assert fake.report("e1").ready == "site"
+    finally:
+        envoy.stop()
+        fake.server.stop(0)
