@@ -110,13 +110,15 @@ class ReviewDecision:
     participant: str
     approved: bool
     reason: str
-    decided_by: str  # "console", "fx review", "auto (review_experiment: false)", "" = not asked
-    at: float  # seconds since the epoch; 0 when not asked
+    decided_by: str  # "console", "fx review", "auto (review off)"; "withdrawn"; "" = not asked
+    at: float  # seconds since the epoch; 0 when undecided
 
     @property
     def verdict(self) -> str:
         if not self.decided_by:
             return "not asked"
+        if self.decided_by == "withdrawn":
+            return "withdrawn"
         return "approved" if self.approved else "rejected"
 
 
@@ -126,6 +128,6 @@ class ExperimentRejected(FedloomError):
     def __init__(self, experiment: str, decisions: Sequence[ReviewDecision]) -> None:
         self.experiment = experiment
         self.decisions = list(decisions)
-        rejected = [d for d in self.decisions if d.decided_by and not d.approved]
+        rejected = [d for d in self.decisions if d.verdict == "rejected"]
         super().__init__(f"experiment {experiment} was rejected in review by " + ", ".join(
             f"{d.participant}{f' ({d.reason})' if d.reason else ''}" for d in rejected))

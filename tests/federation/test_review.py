@@ -59,6 +59,8 @@ def test_scenario_c_all_approve_with_review_commands_and_review_on_by_default(tm
         result, runtime = submit(fed, pool, rounds=1, model=np.array([5.0, 0.0, 0.0]))
         experiment = awaiting(fed.director)
         assert experiment in fx(tmp_path, "director", "review", "list")
+        busy = {e.name: e.experiment for e in runtime.get_envoys()}  # the director serves on
+        assert busy == {name: experiment for name in ENVOYS}
         plan = fx(tmp_path, "director", "review", "show", experiment)
         for shown in ("submitted by 'alice'", "flow FedAvgFlow", "train", "collaborator",
                       "start -> train", "model", "numpy.ndarray", "def join(self, inputs):",
@@ -96,6 +98,8 @@ def test_scenario_a_the_director_rejects_and_nothing_reaches_the_envoys(tmp_path
     verdicts = {d.participant: (d.verdict, d.reason) for d in info.value.decisions}
     assert verdicts["director"] == ("rejected", "not this week")
     assert verdicts["envoy_one"][0] == verdicts["New York"][0] == "not asked"
+    logged = fx(tmp_path, "director", "review", "log")  # the node has stopped: the log remains
+    assert experiment in logged and "not this week" in logged
 
 
 def test_scenario_b_an_envoy_rejects_with_mixed_flags_and_every_site_cleans_up(tmp_path):
@@ -125,6 +129,22 @@ def test_scenario_b_an_envoy_rejects_with_mixed_flags_and_every_site_cleans_up(t
         "director": ("approved", "auto (review off)", ""),
         "envoy_one": ("approved", "auto (review off)", ""),
         "New York": ("rejected", "fx review", "data is embargoed")}
+
+
+def test_the_first_rejection_ends_the_review_and_withdraws_the_other_plans(tmp_path):
+    with ThreadPoolExecutor(1) as pool, \
+            federation(tmp_path, ENVOYS, reviewing_envoys=ENVOYS) as fed:
+        result, _runtime = submit(fed, pool)
+        experiment = awaiting(fed.envoys["New York"])
+        awaiting(fed.envoys["envoy_one"], re.escape(experiment))
+        fx(tmp_path, "envoy", "review", "-n", "New York", "reject", experiment)
+        with pytest.raises(ExperimentRejected) as info:
+            result.result(timeout=60)
+        fed.envoys["envoy_one"].wait_for(
+            rf"experiment {re.escape(experiment)} withdrawn before review")
+        assert "no experiment awaits review" in fx(tmp_path, "envoy", "review", "-n",
+                                                   "envoy_one", "list")
+    assert [d.verdict for d in info.value.decisions] == ["approved", "withdrawn", "rejected"]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")

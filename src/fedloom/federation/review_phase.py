@@ -26,6 +26,7 @@ class ReviewPhase:
         self.send = send
         self.decisions: dict[str, pb.Decision] = {}
         self.concluded = False  # the user was sent the outcome table
+        self.asked: set[str] = set()  # envoys the plan was sent to
 
     def run(self) -> str:
         """'' when every participant approved; otherwise why not. When the review concluded
@@ -60,6 +61,7 @@ class ReviewPhase:
 
     def _send_plan(self) -> None:
         exp = self.experiment
+        self.asked = set(exp.collaborators)
         for name in exp.collaborators:
             for part in transport.chunks(exp.package):
                 self.send(name, pb.Work(experiment=exp.id, review=pb.ReviewRequest(
@@ -104,13 +106,21 @@ class ReviewPhase:
     def _all_approved(self) -> bool:
         return all(d.approved for d in self.decisions.values())
 
+    def _undecided(self, name: str) -> pb.Decision:
+        """A participant without a decision: the review stops at the first rejection, so the
+        user learns at once and no admin reviews a plan that cannot run."""
+        exp = self.experiment
+        if name in self.asked:
+            return pb.Decision(participant=name, decided_by="withdrawn", experiment=exp.id,
+                               digest=exp.digest, reason="undecided when the plan was rejected")
+        return pb.Decision(participant=name, experiment=exp.id, digest=exp.digest,
+                           reason="not asked: the plan was rejected before it reached them")
+
     def _conclude(self) -> str:
         exp = self.experiment
         participants: Sequence[str] = (DIRECTOR, *exp.collaborators)
         accepted = len(self.decisions) == len(participants) and self._all_approved()
-        table = [self.decisions.get(name) or pb.Decision(
-            participant=name, reason="not asked: the experiment was rejected before",
-            experiment=exp.id, digest=exp.digest) for name in participants]
+        table = [self.decisions.get(name) or self._undecided(name) for name in participants]
         exp.events.put(pb.Event(review=pb.ReviewOutcome(accepted=accepted, decisions=table)))
         self.concluded = True
         if accepted:
