@@ -264,3 +264,24 @@ def test_state_larger_than_any_grpc_message_crosses_in_chunks(tmp_path):
     with federation(tmp_path, ENVOYS) as fed:
         flow = run(fed, model=big, rounds=1)
     np.testing.assert_allclose(flow.model, big + 2.0)
+
+
+def test_an_envoy_that_hangs_mid_round_is_found_by_the_health_check(tmp_path):
+    import signal
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool, socket.create_server(("127.0.0.1", 0)) as server, \
+            federation(tmp_path, ENVOYS) as fed:
+        server.settimeout(60)
+        result = pool.submit(run, fed, hold_on="New York", hold_port=server.getsockname()[1])
+        held, _ = server.accept()  # New York's collaborator is inside its step
+        with held:
+            envoy = fed.envoys["New York"].process
+            envoy.send_signal(signal.SIGSTOP)  # alive, connected, and silent
+            try:
+                with pytest.raises(FedloomError, match=r"envoy 'New York' missed its health "
+                                                       r"checks \(silent for \d+ s"):
+                    result.result(timeout=60)
+            finally:
+                envoy.send_signal(signal.SIGCONT)

@@ -39,6 +39,7 @@ from fedloom.runtime.local.runtime import new_run_id
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 300.0  # seconds for envoys to start their collaborator processes
+MISSED_HEALTH_CHECKS = 3  # periods of silence after which an envoy counts as lost
 
 
 @dataclass
@@ -49,6 +50,7 @@ class EnvoyLink:
     online: bool = True
     last_seen: float = field(default_factory=time.time)
     experiment: str = ""
+    lost_reason: str = "disconnected"
 
 
 @dataclass
@@ -138,13 +140,21 @@ class Director(rpc.DirectorServicer):
                 try:
                     item = link.work.get(timeout=period)
                 except queue.Empty:
-                    item = pb.Work(ping=time.time())  # a heartbeat: a dead peer breaks here
+                    silent = time.time() - link.last_seen
+                    if silent > MISSED_HEALTH_CHECKS * period:
+                        link.lost_reason = (f"missed its health checks (silent for "
+                                            f"{silent:.0f} s; expected every {period:g} s)")
+                        return
+                    item = pb.Work(ping=time.time())  # a dead connection breaks here
                 if item is None:
                     return
-                link.last_seen = time.time()
                 yield item
         finally:
             self._envoy_lost(link)
+
+    def Heartbeat(self, request: pb.WorkRequest, context: grpc.ServicerContext) -> pb.Ack:
+        self._link(request.session, context).last_seen = time.time()
+        return pb.Ack()
 
     def SendReport(self, request_iterator: Iterator[pb.Report],
                    context: grpc.ServicerContext) -> pb.Ack:
@@ -320,8 +330,8 @@ class Director(rpc.DirectorServicer):
             experiment = self._experiments.get(link.experiment)
             self._lock.notify_all()
         if experiment is not None:
-            experiment.inbox.put(("lost", link.name))
-        log.info("envoy '%s' disconnected", link.name)
+            experiment.inbox.put(("lost", link.name, link.lost_reason))
+        log.info("envoy '%s' %s", link.name, link.lost_reason)
 
     def _link(self, session: str, context: grpc.ServicerContext) -> EnvoyLink:
         with self._lock:
@@ -464,8 +474,8 @@ class ExperimentRun:
     def _reason(self, message: tuple[Any, ...]) -> str:
         kind = message[0]
         if kind == "lost":
-            return (f"envoy '{message[1]}' disconnected during the experiment (its collaborator "
-                    "is gone; the run cannot go on)")
+            return (f"envoy '{message[1]}' {message[2]} during the experiment (its "
+                    "collaborator is gone; the run cannot go on)")
         if kind == "failure":
             return f"envoy '{message[1]}' could not run its collaborator: {message[2].message}"
         if kind == "cancel":

@@ -102,6 +102,7 @@ class Envoy:
 
     def _serve_once(self) -> None:
         channel = transport.open_channel(self.endpoint, self._credentials)
+        closed = threading.Event()  # set when this connection is over
         try:
             transport.wait_ready(channel, self.endpoint, timeout=10,
                                  tls=self._credentials is not None)
@@ -115,10 +116,23 @@ class Envoy:
             work = self._stub.GetWork(pb.WorkRequest(session=reply.session))
             stopper = threading.Thread(target=self._cancel_on_stop, args=(work,), daemon=True)
             stopper.start()
+            threading.Thread(target=self._beat, args=(self._stub, reply, closed),
+                             daemon=True, name="fedloom-heartbeat").start()
             for item in work:
                 self._handle(item)
         finally:
+            closed.set()
             channel.close()
+
+    def _beat(self, stub: rpc.DirectorStub, reply: pb.RegisterReply,
+              closed: threading.Event) -> None:
+        """The health check: a heartbeat at twice the rate the director expects."""
+        period = max(reply.health_check_period, 0.2)
+        while not closed.wait(period / 2):
+            try:
+                stub.Heartbeat(pb.WorkRequest(session=reply.session), timeout=period)
+            except grpc.RpcError:
+                return  # the work stream notices the broken connection too
 
     def _cancel_on_stop(self, work: Any) -> None:
         self._stop.wait()

@@ -83,7 +83,7 @@ class ReviewPhase:
             elif kind == "cancel":
                 return "cancelled by the user during the review"
             elif kind == "lost" and message[1] in self.experiment.collaborators:
-                return f"envoy '{message[1]}' disconnected during the review"
+                return f"envoy '{message[1]}' {message[2]} during the review"
             elif kind == "failure":
                 return f"envoy '{message[1]}' failed during the review: {message[2].message}"
         return ""

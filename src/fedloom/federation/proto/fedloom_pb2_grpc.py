@@ -44,6 +44,11 @@ class DirectorStub:
                 request_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.WorkRequest.SerializeToString,
                 response_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Work.FromString,
                 _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/fedloom.v1.Director/Heartbeat',
+                request_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.WorkRequest.SerializeToString,
+                response_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Ack.FromString,
+                _registered_method=True)
         self.SendReport = channel.stream_unary(
                 '/fedloom.v1.Director/SendReport',
                 request_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Report.SerializeToString,
@@ -87,6 +92,13 @@ class DirectorServicer:
 
     def GetWork(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Heartbeat(self, request, context):
+        """The envoy's health check: at least every health_check_period seconds.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -140,6 +152,11 @@ def add_DirectorServicer_to_server(servicer, server):
                     servicer.GetWork,
                     request_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.WorkRequest.FromString,
                     response_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Work.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.WorkRequest.FromString,
+                    response_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Ack.SerializeToString,
             ),
             'SendReport': grpc.stream_unary_rpc_method_handler(
                     servicer.SendReport,
@@ -226,6 +243,33 @@ class Director:
             '/fedloom.v1.Director/GetWork',
             fedloom_dot_federation_dot_proto_dot_fedloom__pb2.WorkRequest.SerializeToString,
             fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Work.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedloom.v1.Director/Heartbeat',
+            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.WorkRequest.SerializeToString,
+            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Ack.FromString,
             options,
             channel_credentials,
             insecure,
