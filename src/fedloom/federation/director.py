@@ -422,6 +422,12 @@ class ExperimentRun:
 
     def _relay(self) -> str:
         exp = self.experiment
+        approved = self.director.desk.approved_digest(exp.id)
+        if approved != exp.digest:  # cannot happen unless memory was tampered with: refuse
+            reason = (f"the director approved package {str(approved)[:12]}, not "
+                      f"{exp.digest[:12]}; refusing to run it")
+            self._fail(reason)
+            return reason
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
         spec = ExperimentSpec(exp.package, exp.digest, exp.collaborators, self.run_id,
