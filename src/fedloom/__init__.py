@@ -26,6 +26,7 @@ from fedloom.spec import (
     flow_picture,
     validate_flow,
 )
+from fedloom.stragglers import Faults, StragglerError, StragglerPolicy
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,7 @@ __all__ = [
     "Collaborator",
     "ExperimentRejected",
     "FLSpec",
+    "Faults",
     "FedAvg",
     "FederatedRuntime",
     "FedloomError",
@@ -54,6 +56,8 @@ __all__ = [
     "PrivateAttributeError",
     "ReviewDecision",
     "StepFailed",
+    "StragglerError",
+    "StragglerPolicy",
     "TransitionError",
     "__version__",
     "aggregator",

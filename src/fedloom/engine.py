@@ -19,6 +19,14 @@ from typing import Any, Protocol
 
 from fedloom.errors import FlowRunError, TransitionError
 from fedloom.state import State, Transition, copy_state, select
+from fedloom.stragglers import (
+    Dropped,
+    Inputs,
+    PolicySpec,
+    StragglerError,
+    StragglerPolicy,
+    policy_for,
+)
 from fedloom.tasks import FlowJob, TaskRecord, TaskRecorder, run_task
 
 log = logging.getLogger(__name__)
@@ -46,9 +54,14 @@ class Backend(Protocol):
     def open(self, job: FlowJob) -> None:
         """Prepare for a run (create sites and their private attributes on first use)."""
 
-    def run_chains(self, step: str, names: Sequence[str], sent: State) -> list[ChainResult]:
+    def run_chains(self, step: str, names: Sequence[str], sent: State, *,
+                   deadline: float | None = None,
+                   tolerant: bool = False) -> Sequence[ChainResult | Dropped]:
         """Run ``step`` and what follows on each named collaborator, each on its own copy of
-        ``sent``; return their results in ``names`` order."""
+        ``sent``; return their outcomes in ``names`` order. Without ``deadline`` and
+        ``tolerant`` every outcome is a result and a failure raises; with them a chain that
+        fails (``tolerant``), disconnects or is later than ``deadline`` seconds comes back as
+        :class:`Dropped`, and a late result is discarded."""
 
     def close(self) -> None:
         """Release what ``open`` acquired for the run."""
@@ -119,7 +132,7 @@ class FlowEngine:
 
     def __init__(self, job: FlowJob, aggregator_name: str, aggregator_private: dict[str, Any],
                  backend: Backend, recorder: TaskRecorder | None = None, *,
-                 live_output: bool = True) -> None:
+                 live_output: bool = True, stragglers: PolicySpec = None) -> None:
         self.job = job
         self.aggregator_name = aggregator_name
         self.private = aggregator_private
@@ -128,6 +141,7 @@ class FlowEngine:
         # False where nobody watches this process's console (the director's aggregator
         # process): aggregator tasks are captured and handed to the recorder instead.
         self.live_output = live_output
+        self.stragglers = stragglers
         self.last_state: State = {}
 
     def run(self, initial: State) -> State:
@@ -189,22 +203,43 @@ class FlowEngine:
                 state = select(state, transition, step=step, participant=self.aggregator_name)
                 step, inputs = transition.step, None
 
-    def _fan_out(self, step: str, state: State, transition: Transition) -> tuple[str, list[Any]]:
+    def _fan_out(self, step: str, state: State, transition: Transition) -> tuple[str, Inputs]:
         names = self._fan_out_names(step, state, transition)
+        policy = policy_for(self.stragglers, transition.step)
+        if policy is not None and policy.required(len(names)) > len(names):
+            raise TransitionError(
+                f"the straggler policy of the fan-out to '{transition.step}' needs "
+                f"{policy.required(len(names))} collaborators to finish, but it goes to only "
+                f"{len(names)}", step=step, participant=self.aggregator_name)
         sent = select(state, transition, step=step, participant=self.aggregator_name,
                       private=self.private)
         try:
-            results = self.backend.run_chains(transition.step, names, sent)
+            outcomes = self.backend.run_chains(
+                transition.step, names, sent, deadline=policy.deadline if policy else None,
+                tolerant=policy is not None)
         except TransitionError as err:
             if err.step is not None:
                 raise
             # The backend could not even ship the state: that is this step's transition.
             raise TransitionError(str(err), step=step, participant=self.aggregator_name) \
                 from err
-        for result in results:
-            self._record(result.tasks)
+        results = [o for o in outcomes if isinstance(o, ChainResult)]
+        dropped = [o for o in outcomes if isinstance(o, Dropped)]
+        for outcome in outcomes:
+            self._record(outcome.tasks)
+        if dropped:
+            self._check_enough(transition.step, policy, len(names), results, dropped)
         join = _common_join(results, transition.step)
-        return join, [self.job.instance(r.state) for r in results]
+        return join, Inputs([self.job.instance(r.state) for r in results],
+                            {d.collaborator: d.reason for d in dropped})
+
+    def _check_enough(self, step: str, policy: StragglerPolicy | None, fanned_out: int,
+                      results: list[ChainResult], dropped: list[Dropped]) -> None:
+        needed = policy.required(fanned_out) if policy is not None else fanned_out
+        if len(results) < needed:
+            raise StragglerError(step, self.aggregator_name, len(results), needed, dropped)
+        log.warning("the fan-out to '%s' goes on without %s", step,
+                    "; ".join(f"{d.collaborator} ({d.reason})" for d in dropped))
 
     def _fan_out_names(self, step: str, state: State, transition: Transition) -> list[str]:
         def fail(message: str) -> TransitionError:
@@ -256,6 +291,9 @@ def _fewer_gc_pauses(young_threshold: int = 20_000) -> Iterator[None]:
 
 def _common_join(results: list[ChainResult], fan_out_step: str) -> str:
     joins = {r.join_step for r in results}
+    if not joins:
+        raise FlowRunError(f"no collaborator finished the fan-out to '{fan_out_step}'",
+                           step=fan_out_step)
     if len(joins) == 1:
         return joins.pop()
     where = ", ".join(f"{r.collaborator} -> {r.join_step}" for r in results)

@@ -8,6 +8,7 @@ neither side ever unpickles anything but the restricted wire format for flow sta
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from fedloom.federation.pipes import FramePipe
 from fedloom.federation.proto import fedloom_pb2 as pb
 from fedloom.spec.flowspec import validate_flow
 from fedloom.state import State
+from fedloom.stragglers import Dropped
 from fedloom.tasks import FlowJob, TaskRecord, TaskRecorder
 
 
@@ -71,20 +73,36 @@ class RemoteChains:
     def close(self) -> None:
         """Nothing to release."""
 
-    def run_chains(self, step: str, names: Sequence[str], sent: State) -> list[ChainResult]:
+    def run_chains(self, step: str, names: Sequence[str], sent: State, *,
+                   deadline: float | None = None,
+                   tolerant: bool = False) -> list[ChainResult | Dropped]:
         request = uuid.uuid4().hex
         self._conn.send(("chains", request, step, list(names), wire.dumps(sent)))
-        results: dict[str, ChainResult] = {}
-        while len(results) < len(names):
+        outcomes: dict[str, ChainResult | Dropped] = {}
+        ends = None if deadline is None else time.monotonic() + deadline
+        while len(outcomes) < len(names):
+            if ends is not None and not self._conn.poll(max(ends - time.monotonic(), 0)):
+                break  # the deadline passed; results that come later are ignored
             message = self._conn.recv()  # the director always answers: results, or "abort"
             if message[0] == "abort":
                 raise FlowRunError(message[1])
             _, got_request, outcome_bytes, frame = message
             if got_request != request:
-                continue  # a late answer to an earlier, abandoned fan-out
-            result = self._result(pb.ChainOutcome.FromString(outcome_bytes), frame)
-            results[result.collaborator] = result
-        return [results[name] for name in names]
+                continue  # a late answer to an earlier fan-out: never mixed into this one
+            outcome = pb.ChainOutcome.FromString(outcome_bytes)
+            try:
+                outcomes[outcome.collaborator] = self._result(outcome, frame)
+            except FlowRunError as err:
+                if not tolerant:
+                    raise
+                outcomes[outcome.collaborator] = Dropped(
+                    outcome.collaborator, "failed", f"failed: {str(err).splitlines()[0]}",
+                    err.tasks)
+        for name in names:
+            if name not in outcomes:
+                outcomes[name] = Dropped(name, "timed out",
+                                         f"timed out: no result within {deadline:g} s")
+        return [outcomes[name] for name in names]
 
     def _result(self, outcome: pb.ChainOutcome, frame: bytes) -> ChainResult:
         payload = wire.loads(frame, allowed_modules=self._allowed)

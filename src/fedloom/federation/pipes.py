@@ -38,5 +38,9 @@ class FramePipe:
             return (*message[:-1], self._conn.recv_bytes())
         return tuple(message)
 
+    def poll(self, timeout: float | None) -> bool:
+        """Whether a message is ready within ``timeout`` seconds (None: wait for one)."""
+        return self._conn.poll(timeout)
+
     def close(self) -> None:
         self._conn.close()

@@ -25,6 +25,7 @@ from fedloom.errors import FedloomError, FlowRunError
 from fedloom.participants import Aggregator, Collaborator
 from fedloom.runtime.local.ray_placement import ActorPlan, NodeResources, check_fits, plan_actors
 from fedloom.state import State, StateCopier, uncopyable
+from fedloom.stragglers import NO_FAULT, Dropped, Faults, simulated_failure
 from fedloom.tasks import FlowJob, TaskRecord
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class CollaboratorGroup:
         self._participants = participants
         self._sites: dict[str, CollaboratorSite] = {}
         self._job: FlowJob | None = None
+        self._faults: Faults | None = None
 
     def ping(self) -> bool:
         """Answers once the actor is placed and running."""
@@ -66,24 +68,27 @@ class CollaboratorGroup:
         return {"node_id": context.get_node_id(), "gpu_ids": ray.get_gpu_ids(),
                 "pid": os.getpid()}
 
-    def start_run(self, job: FlowJob) -> None:
+    def start_run(self, job: FlowJob, faults: Faults | None = None) -> None:
         self._job = job
+        self._faults = faults
         for site in self._sites.values():
             site.start_run()
 
-    def run_chains(self, step: str, names: list[str],
-                   sent: Shipment) -> Iterator[list[ChainResult] | FedloomError]:
-        """Chain results as they are done (a streaming generator): a slow chain is sent on its
+    def run_chains(self, step: str, names: list[str], sent: Shipment, fan_out: int = 0,
+                   tolerant: bool = False
+                   ) -> Iterator[list[ChainResult | Dropped] | FedloomError]:
+        """Chain outcomes as they are done (a streaming generator): a slow chain is sent on its
         own, so the driver shows a collaborator's output when its chain ends; fast chains are
-        batched (at most every ``FLUSH_SECONDS``) so that many small ones stay cheap."""
+        batched (at most every ``FLUSH_SECONDS``) so that many small ones stay cheap. When
+        ``tolerant``, a failing chain is reported as dropped and the others go on."""
         assert self._job is not None, "start_run() comes first"
         # Arrays in ``sent`` are read-only views of shared memory: one copy per collaborator.
         copier = StateCopier(sent.state)
-        batch: list[ChainResult] = []
+        batch: list[ChainResult | Dropped] = []
         flushed = time.monotonic()
         for name in names:
             try:
-                batch.append(self._sites[name].run_chain(self._job, step, copier.copy()))
+                batch.append(self._chain(step, name, copier, fan_out, tolerant))
             except FedloomError as err:
                 if batch:
                     yield batch
@@ -95,6 +100,26 @@ class CollaboratorGroup:
         if batch:
             yield batch
 
+    def _chain(self, step: str, name: str, copier: StateCopier, fan_out: int,
+               tolerant: bool) -> ChainResult | Dropped:
+        assert self._job is not None
+        fault = self._faults.for_chain(name, fan_out) if self._faults else NO_FAULT
+        if fault.disconnect:
+            if not tolerant:
+                raise FlowRunError(f"collaborator '{name}' disconnected (simulated by Faults)",
+                                   step=step, participant=name)
+            return Dropped(name, "disconnected", "disconnected (simulated)")
+        if fault.delay:
+            time.sleep(fault.delay)  # collaborators run side by side here: a real delay
+        try:
+            if fault.fail:
+                raise simulated_failure(step, name, fan_out)
+            return self._sites[name].run_chain(self._job, step, copier.copy())
+        except FlowRunError as err:
+            if not tolerant:
+                raise
+            return Dropped(name, "failed", f"failed: {str(err).splitlines()[0]}", err.tasks)
+
 
 class RayBackend:
     """Runs collaborator chains in Ray actors, on this machine or an existing Ray cluster."""
@@ -104,7 +129,7 @@ class RayBackend:
     def __init__(self, aggregator: Aggregator, collaborators: Sequence[Collaborator], *,
                  address: str | None = None, num_actors: int | None = None,
                  ray_init_kwargs: dict[str, Any] | None = None,
-                 actor_start_timeout: float = 120.0) -> None:
+                 actor_start_timeout: float = 120.0, faults: Faults | None = None) -> None:
         self._aggregator = aggregator
         self._collaborators = list(collaborators)
         self._address = address
@@ -117,6 +142,8 @@ class RayBackend:
         self._actor_of: dict[str, int] = {}
         self.placement: dict[str, dict[str, Any]] = {}  # collaborator -> node, GPUs, pid
         self._finalizer: object = None  # shuts down a Ray we started, at exit
+        self._faults = faults
+        self._fan_outs = 0
 
     # -- Backend interface ------------------------------------------------------------------
 
@@ -125,20 +152,29 @@ class RayBackend:
         if not self._actors:
             self._start_actors()
         job_ref = ray.put(job)
-        self._wait([a.start_run.remote(job_ref) for a in self._actors], "starting the run")
+        self._wait([a.start_run.remote(job_ref, self._faults) for a in self._actors],
+                   "starting the run")
+        self._fan_outs = 0
 
-    def run_chains(self, step: str, names: Sequence[str], sent: State) -> list[ChainResult]:
+    def run_chains(self, step: str, names: Sequence[str], sent: State, *,
+                   deadline: float | None = None,
+                   tolerant: bool = False) -> list[ChainResult | Dropped]:
         try:
             # Once per fan-out, whatever the number of collaborators.
             sent_ref = ray.put(Shipment(sent))
         except Exception as exc:  # e.g. a lock in a public attribute
             raise uncopyable(sent, step, exc) from exc
+        fan_out, self._fan_outs = self._fan_outs, self._fan_outs + 1
         subsets: dict[int, list[str]] = {}
         for name in names:
             subsets.setdefault(self._actor_of[name], []).append(name)
         streams = {self._actors[i].run_chains.options(num_returns="streaming").remote(
-            step, subset, sent_ref): i for i, subset in subsets.items()}
-        by_name = {result.collaborator: result for result in self._gather(streams)}
+            step, subset, sent_ref, fan_out, tolerant): i for i, subset in subsets.items()}
+        by_name = {o.collaborator: o for o in self._gather(streams, deadline)}
+        for name in names:
+            if name not in by_name:  # not back by the deadline: its late result is never read
+                by_name[name] = Dropped(name, "timed out",
+                                        f"timed out: no result within {deadline} s")
         return [by_name[name] for name in names]
 
     def close(self) -> None:
@@ -209,13 +245,19 @@ class RayBackend:
             raise failed
         return results
 
-    def _gather(self, streams: dict[Any, int]) -> list[ChainResult]:
-        """Chain results as they finish, their output shown at once; the first failure stops
-        the run (the other actors' chains are not waited for)."""
+    def _gather(self, streams: dict[Any, int],
+                deadline: float | None) -> list[ChainResult | Dropped]:
+        """Chain outcomes as they finish, their output shown at once, until all are in or the
+        deadline passes; a failure (not tolerated) stops the run without waiting for the
+        other actors' chains."""
         pending = dict(streams)
-        results: list[ChainResult] = []
+        results: list[ChainResult | Dropped] = []
+        ends = None if deadline is None else time.monotonic() + deadline
         while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
+            timeout = None if ends is None else max(ends - time.monotonic(), 0)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=timeout)
+            if not ready:
+                break  # the deadline passed: what is still running is dropped
             for stream in ready:
                 outcome = self._next_outcome(stream, self._plans[pending[stream]].members)
                 if outcome is None:
@@ -224,7 +266,8 @@ class RayBackend:
                     print_task_outputs(getattr(outcome, "tasks", []))
                     self._abandon(pending, stream)
                     if isinstance(outcome, FlowRunError):
-                        keep_finished_tasks(outcome, results)
+                        keep_finished_tasks(outcome, [r for r in results
+                                                      if isinstance(r, ChainResult)])
                     raise outcome
                 else:
                     for result in outcome:
@@ -239,8 +282,8 @@ class RayBackend:
         if any(stream is not failed for stream in pending):
             self.shutdown_actors()
 
-    def _next_outcome(self, stream: Any,
-                      members: tuple[str, ...]) -> list[ChainResult] | FedloomError | None:
+    def _next_outcome(self, stream: Any, members: tuple[str, ...]
+                      ) -> list[ChainResult | Dropped] | FedloomError | None:
         try:
             return ray.get(next(stream))  # type: ignore[no-any-return]
         except StopIteration:

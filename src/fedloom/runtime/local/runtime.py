@@ -22,6 +22,7 @@ from fedloom.spec.flowspec import (
     validate_flow,
 )
 from fedloom.spec.graph import FlowGraph
+from fedloom.stragglers import Faults, PolicySpec, check_policy_spec
 from fedloom.tasks import FlowJob, TaskRecorder
 
 BackendFactory = Callable[[Aggregator, Sequence[Collaborator], dict[str, Any]], Backend]
@@ -29,10 +30,11 @@ BackendFactory = Callable[[Aggregator, Sequence[Collaborator], dict[str, Any]], 
 
 def _serial(aggregator: Aggregator, collaborators: Sequence[Collaborator],
             options: dict[str, Any]) -> Backend:
+    faults = options.pop("faults", None)
     if options:
         raise ParticipantError(f"the single_process backend takes no options, got "
                                f"{sorted(options)}")
-    return SerialBackend(collaborators)
+    return SerialBackend(collaborators, faults)
 
 
 def _ray(aggregator: Aggregator, collaborators: Sequence[Collaborator],
@@ -60,14 +62,26 @@ class LocalRuntime:
     default an already-initialised Ray is used, else a local one is started), ``num_actors``
     (collaborators share actors; default one per collaborator that asks for resources, else one
     per CPU), ``ray_init_kwargs`` (passed to ``ray.init``) and ``actor_start_timeout`` (seconds).
+
+    ``straggler_policy``: a :class:`~fedloom.stragglers.StragglerPolicy` for every fan-out, or a
+    dict from a fan-out's first collaborator step to one. ``faults``: simulated delays, failures
+    and disconnects (:class:`~fedloom.stragglers.Faults`) to rehearse a policy.
     """
 
     def __init__(self, aggregator: Aggregator | None = None,
                  collaborators: Sequence[Collaborator] | None = None,
-                 backend: str = "single_process", **backend_options: Any) -> None:
+                 backend: str = "single_process", *, straggler_policy: PolicySpec = None,
+                 faults: Faults | None = None, **backend_options: Any) -> None:
         self._aggregator = aggregator if aggregator is not None else Aggregator()
         self._collaborators = list(collaborators or [])
         _check_participants(self._aggregator, self._collaborators)
+        check_policy_spec(straggler_policy)
+        if faults is not None:
+            if not isinstance(faults, Faults):
+                raise ParticipantError(f"faults= must be a Faults, got {type(faults).__name__}")
+            faults.check_names(self.collaborators)
+        self.straggler_policy = straggler_policy
+        self.faults = faults
         if backend not in BACKENDS:
             raise ParticipantError(f"unknown backend {backend!r}; choose one of "
                                    f"{sorted(BACKENDS)}")
@@ -90,6 +104,8 @@ class LocalRuntime:
         """Run ``flow`` (called by ``flow.run()``). Participants' private attributes are made on
         the first run and persist across runs of this runtime."""
         graph = validate_flow(type(flow))
+        check_policy_spec(self.straggler_policy,
+                          [name for name, s in graph.steps.items() if s.role == "collaborator"])
         checkpoint = is_checkpointing(flow)
         job = FlowJob(type(flow), graph, tuple(self.collaborators), new_run_id(),
                       record_tasks=checkpoint)
@@ -101,7 +117,7 @@ class LocalRuntime:
         recorder = _recorder(graph, job.run_id) if checkpoint else None
         set_run_id(flow, job.run_id)
         engine = FlowEngine(job, self._aggregator.name, self._aggregator_private, backend,
-                            recorder)
+                            recorder, stragglers=self.straggler_policy)
         initial = public_state(flow)
         # While it runs, the engine holds the state: the flow object keeping the initial model
         # too would cost one more copy of it for the whole run.
@@ -117,8 +133,9 @@ class LocalRuntime:
 
     def _backend_for_run(self) -> Backend:
         if self._backend is None:
+            options = {**self._backend_options, "faults": self.faults}
             self._backend = BACKENDS[self.backend](self._aggregator, self._collaborators,
-                                                   self._backend_options)
+                                                   options)
         return self._backend
 
     def shutdown(self) -> None:
