@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from fedloom.errors import FlowRunError, TransitionError
+from fedloom.errors import FlowRunError, StepFailed, TransitionError
 from fedloom.state import State, Transition, copy_state, select
 from fedloom.stragglers import (
     Dropped,
@@ -94,8 +94,7 @@ class CollaboratorSite:
         held_back: State = {}  # filtered out between collaborator steps: stays with us
         try:
             while True:
-                state, transition, record = run_task(job, step, state, self.private, self.name,
-                                                     live=self.in_process)
+                state, transition, record = self._attempts(job, step, state, records)
                 if record is not None:
                     records.append(record)
                 target = job.graph.steps.get(transition.step)
@@ -119,6 +118,36 @@ class CollaboratorSite:
         except FlowRunError as err:
             err.tasks[:0] = records  # the chain's finished tasks are kept with the failure
             raise
+
+    def _attempts(self, job: FlowJob, step: str, state: State,
+                  records: list[TaskRecord]) -> tuple[State, Transition, TaskRecord | None]:
+        """Run ``step``; with ``@collaborator(retries=n)`` run it again, on a copy of the state
+        it was given, when it raises (failed attempts go to ``records``)."""
+        node = job.graph.steps.get(step)
+        retries = node.placement.retries if node is not None and node.placement else 0
+        if not retries:
+            return run_task(job, step, state, self.private, self.name, live=self.in_process)
+        pristine = copy_state(state)
+        for attempt in range(retries + 1):
+            given = state if attempt == 0 else copy_state(pristine)
+            try:
+                new_state, transition, record = run_task(job, step, given, self.private,
+                                                         self.name, live=self.in_process)
+            except StepFailed as err:
+                for task in err.tasks:
+                    task.attempt = attempt
+                if attempt == retries:
+                    raise
+                records.extend(err.tasks)
+                err.tasks = []
+                log.warning("step '%s' on '%s' failed (attempt %d of %d): %s: %s; trying again",
+                            step, self.name, attempt + 1, retries + 1, err.exc_type,
+                            err.exc_message)
+                continue
+            if record is not None:
+                record.attempt = attempt
+            return new_state, transition, record
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _keep(self, kept: State) -> State:
         # What the collaborator keeps may share objects with what it sends (e.g. an optimizer

@@ -107,6 +107,7 @@ class TaskRecord:
     artifacts: dict[str, bytes] = field(default_factory=dict)
     unpicklable: list[str] = field(default_factory=list)
     exception: str | None = None
+    attempt: int = 0  # 0 for the first try of a step; retries count up
 
 
 class TaskRecorder(Protocol):

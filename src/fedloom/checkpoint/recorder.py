@@ -41,6 +41,7 @@ class MetaflowRecorder:
         self._writers = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="fedloom-ckpt")
         self._slots = threading.BoundedSemaphore(MAX_QUEUED)
         self._error: BaseException | None = None
+        self._last_ids: dict[tuple[str, str], Future[str]] = {}  # for retries' attempts
 
     def _raise_write_error(self) -> None:
         error = self._error
@@ -58,7 +59,12 @@ class MetaflowRecorder:
         flow's own work. A write that failed is raised here or at :meth:`finish`."""
         self._raise_write_error()
         self._warn_unpicklable(task)
-        task_id = self._ids.submit(self._store.new_task_id, task.step)
+        key = (task.step, task.participant)
+        if task.attempt and key in self._last_ids:  # a retry: the same task, a new attempt
+            task_id = self._last_ids[key]
+        else:
+            task_id = self._ids.submit(self._store.new_task_id, task.step)
+            self._last_ids[key] = task_id
         self._slots.acquire()  # bounded: writers push back instead of queueing every model
         written = self._writers.submit(self._write, task, task_id)
         written.add_done_callback(self._written)
@@ -74,7 +80,7 @@ class MetaflowRecorder:
         self._store.write_task(task.step, task_id, task.artifacts, stdout=task.stdout,
                                stderr=task.stderr, participant=task.participant, ok=task.ok,
                                started_at=task.started_at, finished_at=task.finished_at,
-                               exception=task.exception)
+                               attempt=task.attempt, exception=task.exception)
         self.report.tasks.append(TaskRow(task.step, task_id, task.participant, task.ok,
                                          task.started_at, task.finished_at))
 

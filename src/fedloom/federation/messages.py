@@ -16,13 +16,13 @@ def task_info(task: TaskRecord) -> pb.TaskInfo:
     return pb.TaskInfo(step=task.step, participant=task.participant, stdout=task.stdout,
                        stderr=task.stderr, ok=task.ok, started_at=task.started_at,
                        finished_at=task.finished_at, exception=task.exception or "",
-                       unpicklable=task.unpicklable)
+                       unpicklable=task.unpicklable, attempt=task.attempt)
 
 
 def task_record(info: pb.TaskInfo, artifacts: dict[str, bytes] | None = None) -> TaskRecord:
     return TaskRecord(info.step, info.participant, info.started_at, info.finished_at,
                       info.stdout, info.stderr, info.ok, dict(artifacts or {}),
-                      list(info.unpicklable), info.exception or None)
+                      list(info.unpicklable), info.exception or None, info.attempt)
 
 
 def failure(error: BaseException) -> pb.Failure:

@@ -22,6 +22,7 @@ class Placement:
 
     role: Role
     resources: dict[str, Any] = field(default_factory=dict)
+    retries: int = 0  # collaborator steps: run again this many times when the step raises
 
 
 def placement_of(func: object) -> Placement | None:
@@ -33,7 +34,15 @@ def placement_of(func: object) -> Placement | None:
 def _mark(func: F, role: Role, resources: dict[str, Any]) -> F:
     if not callable(func):
         raise TypeError(f"@{role} decorates a step method, got {func!r}")
-    setattr(func, PLACEMENT_ATTR, Placement(role, dict(resources)))
+    options = dict(resources)
+    retries = options.pop("retries", 0)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise TypeError(f"@{role}(retries={retries!r}) on {func.__name__}: retries is a whole "
+                        "number >= 0")
+    if retries and role != "collaborator":
+        raise TypeError(f"@aggregator(retries=...) on {func.__name__}: only collaborator steps "
+                        "retry (an aggregator step that fails stops the run)")
+    setattr(func, PLACEMENT_ATTR, Placement(role, options, retries))
     # Readable markers kept for flows ported from OpenFL.
     func.aggregator_step = role == "aggregator"  # type: ignore[attr-defined]
     func.collaborator_step = role == "collaborator"  # type: ignore[attr-defined]
@@ -64,5 +73,7 @@ def collaborator(func: F) -> F: ...
 @overload
 def collaborator(func: None = None, **resources: Any) -> Callable[[F], F]: ...
 def collaborator(func: Any = None, **resources: Any) -> Any:
-    """Run this step on each collaborator of the fan-out, e.g. ``@collaborator(num_gpus=1)``."""
+    """Run this step on each collaborator of the fan-out, e.g. ``@collaborator(num_gpus=1)``.
+    ``@collaborator(retries=2)`` runs the step up to twice more, each time on the state it was
+    given, when it raises; every attempt is logged and checkpointed as an attempt."""
     return _decorator("collaborator", func, resources)

@@ -149,7 +149,7 @@ class ChainOutcome(_message.Message):
     def __init__(self, collaborator: _Optional[str] = ..., join_step: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("step", "participant", "stdout", "stderr", "ok", "started_at", "finished_at", "exception", "unpicklable")
+    __slots__ = ("step", "participant", "stdout", "stderr", "ok", "started_at", "finished_at", "exception", "unpicklable", "attempt")
     STEP_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANT_FIELD_NUMBER: _ClassVar[int]
     STDOUT_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +159,7 @@ class TaskInfo(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     EXCEPTION_FIELD_NUMBER: _ClassVar[int]
     UNPICKLABLE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     step: str
     participant: str
     stdout: str
@@ -168,7 +169,8 @@ class TaskInfo(_message.Message):
     finished_at: float
     exception: str
     unpicklable: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, step: _Optional[str] = ..., participant: _Optional[str] = ..., stdout: _Optional[str] = ..., stderr: _Optional[str] = ..., ok: _Optional[bool] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., exception: _Optional[str] = ..., unpicklable: _Optional[_Iterable[str]] = ...) -> None: ...
+    attempt: int
+    def __init__(self, step: _Optional[str] = ..., participant: _Optional[str] = ..., stdout: _Optional[str] = ..., stderr: _Optional[str] = ..., ok: _Optional[bool] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., exception: _Optional[str] = ..., unpicklable: _Optional[_Iterable[str]] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class Failure(_message.Message):
     __slots__ = ("kind", "message", "step", "participant", "exc_type", "exc_message", "traceback")
