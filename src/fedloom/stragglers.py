@@ -180,3 +180,32 @@ def simulated_failure(step: str, collaborator: str, fan_out: int) -> StepFailed:
     return StepFailed(step, collaborator, "SimulatedFailure",
                       f"injected by Faults (fan-out {fan_out})",
                       "(no traceback: the failure was simulated)")
+
+
+# -- travelling with a package (the federation) -------------------------------------------------
+
+_ALL_STEPS = "*"
+
+
+def policy_to_json(spec: PolicySpec) -> str:
+    """``spec`` as JSON, for an experiment package's metadata (so reviewers see it)."""
+    import json
+
+    if spec is None:
+        return ""
+    by_step = {_ALL_STEPS: spec} if isinstance(spec, StragglerPolicy) else dict(spec)
+    return json.dumps({step: {k: v for k, v in vars(p).items() if v is not None}
+                       for step, p in by_step.items()}, sort_keys=True)
+
+
+def policy_from_json(text: str) -> PolicySpec:
+    """The inverse of :func:`policy_to_json`; a malformed text is a ParticipantError."""
+    import json
+
+    if not text:
+        return None
+    try:
+        by_step = {step: StragglerPolicy(**fields) for step, fields in json.loads(text).items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ParticipantError(f"unreadable straggler policy {text!r}: {exc}") from exc
+    return by_step[_ALL_STEPS] if set(by_step) == {_ALL_STEPS} else by_step

@@ -50,6 +50,7 @@ class FedAvgFlow(FLSpec):
     def join(self, inputs):
         self.model = fedavg([i.model for i in inputs])
         self.seen_by = {i.input: i.seen for i in inputs}
+        self.dropped = dict(inputs.dropped)  # who a straggler policy left out, and why
         self.round += 1
         if self.round < self.rounds:
             self.next(self.train, foreach="collaborators")

@@ -285,3 +285,22 @@ def test_an_envoy_that_hangs_mid_round_is_found_by_the_health_check(tmp_path):
                     result.result(timeout=60)
             finally:
                 envoy.send_signal(signal.SIGCONT)
+
+
+def test_with_a_straggler_policy_a_slow_envoy_and_a_killed_one_are_dropped(tmp_path):
+    import socket
+
+    from fedloom import StragglerPolicy
+
+    envoys = {**ENVOYS, "Oslo": 5.0}
+    with socket.create_server(("127.0.0.1", 0)) as server, \
+            federation(tmp_path, envoys) as fed:
+        flow = FedAvgFlow(rounds=2, hold_on="New York", hold_port=server.getsockname()[1],
+                          die_on="Oslo")
+        flow.runtime = FederatedRuntime(collaborators=list(envoys), director=fed.director_info(),
+                                        straggler_policy=StragglerPolicy(deadline=3.0))
+        flow.run()  # New York never finishes its step; Oslo's envoy dies in it
+    np.testing.assert_allclose(flow.model, [2.0, 2.0, 2.0])  # envoy_one's data, two rounds
+    assert flow.seen_by == {"envoy_one": 3.0}
+    assert "timed out" in flow.dropped["New York"]
+    assert flow.dropped["Oslo"] == "envoy disconnected"

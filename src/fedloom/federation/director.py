@@ -471,7 +471,9 @@ class ExperimentRun:
                 failure = pb.Failure.FromString(message[1])
                 exp.events.put(pb.Event(failure=failure))
                 return failure.message or "failed"
-            elif kind in ("lost", "failure", "cancel", "exited"):
+            elif kind == "lost":  # the aggregator decides: drop it (a policy) or stop
+                aggregator.send(message)
+            elif kind in ("failure", "cancel", "exited"):
                 reason = self._reason(message)
                 aggregator.send(("abort", reason))
                 self._fail(reason)

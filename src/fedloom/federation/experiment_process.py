@@ -25,7 +25,7 @@ from fedloom.federation.pipes import FramePipe
 from fedloom.federation.proto import fedloom_pb2 as pb
 from fedloom.spec.flowspec import validate_flow
 from fedloom.state import State
-from fedloom.stragglers import Dropped
+from fedloom.stragglers import Dropped, policy_from_json
 from fedloom.tasks import FlowJob, TaskRecord, TaskRecorder
 
 
@@ -66,6 +66,7 @@ class RemoteChains:
     def __init__(self, conn: FramePipe, allowed_modules: frozenset[str]) -> None:
         self._conn = conn
         self._allowed = allowed_modules
+        self._lost: dict[str, str] = {}  # envoys gone for the rest of the experiment, and why
 
     def open(self, job: FlowJob) -> None:
         """Envoys were prepared by the director before this process started."""
@@ -76,9 +77,14 @@ class RemoteChains:
     def run_chains(self, step: str, names: Sequence[str], sent: State, *,
                    deadline: float | None = None,
                    tolerant: bool = False) -> list[ChainResult | Dropped]:
-        request = uuid.uuid4().hex
-        self._conn.send(("chains", request, step, list(names), wire.dumps(sent)))
         outcomes: dict[str, ChainResult | Dropped] = {}
+        for name in names:
+            if name in self._lost:
+                self._envoy_lost(outcomes, name, self._lost[name], step, tolerant)
+        asked = [name for name in names if name not in outcomes]
+        request = uuid.uuid4().hex
+        if asked:
+            self._conn.send(("chains", request, step, asked, wire.dumps(sent)))
         ends = None if deadline is None else time.monotonic() + deadline
         while len(outcomes) < len(names):
             if ends is not None and not self._conn.poll(max(ends - time.monotonic(), 0)):
@@ -86,6 +92,11 @@ class RemoteChains:
             message = self._conn.recv()  # the director always answers: results, or "abort"
             if message[0] == "abort":
                 raise FlowRunError(message[1])
+            if message[0] == "lost":
+                self._lost[message[1]] = message[2]
+                if message[1] in asked and message[1] not in outcomes:
+                    self._envoy_lost(outcomes, message[1], message[2], step, tolerant)
+                continue
             _, got_request, outcome_bytes, frame = message
             if got_request != request:
                 continue  # a late answer to an earlier fan-out: never mixed into this one
@@ -101,8 +112,16 @@ class RemoteChains:
         for name in names:
             if name not in outcomes:
                 outcomes[name] = Dropped(name, "timed out",
-                                         f"timed out: no result within {deadline:g} s")
+                                         f"timed out: no result within {deadline} s")
         return [outcomes[name] for name in names]
+
+    def _envoy_lost(self, outcomes: dict[str, ChainResult | Dropped], name: str, why: str,
+                    step: str, tolerant: bool) -> None:
+        if not tolerant:
+            raise FlowRunError(f"envoy '{name}' {why} during the experiment (its collaborator "
+                               "is gone; without a straggler policy the run cannot go on)",
+                               step=step, participant=name)
+        outcomes[name] = Dropped(name, "disconnected", f"envoy {why}")
 
     def _result(self, outcome: pb.ChainOutcome, frame: bytes) -> ChainResult:
         payload = wire.loads(frame, allowed_modules=self._allowed)
@@ -148,8 +167,10 @@ def aggregator_main(connection: Connection, spec: ExperimentSpec) -> None:
             from fedloom.checkpoint.recorder import MetaflowRecorder
 
             recorder = MetaflowRecorder(job.graph, spec.run_id, spec.checkpoint_root or None)
+        stragglers = policy_from_json(package.metadata.get("straggler_policy", ""))
         engine = FlowEngine(job, "aggregator", private, RemoteChains(conn, allowed),
-                            OutputForwarder(conn, recorder), live_output=False)
+                            OutputForwarder(conn, recorder), live_output=False,
+                            stragglers=stragglers)
         final = engine.run(initial)
         conn.send(("done", wire.dumps(final)))
     except BaseException as exc:  # everything goes to the user; the director stays up

@@ -309,17 +309,20 @@ def collect_sources(flow_cls: type, notebook_path: str | Path | None = None) -> 
 
 def package_flow(flow_cls: type, initial_state: bytes, *,
                  notebook_path: str | Path | None = None, created_by: str = "",
-                 sources: FlowSources | None = None) -> ExperimentPackage:
+                 sources: FlowSources | None = None,
+                 settings: Mapping[str, str] | None = None) -> ExperimentPackage:
     """Package ``flow_cls`` with ``initial_state`` (the encoded constructor state). The sources
     are the notebook at ``notebook_path`` (its exported code cells), or else the module file that
-    defines the flow. ``sources`` reuses what :func:`collect_sources` returned."""
+    defines the flow. ``sources`` reuses what :func:`collect_sources` returned. ``settings``
+    (e.g. the straggler policy) go into the metadata, so the digest covers them and reviewers
+    see them."""
     if sources is None:
         sources = collect_sources(flow_cls, notebook_path)
     requirements, unresolved = find_requirements(sources.files.values())
     from fedloom import __version__
 
     metadata = {"created_by": str(created_by), "python": platform.python_version(),
-                "fedloom": __version__, "source": sources.source,
+                **(settings or {}), "fedloom": __version__, "source": sources.source,
                 "flow_module": sources.original_module}
     if unresolved:
         log.warning("%s imports %s, which %s not installed distributions and will not be in "

@@ -35,6 +35,7 @@ from fedloom.spec.flowspec import (
     set_run_id,
     validate_flow,
 )
+from fedloom.stragglers import PolicySpec, check_policy_spec, policy_to_json
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +55,14 @@ class FederatedRuntime:
     ``{director_node_fqdn, director_port, cert_chain, api_cert, api_private_key}``."""
 
     def __init__(self, collaborators: Sequence[str], director: Mapping[str, Any],
-                 notebook_path: str | Path | None = None, tls: bool = True) -> None:
+                 notebook_path: str | Path | None = None, tls: bool = True, *,
+                 straggler_policy: PolicySpec = None) -> None:
         if isinstance(collaborators, str) or not collaborators or \
                 not all(isinstance(c, str) for c in collaborators):
             raise ParticipantError("collaborators= must be a list of envoy names")
         self._collaborators = list(collaborators)
+        check_policy_spec(straggler_policy)
+        self.straggler_policy = straggler_policy
         self.endpoint = transport.Endpoint(str(director.get("director_node_fqdn", "localhost")),
                                            int(director.get("director_port", 50050)))
         self.notebook_path = notebook_path
@@ -79,8 +83,10 @@ class FederatedRuntime:
     def execute(self, flow: FLSpec) -> None:
         """Called by ``flow.run()``."""
         validate_flow(type(flow))
+        policy = policy_to_json(self.straggler_policy)
         package = package_flow(type(flow), wire.dumps(public_state(flow)),
-                               notebook_path=self.notebook_path, created_by=getpass.getuser())
+                               notebook_path=self.notebook_path, created_by=getpass.getuser(),
+                               settings={"straggler_policy": policy} if policy else None)
         checkpoint = is_checkpointing(flow)
         with self._channel() as channel:
             stub = rpc.DirectorStub(channel)
