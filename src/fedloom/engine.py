@@ -173,12 +173,14 @@ class FlowEngine:
         self.stragglers = stragglers
         self.last_state: State = {}
 
-    def run(self, initial: State) -> State:
+    def run(self, initial: State, resume_at: tuple[str, Transition] | None = None) -> State:
         """Run the flow; returns the final public state. On failure, ``last_state`` holds the
-        aggregator's state as it was when the run stopped."""
+        aggregator's state as it was when the run stopped. ``resume_at``: (a completed
+        aggregator step, the transition it chose) — go on from there with ``initial`` as the
+        state it left, instead of starting at ``start``."""
         try:
             with _fewer_gc_pauses():
-                final = self._walk(dict(initial))
+                final = self._walk(dict(initial), resume_at)
         except BaseException as err:
             self._close_record(err)
             raise
@@ -207,20 +209,24 @@ class FlowEngine:
         if self.recorder is not None:
             self.recorder.finish(ok)
 
-    def _walk(self, state: State) -> State:
+    def _walk(self, state: State, resume_at: tuple[str, Transition] | None = None) -> State:
         step, inputs = "start", None
         self.last_state = dict(state)
+        pending = resume_at
         while True:
             # On failure the flow keeps the state as the failing step left it.
             self.last_state = dict(state)
-            state, transition, record = run_task(self.job, step, self.last_state, self.private,
-                                                 self.aggregator_name, inputs,
-                                                 live=self.live_output)
-            inputs = None  # the join is done: let the collaborators' copies go before fan-out
-            if record is not None:
-                self._record([record])
-            if step == "end":
-                return state
+            if pending is not None:  # resuming: this step ran in the earlier run
+                (step, transition), pending = pending, None
+            else:
+                state, transition, record = run_task(self.job, step, self.last_state,
+                                                     self.private, self.aggregator_name,
+                                                     inputs, live=self.live_output)
+                inputs = None  # the join is done: let the collaborators' copies go
+                if record is not None:
+                    self._record([record])
+                if step == "end":
+                    return state
             target = self.job.graph.steps[transition.step]
             if target.role == "collaborator":
                 step, inputs = self._fan_out(step, state, transition)

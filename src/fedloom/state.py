@@ -8,6 +8,7 @@ helpers are the one place that enforces the rules between the two.
 from __future__ import annotations
 
 import copy
+import json
 import types
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,18 @@ class Transition:
         if self.exclude is not None:
             parts.append(f"exclude={list(self.exclude)}")
         return ", ".join(parts)
+
+
+def transition_to_json(transition: Transition) -> str:
+    return json.dumps({"step": transition.step, "foreach": transition.foreach,
+                       "include": transition.include, "exclude": transition.exclude})
+
+
+def transition_from_json(text: str) -> Transition:
+    data = json.loads(text)
+    return Transition(str(data["step"]), data.get("foreach"),
+                      None if data.get("include") is None else tuple(data["include"]),
+                      None if data.get("exclude") is None else tuple(data["exclude"]))
 
 
 def select(state: Mapping[str, Any], transition: Transition, *, step: str,

@@ -17,7 +17,13 @@ from fedloom.capture import capture_output
 from fedloom.errors import FlowRunError, StepFailed, TransitionError
 from fedloom.spec.flowspec import FLSpec, StepContext, StepRuntimeView
 from fedloom.spec.graph import FlowGraph
-from fedloom.state import State, Transition, check_no_collision, check_no_leak
+from fedloom.state import (
+    State,
+    Transition,
+    check_no_collision,
+    check_no_leak,
+    transition_to_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +114,7 @@ class TaskRecord:
     unpicklable: list[str] = field(default_factory=list)
     exception: str | None = None
     attempt: int = 0  # 0 for the first try of a step; retries count up
+    next_step: str = ""  # the transition the step chose, as JSON (where a resume goes on)
 
 
 class TaskRecorder(Protocol):
@@ -135,7 +142,8 @@ def run_task(job: FlowJob, step: str, state: State, private: dict[str, Any], par
         err.tasks.append(TaskRecord(step, participant, started, time.time(), out.stdout,
                                     out.stderr + trace, ok=False, exception=str(err)))
         raise
-    record = TaskRecord(step, participant, started, time.time(), out.stdout, out.stderr)
+    record = TaskRecord(step, participant, started, time.time(), out.stdout, out.stderr,
+                        next_step=transition_to_json(transition))
     if job.record_tasks:
         from fedloom.checkpoint.artifacts import serialize_artifacts
 

@@ -26,7 +26,7 @@ import os
 import pickle
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from types import SimpleNamespace
 from typing import Any, NamedTuple
@@ -137,7 +137,7 @@ class MetaflowStore:
     def run_id(self) -> str | None:
         return self._run_id
 
-    def start_run(self, run_id: str) -> None:
+    def start_run(self, run_id: str, tags: Sequence[str] = ()) -> None:
         """Register run ``run_id`` (numeric: microseconds since the epoch, like Metaflow's local
         ids); the client's ``Flow(flow_name).latest_run`` is the most recently created run."""
         if not run_id.isdigit():
@@ -146,7 +146,7 @@ class MetaflowStore:
         with self._lock:
             self._run_id, self._finished, self._seq, self._end = run_id, False, 0, None
             self._registered.clear()
-        self._meta.register_run_id(run_id)
+        self._meta.register_run_id(run_id, tags=list(tags) or None)
 
     def new_task_id(self, step: str) -> str:
         """A fresh task id in this run ("1", "2", ...), registered under ``step`` now, so the
@@ -162,7 +162,8 @@ class MetaflowStore:
     def write_task(self, step: str, task_id: str, artifacts: Mapping[str, bytes], *,
                    stdout: str, stderr: str, participant: str, ok: bool,
                    started_at: float, finished_at: float, attempt: int = 0,
-                   exception: str | None = None) -> None:
+                   exception: str | None = None, next_step: str = "",
+                   unpicklable: Sequence[str] = ()) -> None:
         """Record one finished (or failed) task: artifacts already pickled (see
         :func:`serialize_artifacts`), its output, and metadata (``participant``, ``attempt``,
         ``started-at``/``finished-at`` in epoch seconds) visible in ``task.metadata_dict``."""
@@ -181,7 +182,8 @@ class MetaflowStore:
         objects, info = self._save({**artifacts, **_pickled(status)})
         logs = {"stdout": _mflog(stdout, started_at), "stderr": _mflog(stderr, started_at)}
         self._record(step, task_id, attempt, objects, info, participant=participant, ok=ok,
-                     started_at=started_at, finished_at=finished_at, logs=logs)
+                     started_at=started_at, finished_at=finished_at, logs=logs,
+                     extra=_fedloom_fields(next_step, unpicklable))
         if step == "end":
             with self._lock:
                 self._end = _EndTask(task_id, attempt, ok, participant, objects, info)
@@ -223,7 +225,8 @@ class MetaflowStore:
 
     def _record(self, step: str, task_id: str, attempt: int, objects: dict[str, str],
                 info: dict[str, Any], *, participant: str, ok: bool, started_at: float,
-                finished_at: float, logs: dict[str, bytes]) -> None:
+                finished_at: float, logs: dict[str, bytes],
+                extra: Sequence[tuple[str, str, str]] = ()) -> None:
         """One attempt's files, in Metaflow's order: attempt marker, artifacts index, logs,
         metadata, then ``done()`` (data.json + DONE.lock + the provider's artifact records)."""
         run_id = self._live_run()
@@ -250,11 +253,23 @@ class MetaflowStore:
             ("finished-at", repr(finished_at), "fedloom-timing"),
             ("attempt_ok", str(ok), "internal_attempt_status"),
         ]
+        fields = [*fields, *extra]
         self._meta.register_metadata(run_id, step, task_id,
                                      [MetaDatum(field=f, value=v, type=t, tags=tags)
                                       for f, v, t in fields])
         ds.done()
         self._last_ms = round(time.time() * 1000)
+
+
+def _fedloom_fields(next_step: str, unpicklable: Sequence[str]) -> list[tuple[str, str, str]]:
+    """Where the flow went from this task (a resume goes on from it), and what of its state
+    could not be recorded (a resume from it would lack those)."""
+    fields = []
+    if next_step:
+        fields.append(("fedloom-next", next_step, "fedloom-next"))
+    if unpicklable:
+        fields.append(("fedloom-unpicklable", ", ".join(unpicklable), "fedloom-unpicklable"))
+    return fields
 
 
 def _mflog(text: str, at: float) -> bytes:

@@ -16,6 +16,7 @@ from fedloom.tasks import TaskRecord
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "fedloom-run.html"
+RESUMED_TAG = "fedloom-resumed-from:"  # a run tag: the run this one resumed
 WRITERS = 3
 MAX_QUEUED = 64  # tasks waiting to be written (each holds its pickled state in memory)
 
@@ -24,14 +25,15 @@ class MetaflowRecorder:
     """Writes each task as the Metaflow client expects it, and the run's HTML report at the end
     (``<datastore root>/<Flow>/<run id>/fedloom-run.html``)."""
 
-    def __init__(self, graph: FlowGraph, run_id: str, root: str | None = None) -> None:
+    def __init__(self, graph: FlowGraph, run_id: str, root: str | None = None,
+                 resumed_from: str = "") -> None:
         try:
             from fedloom.checkpoint.metaflow_store import MetaflowStore
         except ImportError as exc:
             raise FedloomError("checkpoint=True needs Metaflow: pip install "
                                f"'fedloom[checkpoint]' ({exc})") from exc
         self._store = MetaflowStore(graph.flow_name, root)
-        self._store.start_run(run_id)
+        self._store.start_run(run_id, [f"{RESUMED_TAG}{resumed_from}"] if resumed_from else [])
         self.report = RunReport(graph.flow_name, run_id, None, graph_text=to_text(graph),
                                 graph_mermaid=to_mermaid(graph))
         self._warned: set[str] = set()
@@ -80,7 +82,8 @@ class MetaflowRecorder:
         self._store.write_task(task.step, task_id, task.artifacts, stdout=task.stdout,
                                stderr=task.stderr, participant=task.participant, ok=task.ok,
                                started_at=task.started_at, finished_at=task.finished_at,
-                               attempt=task.attempt, exception=task.exception)
+                               attempt=task.attempt, exception=task.exception,
+                               next_step=task.next_step, unpicklable=task.unpicklable)
         self.report.tasks.append(TaskRow(task.step, task_id, task.participant, task.ok,
                                          task.started_at, task.finished_at))
 

@@ -115,9 +115,12 @@ class FLSpec:
     def _checkpoint(self) -> bool:
         return bool(self.__dict__.get(_CHECKPOINT_KEY, False))
 
-    def run(self) -> None:
+    def run(self, resume: str | None = None) -> None:
         """Check the flow, then run it on ``self.runtime``. The final aggregator state's public
-        attributes end up on this object; calling ``run()`` again starts a new run from them."""
+        attributes end up on this object; calling ``run()`` again starts a new run from them.
+
+        ``resume=<run id>`` starts a new run from where that checkpointed run stopped: the
+        state after its last completed aggregator step, going on where that step was going."""
         if _STEP_KEY in self.__dict__:
             raise FedloomError("run() was called inside a step; steps go on with self.next()")
         runtime = self.__dict__.get(_RUNTIME_KEY)
@@ -127,7 +130,10 @@ class FLSpec:
         validate_flow(type(self))
         for warning in flow_warnings(type(self), known=public_state(self)):
             log.warning("%s", warning)
-        runtime.execute(self)
+        if resume is None:
+            runtime.execute(self)
+        else:
+            runtime.execute(self, resume=str(resume))
 
     # -- inside steps -----------------------------------------------------------------------
 

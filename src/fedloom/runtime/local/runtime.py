@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import threading
 import time
 from collections import Counter
@@ -12,6 +13,7 @@ from typing import Any
 from fedloom.engine import Backend, FlowEngine
 from fedloom.errors import ParticipantError
 from fedloom.participants import Aggregator, Collaborator
+from fedloom.resume import find_resume_point
 from fedloom.runtime.local.serial import SerialBackend
 from fedloom.spec.flowspec import (
     FLSpec,
@@ -24,6 +26,8 @@ from fedloom.spec.flowspec import (
 from fedloom.spec.graph import FlowGraph
 from fedloom.stragglers import Faults, PolicySpec, check_policy_spec
 from fedloom.tasks import FlowJob, TaskRecorder
+
+log = logging.getLogger(__name__)
 
 BackendFactory = Callable[[Aggregator, Sequence[Collaborator], dict[str, Any]], Backend]
 
@@ -100,10 +104,12 @@ class LocalRuntime:
         """Name of the aggregator."""
         return self._aggregator.name
 
-    def execute(self, flow: FLSpec) -> None:
+    def execute(self, flow: FLSpec, resume: str | None = None) -> None:
         """Run ``flow`` (called by ``flow.run()``). Participants' private attributes are made on
-        the first run and persist across runs of this runtime."""
+        the first run and persist across runs of this runtime. ``resume``: a run id to go on
+        from (see :func:`fedloom.resume.find_resume_point`)."""
         graph = validate_flow(type(flow))
+        point = find_resume_point(graph, resume) if resume else None
         check_policy_spec(self.straggler_policy,
                           [name for name, s in graph.steps.items() if s.role == "collaborator"])
         checkpoint = is_checkpointing(flow)
@@ -114,16 +120,19 @@ class LocalRuntime:
             self._aggregator_private = self._aggregator.build_private_attributes()
         backend.open(job)
         # The run is registered in the store only once everything it needs is ready.
-        recorder = _recorder(graph, job.run_id) if checkpoint else None
+        recorder = _recorder(graph, job.run_id, point.run_id if point else "") \
+            if checkpoint else None
         set_run_id(flow, job.run_id)
         engine = FlowEngine(job, self._aggregator.name, self._aggregator_private, backend,
                             recorder, stragglers=self.straggler_policy)
-        initial = public_state(flow)
+        initial = point.state if point else public_state(flow)
+        if point:
+            log.info("resuming %s", point.describe())
         # While it runs, the engine holds the state: the flow object keeping the initial model
         # too would cost one more copy of it for the whole run.
         replace_public_state(flow, {})
         try:
-            final = engine.run(initial)
+            final = engine.run(initial, (point.step, point.transition) if point else None)
         except BaseException:
             replace_public_state(flow, engine.last_state)
             raise
@@ -158,10 +167,10 @@ class LocalRuntime:
                 f"{self.collaborators!r}, backend={self.backend!r})")
 
 
-def _recorder(graph: FlowGraph, run_id: str) -> TaskRecorder:
+def _recorder(graph: FlowGraph, run_id: str, resumed_from: str) -> TaskRecorder:
     from fedloom.checkpoint.recorder import MetaflowRecorder  # Metaflow only when asked for
 
-    return MetaflowRecorder(graph, run_id)
+    return MetaflowRecorder(graph, run_id, resumed_from=resumed_from)
 
 
 def _check_participants(aggregator: Any, collaborators: list[Any]) -> None:
