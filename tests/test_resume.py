@@ -89,3 +89,40 @@ def test_what_cannot_be_resumed_says_why(metaflow_client):
         again.run(resume=done._run_id)
     with pytest.raises(ResumeError, match="no recorded run Training/123 in this Metaflow"):
         again.run(resume="123")
+
+
+SCRIPT = """
+from tests.conftest import make_runtime
+from tests.test_resume import NAMES, Training, scale
+
+flow = Training(checkpoint=True)
+flow.runtime = make_runtime(NAMES, collab_private=scale)
+flow.run()
+print("ROUND", flow.round, "MODEL", flow.model.round(6).tolist())
+"""
+
+
+def test_fx_run_resume_runs_the_users_script_with_its_flow_resuming(metaflow_client):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    failing = Training(checkpoint=True)
+    with pytest.raises(StepFailed):
+        run("single_process", failing, faults=Faults(fail={"c"}, fan_outs={1}))
+    uninterrupted = Training()
+    run("single_process", uninterrupted)
+    script = metaflow_client / "train.py"
+    script.write_text(SCRIPT)
+
+    def fx(target: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "fedloom.cli", "run", "resume",
+                               str(script), target], cwd=metaflow_client, capture_output=True,
+                              text=True, timeout=120, env={"PYTHONPATH": root, "PATH": ""})
+
+    done = fx(f"Training/{failing._run_id}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"ROUND 4 MODEL {uninterrupted.model.round(6).tolist()}" in done.stdout
+    wrong = fx(f"Other/{failing._run_id}")
+    assert wrong.returncode != 0 and "never ran a flow named Other" in wrong.stderr

@@ -96,6 +96,31 @@ def run_show(target: str, html_path: str | None) -> None:
         console.print(f"report written to {html_path}")
 
 
+@run.command("resume", context_settings={"ignore_unknown_options": True})
+@click.argument("script", type=click.Path(exists=True, dir_okay=False))
+@click.argument("target")
+@click.argument("script_args", nargs=-1, type=click.UNPROCESSED)
+def run_resume(script: str, target: str, script_args: tuple[str, ...]) -> None:
+    """Run SCRIPT as usual (it builds its runtime and calls flow.run()), except that its run of
+    the flow named in TARGET (FLOW/RUN_ID) resumes that run from its checkpoint. Arguments
+    after TARGET go to SCRIPT."""
+    import runpy
+
+    from fedloom.spec.flowspec import resume_next_run, resume_pending
+
+    flow_name, _, run_id = target.partition("/")
+    if not flow_name or not run_id:
+        raise click.BadParameter("give the run as FLOW/RUN_ID (fx run show FLOW lists them)",
+                                 param_hint="TARGET")
+    resume_next_run(flow_name, run_id)
+    sys.argv = [script, *script_args]
+    sys.path.insert(0, str(Path(script).resolve().parent))
+    runpy.run_path(script, run_name="__main__")
+    if resume_pending():
+        raise click.ClickException(f"{script} never ran a flow named {flow_name}, so nothing "
+                                   "was resumed")
+
+
 def _tls_options(func: Any) -> Any:
     for option in reversed([
         click.option("--disable-tls", is_flag=True, help="Run without TLS (insecure: logged)."),

@@ -16,13 +16,14 @@ class FedAvgFlow(FLSpec):
     private ``secret`` and collaborators report what they saw."""
 
     def __init__(self, model=None, rounds: int = 2, fail_on: str = "", die_on: str = "",
-                 hold_on: str = "", hold_port: int = 0, **kwargs):
+                 hold_on: str = "", hold_port: int = 0, flaky_while: str = "", **kwargs):
         super().__init__(**kwargs)
         self.model = model if model is not None else np.zeros(3)
         self.rounds = rounds
         self.fail_on = fail_on
         self.die_on = die_on
         self.hold_on, self.hold_port = hold_on, hold_port
+        self.flaky_while = flaky_while  # New York fails its second round while this file exists
 
     @aggregator
     def start(self):
@@ -37,6 +38,9 @@ class FedAvgFlow(FLSpec):
         assert not hasattr(self, "secret")
         if self.input == self.fail_on:
             raise ValueError(f"bad data at {self.input}")
+        if self.flaky_while and os.path.exists(self.flaky_while) and self.round == 1 and \
+                self.input == "New York":
+            raise OSError("disk full")
         if self.input == self.die_on:
             os.kill(os.getppid(), signal.SIGKILL)  # the envoy process dies mid-round
         if self.input == self.hold_on:  # stays in this step until the test's socket closes

@@ -304,3 +304,26 @@ def test_with_a_straggler_policy_a_slow_envoy_and_a_killed_one_are_dropped(tmp_p
     assert flow.seen_by == {"envoy_one": 3.0}
     assert "timed out" in flow.dropped["New York"]
     assert flow.dropped["Oslo"] == "envoy disconnected"
+
+
+def test_a_failed_federated_run_resumes_from_its_fetched_checkpoint(tmp_path, metaflow_client):
+    from metaflow import Flow
+
+    flag = tmp_path / "disk-is-full"
+    with federation(tmp_path, ENVOYS) as fed:
+        uninterrupted = run(fed, rounds=3)
+        flag.touch()
+        failed = FedAvgFlow(rounds=3, flaky_while=str(flag), checkpoint=True)
+        failed.runtime = FederatedRuntime(collaborators=list(ENVOYS),
+                                          director=fed.director_info())
+        with pytest.raises(StepFailed, match="disk full"):
+            failed.run()
+        flag.unlink()  # the site fixed its disk
+        resumed = FedAvgFlow(checkpoint=True)
+        resumed.runtime = failed.runtime
+        resumed.run(resume=failed._run_id)  # from the record fetched at the failure
+    np.testing.assert_allclose(resumed.model, uninterrupted.model)
+    assert resumed.round == 3 and resumed.rounds == 3  # the recorded state, not the new object's
+    record = Flow("FedAvgFlow")[resumed._run_id]
+    assert record.successful and f"fedloom-resumed-from:{failed._run_id}" in record.tags
+    assert "start" not in {step.id for step in record}

@@ -8,6 +8,7 @@ neither side ever unpickles anything but the restricted wire format for flow sta
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from fedloom.federation.package import ExperimentPackage, load_package
 from fedloom.federation.pipes import FramePipe
 from fedloom.federation.proto import fedloom_pb2 as pb
 from fedloom.spec.flowspec import validate_flow
-from fedloom.state import State
+from fedloom.state import State, Transition, transition_from_json
 from fedloom.stragglers import Dropped, policy_from_json
 from fedloom.tasks import FlowJob, TaskRecord, TaskRecorder
 
@@ -162,19 +163,30 @@ def aggregator_main(connection: Connection, spec: ExperimentSpec) -> None:
         initial = wire.loads(package.initial_state, allowed_modules=allowed,
                              module_aliases=initial_state_aliases(package))
         private = spec.private.build()
+        resume_from, resume_at = _resume(package)
         recorder: TaskRecorder | None = None
         if spec.checkpoint:
             from fedloom.checkpoint.recorder import MetaflowRecorder
 
-            recorder = MetaflowRecorder(job.graph, spec.run_id, spec.checkpoint_root or None)
+            recorder = MetaflowRecorder(job.graph, spec.run_id, spec.checkpoint_root or None,
+                                        resumed_from=resume_from)
         stragglers = policy_from_json(package.metadata.get("straggler_policy", ""))
         engine = FlowEngine(job, "aggregator", private, RemoteChains(conn, allowed),
                             OutputForwarder(conn, recorder), live_output=False,
                             stragglers=stragglers)
-        final = engine.run(initial)
+        final = engine.run(initial, resume_at)
         conn.send(("done", wire.dumps(final)))
     except BaseException as exc:  # everything goes to the user; the director stays up
         conn.send(("failed", messages.failure(exc).SerializeToString()))
+
+
+def _resume(package: ExperimentPackage) -> tuple[str, tuple[str, Transition] | None]:
+    """The run this experiment resumes and where, from the package (reviewers saw it)."""
+    text = package.metadata.get("resume", "")
+    if not text:
+        return "", None
+    point = json.loads(text)
+    return str(point["run_id"]), (str(point["step"]), transition_from_json(point["next"]))
 
 
 # -- collaborator side -------------------------------------------------------------------------

@@ -87,6 +87,10 @@ def render_plan(plan: Plan) -> str:
     for entry in plan.initial_state or (StateEntry("(none)", "", "", 0),):
         lines.append(f"  {entry.name:<20} {entry.type:<28} {entry.detail}"
                      f"{f'  [{_size(entry.nbytes)}]' if entry.nbytes else ''}")
+    if meta.get("resume"):
+        resume = json.loads(meta["resume"])
+        lines += ["", f"Resumes run {resume['run_id']} after its step '{resume['step']}' (the "
+                  "initial state below is that step's recorded state)"]
     if meta.get("straggler_policy"):
         lines += ["", f"Straggler policy (per fan-out step, * = all): {meta['straggler_policy']}"]
     lines += ["", f"Requirements: {', '.join(about['requirements']) or '(none)'}"]

@@ -9,6 +9,7 @@ stream is the run's own, and Ctrl-C cancels the experiment everywhere.
 from __future__ import annotations
 
 import getpass
+import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from fedloom.federation import messages, transport, wire
 from fedloom.federation.package import ExperimentPackage, package_flow
 from fedloom.federation.proto import fedloom_pb2 as pb
 from fedloom.federation.proto import fedloom_pb2_grpc as rpc
+from fedloom.resume import find_resume_point
 from fedloom.spec.flowspec import (
     FLSpec,
     is_checkpointing,
@@ -35,6 +37,7 @@ from fedloom.spec.flowspec import (
     set_run_id,
     validate_flow,
 )
+from fedloom.state import transition_to_json
 from fedloom.stragglers import PolicySpec, check_policy_spec, policy_to_json
 
 log = logging.getLogger(__name__)
@@ -80,13 +83,22 @@ class FederatedRuntime:
             reply = rpc.DirectorStub(channel).Envoys(pb.EnvoysRequest(), timeout=30)
         return [EnvoyStatus(e.name, e.online, e.last_seen, e.experiment) for e in reply.envoys]
 
-    def execute(self, flow: FLSpec) -> None:
-        """Called by ``flow.run()``."""
-        validate_flow(type(flow))
+    def execute(self, flow: FLSpec, resume: str | None = None) -> None:
+        """Called by ``flow.run()``. ``resume``: the id of a checkpointed run in the local
+        Metaflow datastore (runs are fetched there at their end) to go on from."""
+        graph = validate_flow(type(flow))
+        point = find_resume_point(graph, resume) if resume else None
+        settings = {}
         policy = policy_to_json(self.straggler_policy)
-        package = package_flow(type(flow), wire.dumps(public_state(flow)),
+        if policy:
+            settings["straggler_policy"] = policy
+        if point:
+            settings["resume"] = json.dumps({"run_id": point.run_id, "step": point.step,
+                                             "next": transition_to_json(point.transition)})
+        state = point.state if point else public_state(flow)
+        package = package_flow(type(flow), wire.dumps(state),
                                notebook_path=self.notebook_path, created_by=getpass.getuser(),
-                               settings={"straggler_policy": policy} if policy else None)
+                               settings=settings)
         checkpoint = is_checkpointing(flow)
         with self._channel() as channel:
             stub = rpc.DirectorStub(channel)

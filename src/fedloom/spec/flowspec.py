@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Iterable, Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fedloom.errors import FedloomError, FlowDefinitionError, Problem, TransitionError
@@ -26,6 +27,8 @@ INTERNAL_PREFIX = "_fl_"
 _STEP_KEY = "_fl_step"
 _RUNTIME_KEY = "_fl_runtime"
 _RUN_ID_KEY = "_fl_run_id"
+# Set by ``fx run resume``: the next run() of a flow of this class resumes this run id.
+_PENDING_RESUME: ContextVar[tuple[str, str] | None] = ContextVar("fedloom_resume", default=None)
 _CHECKPOINT_KEY = "_fl_checkpoint"
 
 log = logging.getLogger(__name__)
@@ -130,6 +133,10 @@ class FLSpec:
         validate_flow(type(self))
         for warning in flow_warnings(type(self), known=public_state(self)):
             log.warning("%s", warning)
+        pending = _PENDING_RESUME.get()
+        if resume is None and pending is not None and pending[0] == type(self).__name__:
+            resume = pending[1]
+            _PENDING_RESUME.set(None)
         if resume is None:
             runtime.execute(self)
         else:
@@ -241,6 +248,16 @@ def replace_public_state(flow: FLSpec, state: State) -> None:
     flow.__dict__.clear()
     flow.__dict__.update(state)
     flow.__dict__.update(internal)
+
+
+def resume_next_run(flow_name: str, run_id: str) -> None:
+    """Make the next ``run()`` of a flow named ``flow_name`` resume ``run_id`` (fx run resume)."""
+    _PENDING_RESUME.set((flow_name, run_id))
+
+
+def resume_pending() -> bool:
+    """Whether a resume set by :func:`resume_next_run` has not been used yet."""
+    return _PENDING_RESUME.get() is not None
 
 
 def set_run_id(flow: FLSpec, run_id: str) -> None:
