@@ -43,7 +43,8 @@ class MetaflowRecorder:
         self._writers = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="fedloom-ckpt")
         self._slots = threading.BoundedSemaphore(MAX_QUEUED)
         self._error: BaseException | None = None
-        self._last_ids: dict[tuple[str, str], Future[str]] = {}  # for retries' attempts
+        # (step, participant) -> its latest task id and write, for retries' attempts
+        self._last_ids: dict[tuple[str, str], tuple[Future[str], Future[None]]] = {}
 
     def _raise_write_error(self) -> None:
         error = self._error
@@ -62,14 +63,15 @@ class MetaflowRecorder:
         self._raise_write_error()
         self._warn_unpicklable(task)
         key = (task.step, task.participant)
+        previous: Future[None] | None = None
         if task.attempt and key in self._last_ids:  # a retry: the same task, a new attempt
-            task_id = self._last_ids[key]
+            task_id, previous = self._last_ids[key]
         else:
             task_id = self._ids.submit(self._store.new_task_id, task.step)
-            self._last_ids[key] = task_id
         self._slots.acquire()  # bounded: writers push back instead of queueing every model
-        written = self._writers.submit(self._write, task, task_id)
+        written = self._writers.submit(self._write, task, task_id, previous)
         written.add_done_callback(self._written)
+        self._last_ids[key] = (task_id, written)
 
     def _written(self, future: Future[None]) -> None:
         self._slots.release()
@@ -77,8 +79,13 @@ class MetaflowRecorder:
         if error is not None and self._error is None:
             self._error = error
 
-    def _write(self, task: TaskRecord, task_id_future: Future[str]) -> None:
+    def _write(self, task: TaskRecord, task_id_future: Future[str],
+               previous_attempt: Future[None] | None) -> None:
         task_id = task_id_future.result()
+        if previous_attempt is not None:
+            # Attempts of a task go in order (the client reads the latest as the task). The
+            # earlier one was queued first, so it is running or done: no deadlock.
+            previous_attempt.exception()
         self._store.write_task(task.step, task_id, task.artifacts, stdout=task.stdout,
                                stderr=task.stderr, participant=task.participant, ok=task.ok,
                                started_at=task.started_at, finished_at=task.finished_at,
