@@ -16,7 +16,8 @@ class FedAvgFlow(FLSpec):
     private ``secret`` and collaborators report what they saw."""
 
     def __init__(self, model=None, rounds: int = 2, fail_on: str = "", die_on: str = "",
-                 hold_on: str = "", hold_port: int = 0, flaky_while: str = "", **kwargs):
+                 hold_on: str = "", hold_port: int = 0, flaky_while: str = "",
+                 die_round: int = -1, hold_round: int = -1, **kwargs):
         super().__init__(**kwargs)
         self.model = model if model is not None else np.zeros(3)
         self.rounds = rounds
@@ -24,6 +25,7 @@ class FedAvgFlow(FLSpec):
         self.die_on = die_on
         self.hold_on, self.hold_port = hold_on, hold_port
         self.flaky_while = flaky_while  # New York fails its second round while this file exists
+        self.die_round, self.hold_round = die_round, hold_round  # -1: every round
 
     @aggregator
     def start(self):
@@ -41,9 +43,10 @@ class FedAvgFlow(FLSpec):
         if self.flaky_while and os.path.exists(self.flaky_while) and self.round == 1 and \
                 self.input == "New York":
             raise OSError("disk full")
-        if self.input == self.die_on:
+        if self.input == self.die_on and self.die_round in (-1, self.round):
             os.kill(os.getppid(), signal.SIGKILL)  # the envoy process dies mid-round
-        if self.input == self.hold_on:  # stays in this step until the test's socket closes
+        if self.input == self.hold_on and self.hold_round in (-1, self.round):
+            # stays in this step until the test's socket closes
             socket.create_connection(("127.0.0.1", self.hold_port)).recv(1)
         self.model = self.model + self.data
         self.seen = float(self.data.sum())

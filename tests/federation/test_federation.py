@@ -327,3 +327,30 @@ def test_a_failed_federated_run_resumes_from_its_fetched_checkpoint(tmp_path, me
     record = Flow("FedAvgFlow")[resumed._run_id]
     assert record.successful and f"fedloom-resumed-from:{failed._run_id}" in record.tags
     assert "start" not in {step.id for step in record}
+
+
+def test_an_envoy_that_was_lost_and_came_back_rejoins_the_running_experiment(tmp_path):
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fedloom import StragglerPolicy
+    from tests.federation.nodes import envoy_config
+
+    with socket.create_server(("127.0.0.1", 0)) as server, \
+            federation(tmp_path, ENVOYS) as fed:
+        server.settimeout(60)
+        # New York's envoy dies in round 0; envoy_one holds round 1 until New York is back.
+        flow = FedAvgFlow(rounds=3, die_on="New York", die_round=0, hold_on="envoy_one",
+                          hold_round=1, hold_port=server.getsockname()[1])
+        flow.runtime = FederatedRuntime(collaborators=list(ENVOYS), director=fed.director_info(),
+                                        straggler_policy=StragglerPolicy(min_collaborators=1))
+        with ThreadPoolExecutor(1) as pool:
+            result = pool.submit(flow.run)
+            held, _ = server.accept()  # round 1 is under way, without New York
+            with held:
+                fed.start_envoy("New York", envoy_config("New York", 3.0))
+                fed.director.wait_for(r"envoy 'New York' rejoined experiment")
+            result.result(timeout=120)
+    # Round 0 and 1: envoy_one alone (+1 each); round 2: both again (mean of +1 and +3).
+    np.testing.assert_allclose(flow.model, [4.0, 4.0, 4.0])
+    assert flow.seen_by == {"envoy_one": 3.0, "New York": 9.0} and flow.dropped == {}

@@ -32,7 +32,7 @@ from fedloom.federation.pki import peer_kind, peer_name
 from fedloom.federation.proto import fedloom_pb2 as pb
 from fedloom.federation.proto import fedloom_pb2_grpc as rpc
 from fedloom.federation.review import ReviewDesk
-from fedloom.federation.review_phase import ReviewPhase
+from fedloom.federation.review_phase import ReviewPhase, send_plan
 from fedloom.federation.review_service import LocalReviewServer
 from fedloom.runtime.local.runtime import new_run_id
 
@@ -126,8 +126,15 @@ class Director(rpc.DirectorServicer):
                 old.online = False
                 old.work.put(None)
             self._envoys[name] = link
+            # Back while an experiment it belongs to runs: it is offered that one again.
+            running = next((e for e in self._experiments.values()
+                            if e.status == "running" and name in e.collaborators), None)
+            if running is not None:
+                link.experiment = running.id
             self._lock.notify_all()
         log.info("envoy '%s' registered", name)
+        if running is not None:
+            running.inbox.put(("returned", name))
         return pb.RegisterReply(session=link.session,
                                 health_check_period=self.config.envoy_health_check_period)
 
@@ -325,9 +332,11 @@ class Director(rpc.DirectorServicer):
 
     def _envoy_lost(self, link: EnvoyLink) -> None:
         with self._lock:
-            if self._envoys.get(link.name) is link:
+            current = self._envoys.get(link.name) is link
+            if current:
                 link.online = False
-            experiment = self._experiments.get(link.experiment)
+            # A link its envoy replaced by registering again is not news to the experiment.
+            experiment = self._experiments.get(link.experiment) if current else None
             self._lock.notify_all()
         if experiment is not None:
             experiment.inbox.put(("lost", link.name, link.lost_reason))
@@ -382,6 +391,7 @@ class ExperimentRun:
         self.director = director
         self.experiment = experiment
         self.run_id = experiment.run_id
+        self.rejoining: set[str] = set()  # envoys back after being lost, not yet ready
 
     def run(self) -> str:
         """Returns the failure reason, or '' when the experiment completed."""
@@ -472,12 +482,43 @@ class ExperimentRun:
                 exp.events.put(pb.Event(failure=failure))
                 return failure.message or "failed"
             elif kind == "lost":  # the aggregator decides: drop it (a policy) or stop
+                self.rejoining.discard(message[1])
                 aggregator.send(message)
+            elif kind in ("returned", "decision", "ready") or \
+                    (kind == "failure" and message[1] in self.rejoining):
+                self._rejoin(aggregator, message)
             elif kind in ("failure", "cancel", "exited"):
                 reason = self._reason(message)
                 aggregator.send(("abort", reason))
                 self._fail(reason)
                 return reason
+
+    def _rejoin(self, aggregator: FramePipe, message: tuple[Any, ...]) -> None:
+        """An envoy that was lost and came back: review again (it lost its approval with its
+        process), then its collaborator starts and the aggregator may give it work again."""
+        exp, (kind, name) = self.experiment, message[:2]
+        if kind == "returned" and name in exp.collaborators:
+            log.info("envoy '%s' is back: offering experiment %s to it again", name, exp.id)
+            self.rejoining.add(name)
+            send_plan(self.director.send, exp, [name])
+        elif kind == "decision" and name in self.rejoining:
+            decision = message[2]
+            if decision.approved and decision.digest == exp.digest:
+                self.director.send(name, pb.Work(experiment=exp.id, offer=pb.Offer(
+                    digest=exp.digest, collaborators=exp.collaborators, run_id=self.run_id,
+                    checkpoint=exp.checkpoint)))
+            else:
+                self.rejoining.discard(name)
+                log.info("envoy '%s' did not approve experiment %s again: it stays out",
+                         name, exp.id)
+        elif kind == "ready" and name in self.rejoining:
+            self.rejoining.discard(name)
+            aggregator.send(("rejoined", name))
+            log.info("envoy '%s' rejoined experiment %s", name, exp.id)
+        elif kind == "failure":
+            self.rejoining.discard(name)
+            log.info("envoy '%s' could not rejoin experiment %s: %s", name, exp.id,
+                     message[2].message)
 
     def _reason(self, message: tuple[Any, ...]) -> str:
         kind = message[0]

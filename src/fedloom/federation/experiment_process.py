@@ -78,6 +78,8 @@ class RemoteChains:
     def run_chains(self, step: str, names: Sequence[str], sent: State, *,
                    deadline: float | None = None,
                    tolerant: bool = False) -> list[ChainResult | Dropped]:
+        while self._conn.poll(0):  # news that came while the aggregator was busy
+            self._notice(self._conn.recv())
         outcomes: dict[str, ChainResult | Dropped] = {}
         for name in names:
             if name in self._lost:
@@ -93,9 +95,10 @@ class RemoteChains:
             message = self._conn.recv()  # the director always answers: results, or "abort"
             if message[0] == "abort":
                 raise FlowRunError(message[1])
-            if message[0] == "lost":
-                self._lost[message[1]] = message[2]
-                if message[1] in asked and message[1] not in outcomes:
+            if message[0] in ("lost", "rejoined"):
+                self._notice(message)
+                if message[0] == "lost" and message[1] in asked and \
+                        message[1] not in outcomes:
                     self._envoy_lost(outcomes, message[1], message[2], step, tolerant)
                 continue
             _, got_request, outcome_bytes, frame = message
@@ -115,6 +118,16 @@ class RemoteChains:
                 outcomes[name] = Dropped(name, "timed out",
                                          f"timed out: no result within {deadline} s")
         return [outcomes[name] for name in names]
+
+    def _notice(self, message: tuple[Any, ...]) -> None:
+        """An envoy lost, or back in the experiment (it is given work again from the next
+        fan-out); anything else outside a fan-out is a late result, ignored."""
+        if message[0] == "abort":
+            raise FlowRunError(message[1])
+        if message[0] == "lost":
+            self._lost[message[1]] = message[2]
+        elif message[0] == "rejoined":
+            self._lost.pop(message[1], None)
 
     def _envoy_lost(self, outcomes: dict[str, ChainResult | Dropped], name: str, why: str,
                     step: str, tolerant: bool) -> None:

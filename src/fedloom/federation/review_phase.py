@@ -18,6 +18,16 @@ from fedloom.federation.review import Plan, ReviewDesk
 DIRECTOR = "director"
 
 
+def send_plan(send: Callable[[str, pb.Work], None], experiment: Any,
+              names: Sequence[str]) -> None:
+    """The experiment's plan (its package, in chunks) to each named envoy, for review."""
+    for name in names:
+        for part in transport.chunks(experiment.package):
+            send(name, pb.Work(experiment=experiment.id, review=pb.ReviewRequest(
+                digest=experiment.digest, submitter=experiment.submitter,
+                collaborators=experiment.collaborators, package=part)))
+
+
 class ReviewPhase:
     def __init__(self, experiment: Any, desk: ReviewDesk,
                  send: Callable[[str, pb.Work], None]) -> None:
@@ -60,13 +70,8 @@ class ReviewPhase:
         future.add_done_callback(forward)
 
     def _send_plan(self) -> None:
-        exp = self.experiment
-        self.asked = set(exp.collaborators)
-        for name in exp.collaborators:
-            for part in transport.chunks(exp.package):
-                self.send(name, pb.Work(experiment=exp.id, review=pb.ReviewRequest(
-                    digest=exp.digest, submitter=exp.submitter,
-                    collaborators=exp.collaborators, package=part)))
+        self.asked = set(self.experiment.collaborators)
+        send_plan(self.send, self.experiment, self.experiment.collaborators)
 
     def _collect(self, waiting: set[str]) -> str:
         """Waits for the decisions of ``waiting``; stops early at a rejection. Returns why the
