@@ -170,6 +170,19 @@ def test_the_director_decides_at_its_console_prompt(tmp_path, answer):
         assert prompt.group(1) in logged and "console" in logged
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
+def test_a_node_at_a_console_can_also_be_decided_with_fx_review(tmp_path):
+    with ThreadPoolExecutor(1) as pool, \
+            federation(tmp_path, ENVOYS, director_review=True, terminal=True) as fed:
+        result, runtime = submit(fed, pool, rounds=1)
+        experiment = fed.director.wait_for(r"Approve experiment (\S+) from 'alice'\?").group(1)
+        fx(tmp_path, "director", "review", "approve", experiment)  # from another shell
+        np.testing.assert_allclose(result.result(timeout=120).model, [2.0, 2.0, 2.0])
+        fed.director.type("n\n")  # the prompt's late answer changes nothing
+        fed.director.wait_for(rf"experiment {re.escape(experiment)} was already decided")
+    assert runtime.last_review[0].decided_by == "fx review"
+
+
 def test_a_review_command_for_an_unknown_experiment_or_stale_digest_is_refused(tmp_path):
     with ThreadPoolExecutor(1) as pool, \
             federation(tmp_path, ENVOYS, director_review=True) as fed:

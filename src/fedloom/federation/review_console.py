@@ -53,6 +53,9 @@ class ConsolePrompter:
             if choice in APPROVE or choice in REJECT:
                 break
             self._say("please answer y or n\n")
+        if pending.future.done():  # decided with fx review while the prompt waited
+            self._say(f"experiment {plan.experiment} was already decided or withdrawn\n")
+            return True
         reason = ""
         if choice in REJECT:
             self._say("Reason (optional, shown to the submitter): ")
