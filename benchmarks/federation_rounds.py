@@ -17,6 +17,8 @@ A director and two envoys run as real processes on 127.0.0.1 with mutual TLS; th
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import socket
 import sys
 import tempfile
@@ -105,7 +107,8 @@ def run_flow(fed: LocalFederation, model: Any, rounds: int) -> tuple[float, list
     flow = RelayFlow(model=model, rounds=rounds)
     flow.runtime = FederatedRuntime(collaborators=list(ENVOYS), director=fed.director_info())
     start = time.perf_counter()
-    flow.run()
+    with contextlib.redirect_stdout(io.StringIO()):  # the review table, on every run
+        flow.run()
     seconds = time.perf_counter() - start
     assert flow.round == rounds
     return seconds, list(np.diff(flow.stamps))
