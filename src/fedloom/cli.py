@@ -71,7 +71,7 @@ def flow_show(target: str, fmt: str) -> None:
 
 @main.group()
 def run() -> None:
-    """Inspect recorded runs (flows run with checkpoint=True)."""
+    """Recorded runs (flows run with checkpoint=True): show one, or resume one."""
 
 
 @run.command("show")
