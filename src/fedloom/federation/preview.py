@@ -52,12 +52,25 @@ def _opaque_class(module: str, name: str) -> type[Opaque]:
                 {"fl_global": f"{module}.{name}"})
 
 
+# The only globals a preview resolves for real: what rebuilds numpy arrays, dtypes and scalars
+# (to show shapes and sizes). Everything else — builtins and collections that could be made to
+# compute (range, deque, ...), torch, the package's classes — becomes an inert stand-in, so a
+# hostile frame cannot make the reviewing node work for long.
+_REAL = {("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer"),
+         ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+         ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"),
+         ("numpy", "dtype"), ("numpy", "ndarray")}
+MAX_VISITS = 100_000  # objects a size estimate looks at, at most
+
+
 class _PreviewUnpickler(wire._Unpickler):
     def find_class(self, module: str, name: str, /) -> Any:
-        try:
-            return super().find_class(module, name)
-        except wire.WireError:
-            return _opaque_class(str(module), str(name))
+        if (module, name) in _REAL or (module == "numpy" and name.startswith("dtypes")):
+            try:
+                return super().find_class(module, name)
+            except wire.WireError:
+                pass
+        return _opaque_class(str(module), str(name))
 
 
 def preview_state(frame: bytes) -> list[StateEntry]:
@@ -74,15 +87,36 @@ def preview_state(frame: bytes) -> list[StateEntry]:
             unpickler.restore_globals()
     except Exception as exc:  # the reviewer sees the problem instead of a crash
         return [StateEntry("(unreadable)", type(exc).__name__, str(exc)[:200], len(frame))]
-    if not isinstance(state, dict):
-        return [StateEntry("(state)", _type_name(state), _detail(state), _nbytes(state, 0))]
-    return [StateEntry(str(name), _type_name(value), _detail(value), _nbytes(value, 0))
-            for name, value in sorted(state.items(), key=lambda item: str(item[0]))]
+    items = state.items() if isinstance(state, dict) else [("(state)", state)]
+    return [_entry(name, value) for name, value in sorted(items, key=lambda i: str(i[0]))]
+
+
+def _entry(name: object, value: Any) -> StateEntry:
+    try:
+        return StateEntry(str(name)[:200], _type_name(value), _detail(value),
+                          _nbytes(value, 0, _Budget()))
+    except Exception as exc:  # e.g. a number too long to print: say so, don't fail the review
+        return StateEntry(str(name)[:200], _type_name(value), f"(cannot describe: "
+                          f"{type(exc).__name__})", 0)
+
+
+class _Budget:
+    """Counts the objects a size estimate visits, and remembers them (shared parts once)."""
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+
+    def visit(self, value: Any) -> bool:
+        if id(value) in self.seen or len(self.seen) >= MAX_VISITS:
+            return False
+        self.seen.add(id(value))
+        return True
 
 
 def _type_name(value: Any) -> str:
     if isinstance(value, Opaque):
-        return type(value).fl_global
+        made_by = type(value).fl_global
+        return "torch.Tensor" if made_by.endswith("._rebuild_tensor") else made_by
     cls = type(value)
     module = cls.__module__
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
@@ -94,16 +128,21 @@ def _detail(value: Any) -> str:
     if hasattr(value, "shape") and hasattr(value, "dtype"):  # a torch tensor
         return f"{value.dtype} {tuple(value.shape)}"
     if isinstance(value, Opaque):
-        return "an object of the package (not decoded before approval)"
+        if type(value).fl_global.endswith("._rebuild_tensor"):  # fedloom's torch encoding
+            array = value.fl_args[0][0] if value.fl_args and value.fl_args[0] else None
+            if isinstance(array, np.ndarray):
+                return f"torch tensor {tuple(array.shape)}"
+        return "not decoded before approval"
     if isinstance(value, dict | list | tuple | set | frozenset):
         return f"{len(value)} items"
     text = repr(value)
     return text if len(text) <= MAX_VALUE_TEXT else text[:MAX_VALUE_TEXT - 3] + "..."
 
 
-def _nbytes(value: Any, depth: int) -> int:
-    """Bytes of the arrays and strings reachable from ``value`` (bounded depth)."""
-    if depth > MAX_DEPTH:
+def _nbytes(value: Any, depth: int, budget: _Budget) -> int:
+    """Bytes of the arrays and strings reachable from ``value`` (bounded depth and visits;
+    an object reached twice counts once)."""
+    if depth > MAX_DEPTH or not budget.visit(value):
         return 0
     if isinstance(value, np.ndarray):
         return int(value.nbytes)
@@ -112,9 +151,10 @@ def _nbytes(value: Any, depth: int) -> int:
     if isinstance(value, str | bytes | bytearray):
         return len(value)
     if isinstance(value, dict):
-        return sum(_nbytes(v, depth + 1) for v in value.values())
+        return sum(_nbytes(v, depth + 1, budget) for v in value.values())
     if isinstance(value, list | tuple | set | frozenset):
-        return sum(_nbytes(v, depth + 1) for v in value)
+        return sum(_nbytes(v, depth + 1, budget) for v in value)
     if isinstance(value, Opaque):
-        return _nbytes(value.fl_state, depth + 1) + _nbytes(value.fl_args, depth + 1)
+        return _nbytes(value.fl_state, depth + 1, budget) + \
+            _nbytes(value.fl_args, depth + 1, budget)
     return 0
