@@ -105,3 +105,17 @@ def test_a_truncated_archive_is_a_clear_error(tmp_path: Path) -> None:
     whole = _archive({"F/1/x": b"y" * 5000}, GOOD)
     with pytest.raises(TransferError, match="could not be unpacked"):
         unpack_run(whole[:1000], tmp_path / ".metaflow")
+
+
+def test_an_archive_of_another_run_or_rewriting_stored_blobs_changes_nothing(
+        tmp_path: Path) -> None:
+    target = tmp_path / ".metaflow"
+    blob = target / "F" / "data" / "ab" / "abcd"
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(b"the real artifact")
+    archive = _archive({"F/1/x": b"", "F/data/ab/abcd": b"POISON"}, GOOD)
+    with pytest.raises(TransferError, match="holds run F/1, not the F/2 asked for"):
+        unpack_run(archive, target, expected=("F", "2"))
+    unpack_run(archive, target, expected=("F", "1"))
+    assert blob.read_bytes() == b"the real artifact"  # content-addressed: kept as it was
+    assert (target / "F" / "1" / "x").is_file()

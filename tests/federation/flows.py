@@ -17,7 +17,7 @@ class FedAvgFlow(FLSpec):
 
     def __init__(self, model=None, rounds: int = 2, fail_on: str = "", die_on: str = "",
                  hold_on: str = "", hold_port: int = 0, flaky_while: str = "",
-                 die_round: int = -1, hold_round: int = -1, **kwargs):
+                 die_round: int = -1, hold_round: int = -1, crash_on: str = "", **kwargs):
         super().__init__(**kwargs)
         self.model = model if model is not None else np.zeros(3)
         self.rounds = rounds
@@ -26,6 +26,7 @@ class FedAvgFlow(FLSpec):
         self.hold_on, self.hold_port = hold_on, hold_port
         self.flaky_while = flaky_while  # New York fails its second round while this file exists
         self.die_round, self.hold_round = die_round, hold_round  # -1: every round
+        self.crash_on = crash_on  # this collaborator's own process dies (its envoy lives)
 
     @aggregator
     def start(self):
@@ -43,6 +44,8 @@ class FedAvgFlow(FLSpec):
         if self.flaky_while and os.path.exists(self.flaky_while) and self.round == 1 and \
                 self.input == "New York":
             raise OSError("disk full")
+        if self.input == self.crash_on:
+            os.kill(os.getpid(), signal.SIGKILL)
         if self.input == self.die_on and self.die_round in (-1, self.round):
             os.kill(os.getppid(), signal.SIGKILL)  # the envoy process dies mid-round
         if self.input == self.hold_on and self.hold_round in (-1, self.round):

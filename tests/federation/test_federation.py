@@ -354,3 +354,20 @@ def test_an_envoy_that_was_lost_and_came_back_rejoins_the_running_experiment(tmp
     # Round 0 and 1: envoy_one alone (+1 each); round 2: both again (mean of +1 and +3).
     np.testing.assert_allclose(flow.model, [4.0, 4.0, 4.0])
     assert flow.seen_by == {"envoy_one": 3.0, "New York": 9.0} and flow.dropped == {}
+
+
+def test_a_collaborator_process_that_dies_fails_the_run_or_is_dropped_never_hangs(tmp_path):
+    from fedloom import StragglerPolicy
+
+    with federation(tmp_path, ENVOYS) as fed:
+        with pytest.raises(FedloomError, match=r"collaborator process of envoy 'New York' "
+                                               r"exited unexpectedly"):
+            run(fed, crash_on="New York", rounds=1)
+        flow = FedAvgFlow(rounds=2, crash_on="New York")
+        flow.runtime = FederatedRuntime(collaborators=list(ENVOYS), director=fed.director_info(),
+                                        straggler_policy=StragglerPolicy(min_collaborators=1))
+        flow.run()
+        fed.envoys["New York"].wait_for(r"exited unexpectedly")
+        assert fed.envoys["New York"].process.poll() is None  # the envoy itself lives on
+    np.testing.assert_allclose(flow.model, [2.0, 2.0, 2.0])
+    assert "exited unexpectedly" in flow.dropped["New York"]

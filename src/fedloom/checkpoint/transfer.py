@@ -41,14 +41,22 @@ def pack_run(datastore_root: str | Path, flow_name: str, run_id: str) -> bytes:
     return buffer.getvalue()
 
 
-def unpack_run(archive_bytes: bytes, datastore_root: str | Path) -> Path:
+def unpack_run(archive_bytes: bytes, datastore_root: str | Path,
+               expected: tuple[str, str] | None = None) -> Path:
     """Unpacks an archive made by :func:`pack_run` into the datastore at ``datastore_root``
-    (created if needed) and points its metadata there; returns the run's folder."""
+    (created if needed) and points its metadata there; returns the run's folder.
+    ``expected`` = (flow, run id) the archive must be. Content-addressed blobs already in the
+    datastore are kept, never overwritten (they may belong to other runs)."""
     root = Path(datastore_root)
     try:
         with tarfile.open(fileobj=io.BytesIO(archive_bytes), mode="r:") as archive:
             manifest = _read_manifest(archive)
-            members = _checked_members(archive, manifest["flow"])
+            if expected is not None and (manifest["flow"], manifest["run_id"]) != expected:
+                raise TransferError(f"the archive holds run {manifest['flow']}/"
+                                    f"{manifest['run_id']}, not the {'/'.join(expected)} "
+                                    "asked for; refusing it")
+            members = [m for m in _checked_members(archive, manifest["flow"])
+                       if not _is_existing_blob(root, m.name)]
             root.mkdir(parents=True, exist_ok=True)
             archive.extractall(root, members=members, filter="data")
     except (tarfile.TarError, OSError, KeyError, ValueError) as exc:
@@ -112,6 +120,11 @@ def _checked_members(archive: tarfile.TarFile, flow_name: str) -> list[tarfile.T
     if len(members) > MAX_FILES:
         raise TransferError(f"the archive holds {len(members)} files, more than a run has")
     return members
+
+
+def _is_existing_blob(root: Path, name: str) -> bool:
+    parts = PurePosixPath(name).parts
+    return len(parts) > 1 and parts[1] == "data" and (root / name).exists()
 
 
 def _relocate(run_dir: Path, old_root: str, new_root: str) -> None:

@@ -120,11 +120,15 @@ class Director(rpc.DirectorServicer):
                  context: grpc.ServicerContext) -> pb.RegisterReply:
         name = self._authenticate(context, request.name, "envoy")
         link = EnvoyLink(name, uuid.uuid4().hex)
+        left: Experiment | None = None
         with self._lock:
             old = self._envoys.get(name)
             if old is not None:  # a restarted envoy replaces its old connection
                 old.online = False
                 old.work.put(None)
+                # Its collaborator went with the old connection, even if the stream did not
+                # break yet (a quick reconnect): the experiment must hear it before "returned".
+                left = self._experiments.get(old.experiment)
             self._envoys[name] = link
             # Back while an experiment it belongs to runs: it is offered that one again.
             running = next((e for e in self._experiments.values()
@@ -133,6 +137,8 @@ class Director(rpc.DirectorServicer):
                 link.experiment = running.id
             self._lock.notify_all()
         log.info("envoy '%s' registered", name)
+        if left is not None and left.status == "running":
+            left.inbox.put(("lost", name, "reconnected (its collaborator did not survive)"))
         if running is not None:
             running.inbox.put(("returned", name))
         return pb.RegisterReply(session=link.session,
@@ -314,6 +320,7 @@ class Director(rpc.DirectorServicer):
                     link.work.put(pb.Work(experiment=experiment.id, end=reason))
                     link.experiment = ""
             experiment.status = "failed" if reason else "done"
+            experiment.package = b""  # ended: its record stays, its (maybe large) package goes
             log.info("experiment %s %s", experiment.id,
                      f"failed: {reason}" if reason else "completed")
             experiment.events.put(None)
@@ -487,7 +494,9 @@ class ExperimentRun:
             elif kind in ("returned", "decision", "ready") or \
                     (kind == "failure" and message[1] in self.rejoining):
                 self._rejoin(aggregator, message)
-            elif kind in ("failure", "cancel", "exited"):
+            elif kind == "failure":  # its collaborator is gone: like a lost envoy
+                aggregator.send(("lost", message[1], f"failed: {message[2].message}"))
+            elif kind in ("cancel", "exited"):
                 reason = self._reason(message)
                 aggregator.send(("abort", reason))
                 self._fail(reason)

@@ -119,7 +119,11 @@ class Envoy:
             threading.Thread(target=self._beat, args=(self._stub, reply, closed),
                              daemon=True, name="fedloom-heartbeat").start()
             for item in work:
-                self._handle(item)
+                try:
+                    self._handle(item)
+                except (FedloomError, OSError, ValueError) as exc:  # one bad item: not fatal
+                    log.error("envoy '%s': could not handle %s for experiment %s: %s",
+                              self.config.name, item.WhichOneof("kind"), item.experiment, exc)
         finally:
             closed.set()
             channel.close()
@@ -218,7 +222,26 @@ class Envoy:
         frame = assembler.add(chain.state)
         if frame is not None:
             del running.chains[chain.request]
-            running.conn.send(("chain", chain.request, chain.step, frame))
+            try:
+                running.conn.send(("chain", chain.request, chain.step, frame))
+            except OSError:  # the process is gone; _forward reports it
+                log.warning("envoy '%s': the collaborator of experiment %s is gone",
+                            self.config.name, experiment_id)
+
+    def _process_died(self, running: RunningExperiment) -> None:
+        process = running.process
+        code = process.exitcode if process is not None else None
+        if process is not None and code is None:
+            process.join(timeout=5)
+            code = process.exitcode
+        why = (f"the collaborator process of envoy '{self.config.name}' exited unexpectedly "
+               f"(exit code {code})")
+        log.error("%s", why)
+        try:
+            self._send(iter([pb.Report(session=self._session, experiment=running.id,
+                                       failure=pb.Failure(kind="FlowRunError", message=why))]))
+        except (grpc.RpcError, FedloomError) as exc:
+            log.warning("envoy '%s': could not report it: %s", self.config.name, _describe(exc))
 
     def _forward(self, running: RunningExperiment) -> None:
         """Reports from the collaborator process, sent on to the director."""
@@ -227,6 +250,8 @@ class Envoy:
             try:
                 message = running.conn.recv()
             except (EOFError, OSError):
+                if self._experiments.get(running.id) is running:  # not ended by us: it died
+                    self._process_died(running)
                 return
             try:
                 self._report(running.id, message)

@@ -226,6 +226,8 @@ class ReviewDesk:
                 raise ReviewError(f"experiment {experiment} is package {pending.plan.digest}, "
                                   f"not the {digest} you reviewed; show it again")
             del self._pending[experiment]
+            if approve:  # with the pending entry, so a withdrawal cannot come in between
+                self._approved[experiment] = pending.plan.digest
         decision = self._record(pending.plan, approve, reason, by)
         pending.future.set_result(decision)
         return decision
@@ -261,7 +263,7 @@ class ReviewDesk:
         decision = self._decision(plan.experiment, plan.submitter, plan.digest, approve, reason,
                                   by)
         self.log.append({"event": "decision", "decision": json_format.MessageToDict(decision)})
-        if approve:
+        if approve and by == AUTO:
             with self._lock:
                 self._approved[plan.experiment] = plan.digest
         log.info("experiment %s %s by %s (%s)%s", plan.experiment,

@@ -61,7 +61,8 @@ class ConsolePrompter:
             self._say("Reason (optional, shown to the submitter): ")
             reason = self._in.readline().strip()
         try:
-            self._desk.decide(plan.experiment, choice in APPROVE, reason, "console")
+            self._desk.decide(plan.experiment, choice in APPROVE, reason, "console",
+                              plan.digest)  # the plan shown, not one offered meanwhile
         except ReviewError:
             self._say(f"experiment {plan.experiment} was already decided or withdrawn\n")
         else:
