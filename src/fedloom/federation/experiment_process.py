@@ -9,6 +9,7 @@ neither side ever unpickles anything but the restricted wire format for flow sta
 from __future__ import annotations
 
 import json
+import pickle
 import time
 import uuid
 from collections.abc import Sequence
@@ -140,8 +141,8 @@ class RemoteChains:
     def _result(self, outcome: pb.ChainOutcome, frame: bytes) -> ChainResult:
         payload = wire.loads(frame, allowed_modules=self._allowed)
         artifacts = payload.get("artifacts") or [{}] * len(outcome.tasks)
-        tasks = [messages.task_record(info, blobs)
-                 for info, blobs in zip(outcome.tasks, artifacts, strict=False)]
+        tasks = [_task_record(info, values)
+                 for info, values in zip(outcome.tasks, artifacts, strict=False)]
         if outcome.HasField("failure"):
             err = messages.error(outcome.failure)
             if isinstance(err, FlowRunError):
@@ -193,6 +194,36 @@ def aggregator_main(connection: Connection, spec: ExperimentSpec) -> None:
         conn.send(("failed", messages.failure(exc).SerializeToString()))
 
 
+def _recordable(tasks: list[TaskRecord], allowed: frozenset[str]) -> list[dict[str, Any]]:
+    """Each task's recorded attributes as values for the wire, not as pickles: what an envoy
+    sends is decoded only by the restricted wire format, so a checkpoint the director keeps,
+    and the user fetches and unpickles, holds nothing a site could smuggle in. Values the
+    aggregator could not decode are left out (and noted as not recordable)."""
+    recordable = []
+    for task in tasks:
+        values: dict[str, Any] = {}
+        for name, blob in task.artifacts.items():
+            value = pickle.loads(blob)  # this process's own pickles, of its own state
+            try:
+                wire.loads(wire.dumps(value), allowed_modules=allowed)
+            except wire.WireError:
+                task.unpicklable.append(name)
+                continue
+            values[name] = value
+        recordable.append(values)
+    return recordable
+
+
+def _task_record(info: pb.TaskInfo, values: dict[str, Any]) -> TaskRecord:
+    """A collaborator's task as the aggregator records it: its values pickled here."""
+    from fedloom.checkpoint.artifacts import serialize_artifacts
+
+    blobs, skipped = serialize_artifacts(values) if values else ({}, [])
+    record = messages.task_record(info, blobs)
+    record.unpicklable.extend(skipped)
+    return record
+
+
 def _resume(package: ExperimentPackage) -> tuple[str, tuple[str, Transition] | None]:
     """The run this experiment resumes and where, from the package (reviewers saw it)."""
     text = package.metadata.get("resume", "")
@@ -238,9 +269,10 @@ def _run_chain(site: CollaboratorSite, job: FlowJob, name: str, step: str, frame
         tasks = list(getattr(exc, "tasks", []))
         outcome = pb.ChainOutcome(collaborator=name, failure=messages.failure(exc))
         state = {}
+    artifacts = _recordable(tasks, allowed)  # first: it notes what cannot be recorded
     outcome.tasks.extend(messages.task_info(t) for t in tasks)
     try:
-        frame = wire.dumps({"state": state, "artifacts": [t.artifacts for t in tasks]})
+        frame = wire.dumps({"state": state, "artifacts": artifacts})
     except Exception as exc:  # e.g. a lock in a public attribute: say so instead of dying
         outcome = pb.ChainOutcome(collaborator=name, failure=messages.failure(FlowRunError(
             f"the state '{name}' sends back cannot be serialised: {exc}", participant=name)))
