@@ -311,3 +311,21 @@ def test_an_envoy_runs_only_the_exact_package_it_approved(tmp_path):
     finally:
         envoy.stop()
         fake.server.stop(0)
+
+
+def test_a_submitter_that_vanishes_while_its_plan_waits_frees_the_reviewers(tmp_path):
+    import json
+
+    from fedloom.federation.localhost import NodeProcess
+    from tests.federation.test_federation import USER_SCRIPT
+
+    with federation(tmp_path, ENVOYS, director_review=True) as fed:
+        args = {"hold_on": "", "port": 0, "envoys": list(ENVOYS), "director": fed.director_info()}
+        user = NodeProcess([sys.executable, "-c", USER_SCRIPT, json.dumps(args)], tmp_path,
+                           {"PYTHONPATH": str(ROOT)})
+        experiment = awaiting(fed.director)
+        user.process.kill()  # the notebook's kernel died
+        user.process.wait(timeout=30)
+        fed.director.wait_for(rf"experiment {re.escape(experiment)} withdrawn before review: "
+                              r"cancelled: its submitter disconnected")
+        assert "no experiment awaits review" in fx(tmp_path, "director", "review", "list")

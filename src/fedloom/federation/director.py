@@ -228,14 +228,22 @@ class Director(rpc.DirectorServicer):
     def Events(self, request: pb.EventsRequest,
                context: grpc.ServicerContext) -> Iterator[pb.Event]:
         experiment = self._own_experiment(request.experiment, context)
-        while context.is_active():
-            try:
-                event = experiment.events.get(timeout=1.0)
-            except queue.Empty:
-                continue
-            if event is None:
-                return
-            yield event
+        ended = False
+        try:
+            while context.is_active():
+                try:
+                    event = experiment.events.get(timeout=1.0)
+                except queue.Empty:
+                    continue
+                if event is None:
+                    ended = True
+                    return
+                yield event
+        finally:
+            if not ended:  # nobody will receive its result: free its envoys and reviewers
+                log.info("experiment %s: its submitter disconnected; cancelling it",
+                         experiment.id)
+                self._cancel(experiment, "cancelled: its submitter disconnected")
 
     def Envoys(self, request: pb.EnvoysRequest,
                context: grpc.ServicerContext) -> pb.EnvoysReply:
@@ -247,13 +255,15 @@ class Director(rpc.DirectorServicer):
                              experiment=link.experiment) for link in links])
 
     def Cancel(self, request: pb.CancelRequest, context: grpc.ServicerContext) -> pb.Ack:
-        experiment = self._own_experiment(request.experiment, context)
-        experiment.inbox.put(("cancel",))
+        self._cancel(self._own_experiment(request.experiment, context), "cancelled by the user")
+        return pb.Ack(note="cancelling")
+
+    def _cancel(self, experiment: Experiment, reason: str) -> None:
+        experiment.inbox.put(("cancel", reason))
         with self._lock:
             if experiment.id in self._queue:
                 self._queue.remove(experiment.id)
-                self._finish_events(experiment, "cancelled by the user before it started")
-        return pb.Ack(note="cancelling")
+                self._finish_events(experiment, f"{reason} before it started")
 
     def FetchRun(self, request: pb.FetchRunRequest,
                  context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
@@ -537,7 +547,7 @@ class ExperimentRun:
         if kind == "failure":
             return f"envoy '{message[1]}' could not run its collaborator: {message[2].message}"
         if kind == "cancel":
-            return "cancelled by the user"
+            return str(message[1]) if len(message) > 1 else "cancelled by the user"
         return "the aggregator process exited unexpectedly"
 
     def _fail(self, reason: str) -> None:

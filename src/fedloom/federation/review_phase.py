@@ -86,7 +86,7 @@ class ReviewPhase:
                 if not decision.approved:
                     return ""
             elif kind == "cancel":
-                return "cancelled by the user during the review"
+                return f"{message[1] if len(message) > 1 else 'cancelled'} during the review"
             elif kind == "lost" and message[1] in self.experiment.collaborators:
                 return f"envoy '{message[1]}' {message[2]} during the review"
             elif kind == "failure":
