@@ -324,6 +324,7 @@ def test_a_submitter_that_vanishes_while_its_plan_waits_frees_the_reviewers(tmp_
         user = NodeProcess([sys.executable, "-c", USER_SCRIPT, json.dumps(args)], tmp_path,
                            {"PYTHONPATH": str(ROOT)})
         experiment = awaiting(fed.director)
+        fed.director.wait_for(rf"experiment {re.escape(experiment)}: following it")
         user.process.kill()  # the notebook's kernel died
         user.process.wait(timeout=30)
         fed.director.wait_for(rf"experiment {re.escape(experiment)} withdrawn before review: "

@@ -228,6 +228,7 @@ class Director(rpc.DirectorServicer):
     def Events(self, request: pb.EventsRequest,
                context: grpc.ServicerContext) -> Iterator[pb.Event]:
         experiment = self._own_experiment(request.experiment, context)
+        log.info("experiment %s: following it for '%s'", experiment.id, experiment.submitter)
         ended = False
         try:
             while context.is_active():

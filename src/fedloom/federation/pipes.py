@@ -2,19 +2,27 @@
 
 ``Connection.send`` pickles its message, so a 100 MB frame inside a tuple is copied into the
 pickle, written, read back into another bytes and copied out again. Here a message whose last
-element is large bytes goes as the rest of the tuple, then the frame on its own with
-``send_bytes``: about half the time for large states. A lock keeps the two parts together when
-several threads send.
+element is a large frame goes as the rest of the tuple, then the frame on its own: on Linux in
+an anonymous memory file whose descriptor is passed over the pipe (one copy in, the receiver
+maps it; the kernel frees it when both ends have closed it, so nothing leaks if a process
+dies), elsewhere with ``send_bytes``. A lock keeps the parts together when several threads
+send.
 """
 
 from __future__ import annotations
 
+import mmap
+import os
+import sys
 import threading
+from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from typing import Any
 
 INLINE_BYTES = 64 * 1024  # smaller frames stay inside the pickled tuple
 _FRAME_FOLLOWS = "\x00fedloom-frame-follows"
+_FRAME_IN_FD = "\x00fedloom-frame-in-fd"
+_MEMFD = sys.platform == "linux" and hasattr(os, "memfd_create")
 
 
 class FramePipe:
@@ -26,16 +34,32 @@ class FramePipe:
         last = message[-1] if message else None
         with self._lock:
             if isinstance(last, bytes | bytearray | memoryview) and len(last) > INLINE_BYTES:
-                self._conn.send((*message[:-1], _FRAME_FOLLOWS))
-                self._conn.send_bytes(last)
+                if _MEMFD:
+                    self._send_in_memory_file(message[:-1], last)
+                else:
+                    self._conn.send((*message[:-1], _FRAME_FOLLOWS))
+                    self._conn.send_bytes(last)
             else:
                 self._conn.send(message)
+
+    def _send_in_memory_file(self, head: tuple[Any, ...],
+                             frame: bytes | bytearray | memoryview) -> None:
+        fd = os.memfd_create("fedloom-frame", os.MFD_CLOEXEC)
+        try:
+            with open(fd, "wb", closefd=False) as file:
+                file.write(frame)
+            self._conn.send((*head, _FRAME_IN_FD, len(frame)))
+            reduction.send_handle(self._conn, fd, 0)
+        finally:
+            os.close(fd)
 
     def recv(self) -> tuple[Any, ...]:
         """The next message; EOFError when the other end closed."""
         message = self._conn.recv()
         if message and message[-1] == _FRAME_FOLLOWS:
             return (*message[:-1], self._conn.recv_bytes())
+        if len(message) >= 2 and message[-2] == _FRAME_IN_FD:
+            return (*message[:-2], _map(reduction.recv_handle(self._conn), message[-1]))
         return tuple(message)
 
     def poll(self, timeout: float | None) -> bool:
@@ -44,3 +68,12 @@ class FramePipe:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _map(fd: int, length: int) -> memoryview:
+    """The frame in memory file ``fd``, read-only and without a copy (the view keeps the
+    mapping alive; the descriptor is closed at once)."""
+    try:
+        return memoryview(mmap.mmap(fd, length, access=mmap.ACCESS_READ))
+    finally:
+        os.close(fd)
