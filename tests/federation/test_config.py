@@ -114,3 +114,15 @@ def test_envoy_section_must_match_the_name(folder):
                                    "envoy_one_attrs\n")
     with pytest.raises(ConfigError, match="must be named 'envoy_two'"):
         load_envoy_config(path, "envoy_two")
+
+
+def test_review_timeout_is_seconds_or_absent(folder):
+    director = write(folder, "d.yaml", "settings: {review_timeout: 90}\n")
+    assert load_director_config(director).review_timeout == 90.0
+    envoy = write(folder, "e.yaml", "settings: {review_timeout: 2.5}\n")
+    assert load_envoy_config(envoy, "site").review_timeout == 2.5
+    assert load_envoy_config(write(folder, "f.yaml", "{}\n"), "site").review_timeout is None
+    for bad in ("0", "-1", "true", "soon"):
+        path = write(folder, "bad.yaml", f"settings: {{review_timeout: {bad}}}\n")
+        with pytest.raises(ConfigError, match=r"settings\.review_timeout must be"):
+            load_envoy_config(path, "site")

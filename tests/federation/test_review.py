@@ -330,3 +330,17 @@ def test_a_submitter_that_vanishes_while_its_plan_waits_frees_the_reviewers(tmp_
         fed.director.wait_for(rf"experiment {re.escape(experiment)} withdrawn before review: "
                               r"cancelled: its submitter disconnected")
         assert "no experiment awaits review" in fx(tmp_path, "director", "review", "list")
+
+
+def test_a_plan_nobody_decides_is_rejected_at_the_review_timeout(tmp_path):
+    with ThreadPoolExecutor(1) as pool, \
+            federation(tmp_path, ENVOYS, director_review=True, review_timeout=2) as fed:
+        result, _runtime = submit(fed, pool)
+        experiment = awaiting(fed.director)
+        with pytest.raises(ExperimentRejected, match=r"no decision within 2 s") as info:
+            result.result(timeout=60)
+        assert "no experiment awaits review" in fx(tmp_path, "director", "review", "list")
+    decision = info.value.decisions[0]
+    assert (decision.participant, decision.verdict, decision.decided_by) == \
+        ("director", "rejected", "timeout")
+    assert experiment in fx(tmp_path, "director", "review", "log")

@@ -71,6 +71,7 @@ class DirectorConfig:
     envoy_health_check_period: float
     review_experiment: bool
     aggregator: PrivateAttributesSpec
+    review_timeout: float | None = None  # seconds a plan may wait for a decision; None: no limit
 
 
 @dataclass(frozen=True)
@@ -78,11 +79,12 @@ class EnvoyConfig:
     name: str
     review_experiment: bool
     collaborator: PrivateAttributesSpec
+    review_timeout: float | None = None
 
 
 DIRECTOR_SETTINGS: dict[str, tuple[type, ...]] = {
     "listen_host": (str,), "listen_port": (int,), "envoy_health_check_period": (int, float),
-    "review_experiment": (bool,)}
+    "review_experiment": (bool,), "review_timeout": (int, float)}
 
 
 def load_director_config(path: str | Path) -> DirectorConfig:
@@ -106,14 +108,25 @@ def load_director_config(path: str | Path) -> DirectorConfig:
         envoy_health_check_period=period,
         review_experiment=bool(settings.get("review_experiment", True)),
         aggregator=_private_spec(file, data.get("aggregator"), "aggregator"),
+        review_timeout=_review_timeout(file, settings),
     )
+
+
+def _review_timeout(file: Path, settings: dict[str, Any]) -> float | None:
+    value = settings.get("review_timeout")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"{file}: settings.review_timeout must be a number of seconds > 0 "
+                          f"(leave it out for no limit), got {value!r}")
+    return float(value)
 
 
 def load_envoy_config(path: str | Path, name: str) -> EnvoyConfig:
     """Read an envoy config for envoy ``name`` (its section may be absent: no private data)."""
     file, data = _read(path)
     settings = _mapping(file, data.get("settings") or {}, "settings")
-    _only_keys(file, settings, {"review_experiment"}, "settings")
+    _only_keys(file, settings, {"review_experiment", "review_timeout"}, "settings")
     others = sorted(k for k in data if k not in ("settings", name))
     if others:
         raise ConfigError(f"{file}: section(s) {others} are not for envoy '{name}'; the "
@@ -121,7 +134,8 @@ def load_envoy_config(path: str | Path, name: str) -> EnvoyConfig:
     review = settings.get("review_experiment", True)
     if not isinstance(review, bool):
         raise ConfigError(f"{file}: settings.review_experiment must be true or false")
-    return EnvoyConfig(name, review, _private_spec(file, data.get(name), name))
+    return EnvoyConfig(name, review, _private_spec(file, data.get(name), name),
+                       _review_timeout(file, settings))
 
 
 def _read(path: str | Path) -> tuple[Path, dict[str, Any]]:

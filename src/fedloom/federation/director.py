@@ -83,7 +83,8 @@ class Director(rpc.DirectorServicer):
         self._ids = itertools.count(1)
         self._server: grpc.Server | None = None
         self._stopping = threading.Event()
-        self.desk = ReviewDesk("director", config.review_experiment, workdir)
+        self.desk = ReviewDesk("director", config.review_experiment, workdir,
+                               config.review_timeout)
         self._review_server: LocalReviewServer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------

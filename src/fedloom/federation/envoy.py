@@ -65,7 +65,8 @@ class Envoy:
         self._experiments: dict[str, RunningExperiment] = {}
         self._stub: rpc.DirectorStub | None = None
         self._session = ""
-        self.desk = ReviewDesk(config.name, config.review_experiment, workdir)
+        self.desk = ReviewDesk(config.name, config.review_experiment, workdir,
+                               config.review_timeout)
 
     def run(self) -> None:
         """Serve until :meth:`stop`; reconnects (with back-off) whenever the director is away.

@@ -12,6 +12,7 @@ work folder, which survives restarts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -183,9 +184,11 @@ class Pending:
 class ReviewDesk:
     """A node's pending plans and decisions. Thread-safe; decisions resolve futures."""
 
-    def __init__(self, participant: str, review: bool, workdir: Path) -> None:
+    def __init__(self, participant: str, review: bool, workdir: Path,
+                 timeout: float | None = None) -> None:
         self.participant = participant
         self.review = review
+        self.timeout = timeout  # seconds a plan may wait; then it is rejected
         self.log = ReviewLog(workdir / LOG_FILE)
         self._lock = threading.Condition()
         self._pending: dict[str, Pending] = {}
@@ -207,7 +210,17 @@ class ReviewDesk:
                  plan.digest[:12], "director" if self.participant == "director" else "envoy")
         for listener in self.on_pending:
             listener(pending)
+        if self.timeout is not None:
+            timer = threading.Timer(self.timeout, self._expire, (plan.experiment, plan.digest))
+            timer.daemon = True
+            timer.start()
+            future.add_done_callback(lambda _: timer.cancel())
         return future
+
+    def _expire(self, experiment: str, digest: str) -> None:
+        with contextlib.suppress(ReviewError):  # decided or withdrawn just now: nothing to do
+            self.decide(experiment, False, f"no decision within {self.timeout:g} s "
+                        "(review_timeout)", "timeout", digest)
 
     def refuse(self, experiment: str, submitter: str, digest: str, why: str) -> pb.Decision:
         """An automatic rejection of a plan that cannot even be shown (e.g. a corrupt package)."""
