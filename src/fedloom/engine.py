@@ -21,11 +21,14 @@ from fedloom.errors import FlowRunError, StepFailed, TransitionError
 from fedloom.state import State, Transition, copy_state, select
 from fedloom.stragglers import (
     Dropped,
+    Fault,
     Inputs,
     PolicySpec,
     StragglerError,
     StragglerPolicy,
+    dropped_for_failure,
     policy_for,
+    simulated_failure,
 )
 from fedloom.tasks import FlowJob, TaskRecord, TaskRecorder, run_task
 
@@ -40,6 +43,26 @@ class ChainResult:
     join_step: str
     state: State
     tasks: list[TaskRecord] = field(default_factory=list)  # when captured or checkpointing
+
+
+def run_chain_with_fault(site: CollaboratorSite, job: FlowJob, step: str, received: State,
+                         fault: Fault, fan_out: int, tolerant: bool) -> ChainResult | Dropped:
+    """``site.run_chain``, with a simulated disconnect or failure applied first (delays are
+    the backend's: simulated time or a real wait). When ``tolerant`` a failure comes back as
+    :class:`Dropped`; otherwise it is raised, as a real one would be."""
+    if fault.disconnect:
+        if not tolerant:
+            raise FlowRunError(f"collaborator '{site.name}' disconnected (simulated by Faults)",
+                               step=step, participant=site.name)
+        return Dropped(site.name, "disconnected", "disconnected (simulated)")
+    try:
+        if fault.fail:
+            raise simulated_failure(step, site.name, fan_out)
+        return site.run_chain(job, step, received)
+    except FlowRunError as err:
+        if not tolerant:
+            raise
+        return dropped_for_failure(site.name, err)
 
 
 def keep_finished_tasks(err: FlowRunError, finished: Sequence[ChainResult]) -> None:

@@ -94,6 +94,13 @@ class Dropped:
     tasks: list[TaskRecord] = field(default_factory=list)  # what it ran before it was dropped
 
 
+def dropped_for_failure(collaborator: str, err: FlowRunError) -> Dropped:
+    """A failed chain, as a policy drops it: the error's first line is the reason."""
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else type(err).__name__
+    return Dropped(collaborator, "failed", f"failed: {first}", err.tasks)
+
+
 class Inputs(list[Any]):
     """A join's inputs; ``dropped`` maps each dropped collaborator to why (empty when all
     arrived)."""

@@ -27,7 +27,7 @@ from fedloom.federation.pipes import FramePipe
 from fedloom.federation.proto import fedloom_pb2 as pb
 from fedloom.spec.flowspec import validate_flow
 from fedloom.state import State, Transition, transition_from_json
-from fedloom.stragglers import Dropped, policy_from_json
+from fedloom.stragglers import Dropped, dropped_for_failure, policy_from_json
 from fedloom.tasks import FlowJob, TaskRecord, TaskRecorder
 
 
@@ -111,9 +111,7 @@ class RemoteChains:
             except FlowRunError as err:
                 if not tolerant:
                     raise
-                outcomes[outcome.collaborator] = Dropped(
-                    outcome.collaborator, "failed", f"failed: {str(err).splitlines()[0]}",
-                    err.tasks)
+                outcomes[outcome.collaborator] = dropped_for_failure(outcome.collaborator, err)
         for name in names:
             if name not in outcomes:
                 outcomes[name] = Dropped(name, "timed out",

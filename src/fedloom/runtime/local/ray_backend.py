@@ -20,12 +20,17 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from fedloom.capture import print_attributed
-from fedloom.engine import ChainResult, CollaboratorSite, keep_finished_tasks
+from fedloom.engine import (
+    ChainResult,
+    CollaboratorSite,
+    keep_finished_tasks,
+    run_chain_with_fault,
+)
 from fedloom.errors import FedloomError, FlowRunError
 from fedloom.participants import Aggregator, Collaborator
 from fedloom.runtime.local.ray_placement import ActorPlan, NodeResources, check_fits, plan_actors
 from fedloom.state import State, StateCopier, uncopyable
-from fedloom.stragglers import NO_FAULT, Dropped, Faults, simulated_failure
+from fedloom.stragglers import NO_FAULT, Dropped, Faults
 from fedloom.tasks import FlowJob, TaskRecord
 
 log = logging.getLogger(__name__)
@@ -104,21 +109,10 @@ class CollaboratorGroup:
                tolerant: bool) -> ChainResult | Dropped:
         assert self._job is not None
         fault = self._faults.for_chain(name, fan_out) if self._faults else NO_FAULT
-        if fault.disconnect:
-            if not tolerant:
-                raise FlowRunError(f"collaborator '{name}' disconnected (simulated by Faults)",
-                                   step=step, participant=name)
-            return Dropped(name, "disconnected", "disconnected (simulated)")
-        if fault.delay:
+        if fault.delay and not fault.disconnect:
             time.sleep(fault.delay)  # collaborators run side by side here: a real delay
-        try:
-            if fault.fail:
-                raise simulated_failure(step, name, fan_out)
-            return self._sites[name].run_chain(self._job, step, copier.copy())
-        except FlowRunError as err:
-            if not tolerant:
-                raise
-            return Dropped(name, "failed", f"failed: {str(err).splitlines()[0]}", err.tasks)
+        return run_chain_with_fault(self._sites[name], self._job, step, copier.copy(), fault,
+                                    fan_out, tolerant)
 
 
 class RayBackend:

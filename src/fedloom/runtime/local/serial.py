@@ -11,11 +11,16 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from fedloom.engine import ChainResult, CollaboratorSite, keep_finished_tasks
+from fedloom.engine import (
+    ChainResult,
+    CollaboratorSite,
+    keep_finished_tasks,
+    run_chain_with_fault,
+)
 from fedloom.errors import FlowRunError
 from fedloom.participants import Collaborator
 from fedloom.state import State, StateCopier, uncopyable
-from fedloom.stragglers import NO_FAULT, Dropped, Fault, Faults, simulated_failure
+from fedloom.stragglers import NO_FAULT, Dropped, Fault, Faults
 from fedloom.tasks import FlowJob
 
 
@@ -67,20 +72,11 @@ class SerialBackend:
     def _chain(self, step: str, name: str, received: State, fault: Fault, fan_out: int,
                deadline: float | None, tolerant: bool) -> ChainResult | Dropped:
         assert self._job is not None
-        if fault.disconnect:
-            if not tolerant:
-                raise FlowRunError(f"collaborator '{name}' disconnected (simulated by Faults)",
-                                   step=step, participant=name)
-            return Dropped(name, "disconnected", "disconnected (simulated)")
         started = time.perf_counter()
-        try:
-            if fault.fail:
-                raise simulated_failure(step, name, fan_out)
-            result = self._sites[name].run_chain(self._job, step, received)
-        except FlowRunError as err:
-            if not tolerant:
-                raise
-            return Dropped(name, "failed", f"failed: {_first_line(err)}", err.tasks)
+        result = run_chain_with_fault(self._sites[name], self._job, step, received, fault,
+                                      fan_out, tolerant)
+        if isinstance(result, Dropped):
+            return result
         took = time.perf_counter() - started + fault.delay
         if deadline is not None and took > deadline:
             return Dropped(name, "timed out", f"timed out: took {took:.3g} s, the deadline is "
@@ -90,6 +86,3 @@ class SerialBackend:
     def close(self) -> None:
         self._job = None
 
-
-def _first_line(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
