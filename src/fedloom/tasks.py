@@ -14,6 +14,7 @@ from functools import cached_property
 from typing import Any, Protocol
 
 from fedloom.capture import capture_output
+from fedloom.checkpoint.artifacts import Artifact
 from fedloom.errors import FlowRunError, StepFailed, TransitionError
 from fedloom.spec.flowspec import FLSpec, StepContext, StepRuntimeView
 from fedloom.spec.graph import FlowGraph
@@ -110,7 +111,8 @@ class TaskRecord:
     stdout: str = ""
     stderr: str = ""
     ok: bool = True
-    artifacts: dict[str, bytes] = field(default_factory=dict)
+    # pickled public state: bytes, or where it was streamed to when recorded in this process
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
     unpicklable: list[str] = field(default_factory=list)
     exception: str | None = None
     attempt: int = 0  # 0 for the first try of a step; retries count up
@@ -145,7 +147,7 @@ def run_task(job: FlowJob, step: str, state: State, private: dict[str, Any], par
     record = TaskRecord(step, participant, started, time.time(), out.stdout, out.stderr,
                         next_step=transition_to_json(transition))
     if job.record_tasks:
-        from fedloom.checkpoint.artifacts import serialize_artifacts
+        from fedloom.checkpoint.artifacts import serialize_artifacts, sink_for
 
-        record.artifacts, record.unpicklable = serialize_artifacts(state)
+        record.artifacts, record.unpicklable = serialize_artifacts(state, sink_for(job.run_id))
     return state, transition, record

@@ -7,6 +7,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from fedloom.checkpoint.artifacts import register_sink, unregister_sink
 from fedloom.checkpoint.report import RunReport, TaskRow
 from fedloom.errors import FedloomError
 from fedloom.spec.graph import FlowGraph
@@ -17,7 +18,6 @@ log = logging.getLogger(__name__)
 
 REPORT_FILE = "fedloom-run.html"
 RESUMED_TAG = "fedloom-resumed-from:"  # a run tag: the run this one resumed
-WRITERS = 3
 MAX_QUEUED = 64  # tasks waiting to be written (each holds its pickled state in memory)
 
 
@@ -34,17 +34,19 @@ class MetaflowRecorder:
                                f"'fedloom[checkpoint]' ({exc})") from exc
         self._store = MetaflowStore(graph.flow_name, root)
         self._store.start_run(run_id, [f"{RESUMED_TAG}{resumed_from}"] if resumed_from else [])
+        if self._store.sink is not None:  # tasks run in this process pickle into the store
+            register_sink(run_id, self._store.sink)
         self.report = RunReport(graph.flow_name, run_id, None, graph_text=to_text(graph),
                                 graph_mermaid=to_mermaid(graph))
         self._warned: set[str] = set()
-        # Ids are minted by one thread, in the order tasks finished; writing (hashing, many small
-        # files) is I/O-bound and releases the GIL, so a few writers overlap it with the flow.
-        self._ids = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedloom-ckpt-ids")
-        self._writers = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="fedloom-ckpt")
+        # One writer thread, in the order tasks finished: ids are minted in that order, and a
+        # retry's attempts follow each other. Large values are already in the store (streamed
+        # where the task ran); what is left is many small files, where more threads only
+        # fight over the GIL (measured: one writer is fastest).
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedloom-ckpt")
         self._slots = threading.BoundedSemaphore(MAX_QUEUED)
         self._error: BaseException | None = None
-        # (step, participant) -> its latest task id and write, for retries' attempts
-        self._last_ids: dict[tuple[str, str], tuple[Future[str], Future[None]]] = {}
+        self._last_ids: dict[tuple[str, str], str] = {}  # (step, participant) -> latest task id
 
     def _raise_write_error(self) -> None:
         error = self._error
@@ -58,20 +60,12 @@ class MetaflowRecorder:
             REPORT_FILE
 
     def record(self, task: TaskRecord) -> None:
-        """Queue ``task`` for writing; the writer thread overlaps hashing and disk I/O with the
-        flow's own work. A write that failed is raised here or at :meth:`finish`."""
+        """Queue ``task`` for writing; the writer thread overlaps the disk I/O with the flow's
+        own work. A write that failed is raised here or at :meth:`finish`."""
         self._raise_write_error()
         self._warn_unpicklable(task)
-        key = (task.step, task.participant)
-        previous: Future[None] | None = None
-        if task.attempt and key in self._last_ids:  # a retry: the same task, a new attempt
-            task_id, previous = self._last_ids[key]
-        else:
-            task_id = self._ids.submit(self._store.new_task_id, task.step)
-        self._slots.acquire()  # bounded: writers push back instead of queueing every model
-        written = self._writers.submit(self._write, task, task_id, previous)
-        written.add_done_callback(self._written)
-        self._last_ids[key] = (task_id, written)
+        self._slots.acquire()  # bounded: the writer pushes back instead of queueing every task
+        self._writer.submit(self._write, task).add_done_callback(self._written)
 
     def _written(self, future: Future[None]) -> None:
         self._slots.release()
@@ -79,13 +73,13 @@ class MetaflowRecorder:
         if error is not None and self._error is None:
             self._error = error
 
-    def _write(self, task: TaskRecord, task_id_future: Future[str],
-               previous_attempt: Future[None] | None) -> None:
-        task_id = task_id_future.result()
-        if previous_attempt is not None:
-            # Attempts of a task go in order (the client reads the latest as the task). The
-            # earlier one was queued first, so it is running or done: no deadlock.
-            previous_attempt.exception()
+    def _write(self, task: TaskRecord) -> None:
+        key = (task.step, task.participant)
+        if task.attempt and key in self._last_ids:  # a retry: the same task, a new attempt
+            task_id = self._last_ids[key]
+        else:
+            task_id = self._store.new_task_id(task.step)
+        self._last_ids[key] = task_id
         self._store.write_task(task.step, task_id, task.artifacts, stdout=task.stdout,
                                stderr=task.stderr, participant=task.participant, ok=task.ok,
                                started_at=task.started_at, finished_at=task.finished_at,
@@ -97,8 +91,9 @@ class MetaflowRecorder:
     def finish(self, ok: bool) -> None:
         """Wait for the writers, close the run and write its report — all of it even when a
         write failed (raised afterwards), so the store never keeps a half-open run."""
-        self._writers.shutdown(wait=True)
-        self._ids.shutdown(wait=True)
+        unregister_sink(self.report.run_id)
+        self._writer.shutdown(wait=True)
+        self._store.close()
         ended = any(t.step == "end" and t.ok for t in self.report.tasks)
         self.report.ok = ok and ended and self._error is None
         try:

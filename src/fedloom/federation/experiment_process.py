@@ -69,9 +69,11 @@ class RemoteChains:
         self._conn = conn
         self._allowed = allowed_modules
         self._lost: dict[str, str] = {}  # envoys gone for the rest of the experiment, and why
+        self._run_id = ""
 
     def open(self, job: FlowJob) -> None:
         """Envoys were prepared by the director before this process started."""
+        self._run_id = job.run_id
 
     def close(self) -> None:
         """Nothing to release."""
@@ -139,7 +141,7 @@ class RemoteChains:
     def _result(self, outcome: pb.ChainOutcome, frame: bytes) -> ChainResult:
         payload = wire.loads(frame, allowed_modules=self._allowed)
         artifacts = payload.get("artifacts") or [{}] * len(outcome.tasks)
-        tasks = [_task_record(info, values)
+        tasks = [_task_record(info, values, self._run_id)
                  for info, values in zip(outcome.tasks, artifacts, strict=False)]
         if outcome.HasField("failure"):
             err = messages.error(outcome.failure)
@@ -201,6 +203,7 @@ def _recordable(tasks: list[TaskRecord], allowed: frozenset[str]) -> list[dict[s
     for task in tasks:
         values: dict[str, Any] = {}
         for name, blob in task.artifacts.items():
+            assert isinstance(blob, bytes), "a collaborator process records no run itself"
             value = pickle.loads(blob)  # this process's own pickles, of its own state
             try:
                 wire.loads(wire.dumps(value), allowed_modules=allowed)
@@ -212,11 +215,11 @@ def _recordable(tasks: list[TaskRecord], allowed: frozenset[str]) -> list[dict[s
     return recordable
 
 
-def _task_record(info: pb.TaskInfo, values: dict[str, Any]) -> TaskRecord:
+def _task_record(info: pb.TaskInfo, values: dict[str, Any], run_id: str = "") -> TaskRecord:
     """A collaborator's task as the aggregator records it: its values pickled here."""
-    from fedloom.checkpoint.artifacts import serialize_artifacts
+    from fedloom.checkpoint.artifacts import serialize_artifacts, sink_for
 
-    blobs, skipped = serialize_artifacts(values) if values else ({}, [])
+    blobs, skipped = serialize_artifacts(values, sink_for(run_id)) if values else ({}, [])
     record = messages.task_record(info, blobs)
     record.unpicklable.extend(skipped)
     return record

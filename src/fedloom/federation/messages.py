@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import traceback
 
+from fedloom.checkpoint.artifacts import Artifact
 from fedloom.errors import FedloomError, FlowRunError, StepFailed, TransitionError
 from fedloom.federation.proto import fedloom_pb2 as pb
 from fedloom.tasks import TaskRecord
@@ -19,7 +20,7 @@ def task_info(task: TaskRecord) -> pb.TaskInfo:
                        unpicklable=task.unpicklable, attempt=task.attempt)
 
 
-def task_record(info: pb.TaskInfo, artifacts: dict[str, bytes] | None = None) -> TaskRecord:
+def task_record(info: pb.TaskInfo, artifacts: dict[str, Artifact] | None = None) -> TaskRecord:
     return TaskRecord(info.step, info.participant, info.started_at, info.finished_at,
                       info.stdout, info.stderr, info.ok, dict(artifacts or {}),
                       list(info.unpicklable), info.exception or None, info.attempt)
