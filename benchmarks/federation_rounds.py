@@ -105,7 +105,8 @@ def federation(folder: Path, relay: list[CountingRelay] | None = None
 def run_flow(fed: LocalFederation, model: Any, rounds: int) -> tuple[float, list[float]]:
     """Seconds from run() to its return, and the seconds of each round."""
     flow = RelayFlow(model=model, rounds=rounds)
-    flow.runtime = FederatedRuntime(collaborators=list(ENVOYS), director=fed.director_info())
+    flow.runtime = FederatedRuntime(collaborators=list(ENVOYS), director=fed.director_info(),
+                                    tls=fed.certs is not None)
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # the review table, on every run
         flow.run()

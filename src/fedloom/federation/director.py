@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from fedloom.checkpoint.transfer import pack_run
 from fedloom.errors import FedloomError
-from fedloom.federation import transport
+from fedloom.federation import bulk, transport
 from fedloom.federation.config import DirectorConfig
 from fedloom.federation.experiment_process import ExperimentSpec, aggregator_main
 from fedloom.federation.package import ExperimentPackage
@@ -86,6 +87,7 @@ class Director(rpc.DirectorServicer):
         self.desk = ReviewDesk("director", config.review_experiment, workdir,
                                config.review_timeout)
         self._review_server: LocalReviewServer | None = None
+        self.outbox = bulk.Outbox()  # large chain states, until their envoys pull them
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -94,6 +96,7 @@ class Director(rpc.DirectorServicer):
         endpoint = transport.Endpoint(self.config.listen_host, self.config.listen_port)
         self._server, port = transport.new_server(self._credentials, endpoint)
         rpc.add_DirectorServicer_to_server(self, self._server)
+        self._server.add_generic_rpc_handlers((bulk.handler(self.pull_state, self.push_state),))
         self._review_server = LocalReviewServer(self.desk, self._workdir)
         self._review_server.start()
         self._server.start()
@@ -189,13 +192,45 @@ class Director(rpc.DirectorServicer):
         elif kind == "failure":
             experiment.inbox.put(("failure", link.name, first.failure))
         elif kind == "outcome":
-            assembler = transport.Assembler(f"result of '{link.name}'")
-            frame = None
-            for report in request_iterator:
-                frame = assembler.add(report.state)
-            experiment.inbox.put(("outcome", link.name, first.request,
-                                  first.outcome.SerializeToString(),
-                                  frame if frame is not None else assembler.finish()))
+            _deny(context, grpc.StatusCode.INVALID_ARGUMENT,
+                  "chain outcomes go on fedloom.v1.Bulk/Push (is this envoy an older fedloom?)")
+        return pb.Ack()
+
+    def pull_state(self, request: pb.PullRequest,
+                   context: grpc.ServicerContext) -> Iterator[bytes]:
+        """Bulk.Pull: a chain's state, to an envoy it was sent to."""
+        link = self._link(request.session, context)
+        link.last_seen = time.time()
+        frame = self.outbox.take(request.experiment, request.request, link.name)
+        if frame is None:
+            _deny(context, grpc.StatusCode.NOT_FOUND,
+                  f"no state waits for envoy '{link.name}' under request {request.request!r} of "
+                  f"experiment {request.experiment}: the experiment ended or moved on")
+        yield from bulk.pieces(frame)
+
+    def push_state(self, messages: Iterator[bytes], context: grpc.ServicerContext) -> pb.Ack:
+        """Bulk.Push: a chain's outcome (a Report header) and its state."""
+        try:
+            head = pb.Report.FromString(next(messages, b""))
+        except DecodeError:
+            _deny(context, grpc.StatusCode.INVALID_ARGUMENT, "Bulk.Push: a corrupt header")
+        link = self._link(head.session, context)
+        link.last_seen = time.time()
+        experiment = self._experiments.get(head.experiment)
+        if experiment is None or link.name not in experiment.collaborators:
+            _deny(context, grpc.StatusCode.PERMISSION_DENIED,
+                  f"envoy '{link.name}' is not part of experiment {head.experiment}")
+        if head.WhichOneof("kind") != "outcome":
+            _deny(context, grpc.StatusCode.INVALID_ARGUMENT, "Bulk.Push carries chain outcomes")
+        try:
+            receiver = bulk.Receiver(head.bulk_bytes, f"result of '{link.name}'")
+            for piece in messages:
+                receiver.add(piece)
+            frame = receiver.finish()
+        except transport.TransportError as exc:
+            _deny(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        experiment.inbox.put(("outcome", link.name, head.request,
+                              head.outcome.SerializeToString(), frame))
         return pb.Ack()
 
     # -- users -------------------------------------------------------------------------------
@@ -325,6 +360,7 @@ class Director(rpc.DirectorServicer):
             self._release(experiment, reason)
 
     def _release(self, experiment: Experiment, reason: str) -> None:
+        self.outbox.drop(experiment.id)
         with self._lock:
             for name in experiment.collaborators:
                 link = self._envoys.get(name)
@@ -482,11 +518,7 @@ class ExperimentRun:
             message = exp.inbox.get()
             kind = message[0]
             if kind == "chains":
-                _, request, step, names, frame = message
-                for name in names:
-                    for part in transport.chunks(frame):
-                        self.director.send(name, pb.Work(experiment=exp.id, chain=pb.ChainRequest(
-                            request=request, step=step, state=part)))
+                self._send_chains(*message[1:])
             elif kind == "outcome":
                 _, _name, request, outcome, frame = message
                 aggregator.send(("result", request, outcome, frame))
@@ -513,6 +545,23 @@ class ExperimentRun:
                 aggregator.send(("abort", reason))
                 self._fail(reason)
                 return reason
+
+    def _send_chains(self, request: str, step: str, names: list[str], frame: bulk.Frame
+                     ) -> None:
+        """A fan-out's state to its envoys: inside the work item when small, else announced
+        and pulled by each envoy (Bulk) from one copy held here."""
+        exp = self.experiment
+        size = len(frame)
+        if size <= bulk.INLINE_BYTES:
+            for name in names:
+                for part in transport.chunks(frame):
+                    self.director.send(name, pb.Work(experiment=exp.id, chain=pb.ChainRequest(
+                        request=request, step=step, state=part)))
+            return
+        self.director.outbox.offer(exp.id, request, frame, set(names))
+        for name in names:
+            self.director.send(name, pb.Work(experiment=exp.id, chain=pb.ChainRequest(
+                request=request, step=step, bulk_bytes=size)))
 
     def _rejoin(self, aggregator: FramePipe, message: tuple[Any, ...]) -> None:
         """An envoy that was lost and came back: review again (it lost its approval with its

@@ -20,10 +20,10 @@ import grpc
 
 from fedloom import __version__
 from fedloom.errors import FedloomError
-from fedloom.federation import transport
+from fedloom.federation import bulk, transport
 from fedloom.federation.config import EnvoyConfig
 from fedloom.federation.experiment_process import ExperimentSpec, collaborator_main
-from fedloom.federation.pipes import FramePipe
+from fedloom.federation.pipes import FramePipe, MemoryFrame
 from fedloom.federation.proto import fedloom_pb2 as pb
 from fedloom.federation.proto import fedloom_pb2_grpc as rpc
 from fedloom.federation.review import Plan, ReviewDesk
@@ -64,6 +64,7 @@ class Envoy:
         self._stop = threading.Event()
         self._experiments: dict[str, RunningExperiment] = {}
         self._stub: rpc.DirectorStub | None = None
+        self._channel: grpc.Channel | None = None  # for Bulk (large states)
         self._session = ""
         self.desk = ReviewDesk(config.name, config.review_experiment, workdir,
                                config.review_timeout)
@@ -108,6 +109,7 @@ class Envoy:
             transport.wait_ready(channel, self.endpoint, timeout=10,
                                  tls=self._credentials is not None)
             self._stub = rpc.DirectorStub(channel)
+            self._channel = channel
             reply = self._stub.Register(pb.RegisterRequest(name=self.config.name,
                                                            fedloom_version=__version__),
                                         timeout=30)
@@ -218,16 +220,43 @@ class Envoy:
         running = self._experiments.get(experiment_id)
         if running is None or running.conn is None:
             return
+        frame = self._pull(running, chain) if chain.bulk_bytes else \
+            self._assemble(running, chain)
+        if frame is None:
+            return
+        try:
+            running.conn.send(("chain", chain.request, chain.step, frame))
+        except OSError:  # the process is gone; _forward reports it
+            log.warning("envoy '%s': the collaborator of experiment %s is gone",
+                        self.config.name, experiment_id)
+
+    def _assemble(self, running: RunningExperiment, chain: pb.ChainRequest) -> bytes | None:
+        """A small state, inside the work items; None until its last piece."""
         assembler = running.chains.setdefault(chain.request,
                                               transport.Assembler(f"state for {chain.step}"))
         frame = assembler.add(chain.state)
         if frame is not None:
             del running.chains[chain.request]
-            try:
-                running.conn.send(("chain", chain.request, chain.step, frame))
-            except OSError:  # the process is gone; _forward reports it
-                log.warning("envoy '%s': the collaborator of experiment %s is gone",
-                            self.config.name, experiment_id)
+        return frame
+
+    def _pull(self, running: RunningExperiment, chain: pb.ChainRequest) -> MemoryFrame | None:
+        """A large state, from the director; a failure to get it fails the chain there (the
+        aggregator would otherwise wait for a result that cannot come)."""
+        assert self._channel is not None
+        request = pb.PullRequest(session=self._session, experiment=running.id,
+                                 request=chain.request)
+        try:
+            return bulk.pull(self._channel, request, chain.bulk_bytes,
+                             f"state for {chain.step}")
+        except (grpc.RpcError, FedloomError) as exc:
+            why = f"envoy '{self.config.name}' could not get the state for '{chain.step}': " \
+                  f"{_describe(exc)}"
+            log.error("%s", why)
+            with contextlib.suppress(grpc.RpcError, FedloomError):
+                self._send(iter([pb.Report(session=self._session, experiment=running.id,
+                                           failure=pb.Failure(kind="FlowRunError",
+                                                              message=why))]))
+            return None
 
     def _process_died(self, running: RunningExperiment) -> None:
         process = running.process
@@ -273,7 +302,12 @@ class Envoy:
             reports = iter([head])
         else:
             _, request, outcome, frame = message
-            reports = _outcome_reports(head, request, outcome, frame)
+            head.request = request
+            head.outcome.CopyFrom(pb.ChainOutcome.FromString(outcome))
+            if self._channel is None:
+                raise transport.TransportError("not connected to the director")
+            bulk.push(self._channel, head, frame)
+            return
         self._send(reports)
 
     def _send(self, reports: Iterator[pb.Report]) -> None:
@@ -296,16 +330,6 @@ class Envoy:
     def _end_all(self, reason: str) -> None:
         for experiment_id in list(self._experiments):
             self._end(experiment_id, reason)
-
-
-def _outcome_reports(head: pb.Report, request: str, outcome: bytes,
-                     frame: bytes) -> Iterator[pb.Report]:
-    first = pb.Report(session=head.session, experiment=head.experiment, request=request)
-    first.outcome.CopyFrom(pb.ChainOutcome.FromString(outcome))
-    yield first
-    for part in transport.chunks(frame):
-        yield pb.Report(session=head.session, experiment=head.experiment, request=request,
-                        state=part)
 
 
 def _stop_process(running: RunningExperiment, aborted: bool) -> None:

@@ -6,7 +6,8 @@ element is a large frame goes as the rest of the tuple, then the frame on its ow
 an anonymous memory file whose descriptor is passed over the pipe (one copy in, the receiver
 maps it; the kernel frees it when both ends have closed it, so nothing leaks if a process
 dies), elsewhere with ``send_bytes``. A lock keeps the parts together when several threads
-send.
+send. A :class:`MemoryFrame` (a frame received from the network straight into a memory file)
+is handed over by its descriptor without any copy.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import mmap
 import os
 import sys
 import threading
+import weakref
 from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from typing import Any
@@ -25,6 +27,33 @@ _FRAME_IN_FD = "\x00fedloom-frame-in-fd"
 _MEMFD = sys.platform == "linux" and hasattr(os, "memfd_create")
 
 
+class MemoryFrame:
+    """A frame of known size, written in place, in an anonymous memory file on Linux (pages
+    are committed as they are written), so that :meth:`FramePipe.send` passes its descriptor
+    instead of copying it. Sending hands it over; the descriptor is closed then or when the
+    frame is collected."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.fd = os.memfd_create("fedloom-frame", os.MFD_CLOEXEC) if _MEMFD else -1
+        self._closer = weakref.finalize(self, _close, self.fd)
+        if self.fd >= 0:
+            os.ftruncate(self.fd, size)
+        self.view = memoryview(bytearray()) if not size else memoryview(
+            mmap.mmap(self.fd, size) if self.fd >= 0 else mmap.mmap(-1, size))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def handed_over(self) -> None:
+        self._closer()
+
+
+def _close(fd: int) -> None:
+    if fd >= 0:
+        os.close(fd)
+
+
 class FramePipe:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
@@ -32,6 +61,16 @@ class FramePipe:
 
     def send(self, message: tuple[Any, ...]) -> None:
         last = message[-1] if message else None
+        if isinstance(last, MemoryFrame):
+            if last.fd < 0 or last.size <= INLINE_BYTES:
+                last = last.view  # no memory file (not Linux), or small: as any frame
+                message = (*message[:-1], last)
+            else:
+                with self._lock:
+                    self._conn.send((*message[:-1], _FRAME_IN_FD, last.size))
+                    reduction.send_handle(self._conn, last.fd, 0)
+                last.handed_over()
+                return
         with self._lock:
             if isinstance(last, bytes | bytearray | memoryview) and len(last) > INLINE_BYTES:
                 if _MEMFD:
@@ -39,6 +78,8 @@ class FramePipe:
                 else:
                     self._conn.send((*message[:-1], _FRAME_FOLLOWS))
                     self._conn.send_bytes(last)
+            elif isinstance(last, memoryview):  # small: inside the pickle, which takes bytes
+                self._conn.send((*message[:-1], last.tobytes()))
             else:
                 self._conn.send(message)
 

@@ -47,7 +47,7 @@ class Endpoint:
         return f"{self.host}:{self.port}"
 
 
-def chunks(frame: bytes, size: int = CHUNK_BYTES) -> Iterator[pb.Chunk]:
+def chunks(frame: bytes | bytearray | memoryview, size: int = CHUNK_BYTES) -> Iterator[pb.Chunk]:
     """``frame`` as Chunk messages (at least one, even for an empty frame)."""
     view = memoryview(frame)
     total = len(frame)

@@ -107,17 +107,19 @@ class Offer(_message.Message):
     def __init__(self, digest: _Optional[str] = ..., collaborators: _Optional[_Iterable[str]] = ..., run_id: _Optional[str] = ..., checkpoint: _Optional[bool] = ...) -> None: ...
 
 class ChainRequest(_message.Message):
-    __slots__ = ("request", "step", "state")
+    __slots__ = ("request", "step", "state", "bulk_bytes")
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    BULK_BYTES_FIELD_NUMBER: _ClassVar[int]
     request: str
     step: str
     state: Chunk
-    def __init__(self, request: _Optional[str] = ..., step: _Optional[str] = ..., state: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
+    bulk_bytes: int
+    def __init__(self, request: _Optional[str] = ..., step: _Optional[str] = ..., state: _Optional[_Union[Chunk, _Mapping]] = ..., bulk_bytes: _Optional[int] = ...) -> None: ...
 
 class Report(_message.Message):
-    __slots__ = ("session", "experiment", "request", "outcome", "state", "ready", "failure", "decision")
+    __slots__ = ("session", "experiment", "request", "outcome", "state", "ready", "failure", "decision", "bulk_bytes")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +128,7 @@ class Report(_message.Message):
     READY_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
+    BULK_BYTES_FIELD_NUMBER: _ClassVar[int]
     session: str
     experiment: str
     request: str
@@ -134,7 +137,8 @@ class Report(_message.Message):
     ready: str
     failure: Failure
     decision: Decision
-    def __init__(self, session: _Optional[str] = ..., experiment: _Optional[str] = ..., request: _Optional[str] = ..., outcome: _Optional[_Union[ChainOutcome, _Mapping]] = ..., state: _Optional[_Union[Chunk, _Mapping]] = ..., ready: _Optional[str] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ...) -> None: ...
+    bulk_bytes: int
+    def __init__(self, session: _Optional[str] = ..., experiment: _Optional[str] = ..., request: _Optional[str] = ..., outcome: _Optional[_Union[ChainOutcome, _Mapping]] = ..., state: _Optional[_Union[Chunk, _Mapping]] = ..., ready: _Optional[str] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ..., bulk_bytes: _Optional[int] = ...) -> None: ...
 
 class ChainOutcome(_message.Message):
     __slots__ = ("collaborator", "join_step", "tasks", "failure")
@@ -275,6 +279,16 @@ class FetchRunRequest(_message.Message):
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     experiment: str
     def __init__(self, experiment: _Optional[str] = ...) -> None: ...
+
+class PullRequest(_message.Message):
+    __slots__ = ("session", "experiment", "request")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    session: str
+    experiment: str
+    request: str
+    def __init__(self, session: _Optional[str] = ..., experiment: _Optional[str] = ..., request: _Optional[str] = ...) -> None: ...
 
 class PendingRequest(_message.Message):
     __slots__ = ()

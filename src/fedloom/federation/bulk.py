@@ -1,0 +1,146 @@
+"""Large states beside the Director service: ``fedloom.v1.Bulk`` on the same port and TLS.
+
+A state inside protobuf ``Chunk`` messages is copied three more times on each side (the
+message, its serialisation, ``.data`` and the join), which made protobuf, not the network, the
+cost of a large model. Here a state moves as raw pieces of bytes: one copy to cut a piece, one
+to put it in place on the other side, into a memory map that only commits pages as they are
+written (so a size announced by a peer costs nothing until the bytes arrive).
+
+- ``Pull``: the envoy asks for the state of a chain it was sent (by experiment and request);
+  the director streams it, only to an envoy the chain was addressed to.
+- ``Push``: the envoy sends a chain's outcome: a ``Report`` header, then the state's pieces.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from fedloom.federation.pipes import MemoryFrame
+from fedloom.federation.proto import fedloom_pb2 as pb
+from fedloom.federation.transport import MAX_FRAME_BYTES, TransportError
+
+SERVICE = "fedloom.v1.Bulk"
+PULL = f"/{SERVICE}/Pull"
+PUSH = f"/{SERVICE}/Push"
+PIECE_BYTES = 4 << 20  # measured: the fastest piece size for gRPC streams here (1-16 MiB)
+INLINE_BYTES = 256 << 10  # smaller states stay inside the control messages (no extra trip)
+SECONDS_PER_GB = 60  # a transfer's deadline grows with its size; nothing waits forever
+Frame = bytes | bytearray | memoryview
+
+
+def pieces(frame: Frame, size: int = PIECE_BYTES) -> Iterator[bytes]:
+    """``frame`` in raw pieces (gRPC sends bytes: one copy each)."""
+    view = memoryview(frame).cast("B")
+    for offset in range(0, len(view), size):
+        yield bytes(view[offset:offset + size])
+
+
+def deadline(nbytes: int) -> float:
+    return 60 + SECONDS_PER_GB * nbytes / 1e9
+
+
+class Receiver:
+    """Puts the pieces of one state of announced size in place; refuses more or fewer."""
+
+    def __init__(self, total: int, what: str, max_bytes: int = MAX_FRAME_BYTES) -> None:
+        if total > max_bytes:
+            raise TransportError(f"{what}: {total} bytes announced, more than the {max_bytes} "
+                                 "allowed")
+        self._what = what
+        self._total = total
+        self._received = 0
+        # Pages are committed as pieces land, not for the announced size; and the frame goes
+        # on to the next process by its descriptor, without a copy.
+        self._frame = MemoryFrame(total)
+        self._view = self._frame.view
+
+    def add(self, piece: bytes) -> None:
+        end = self._received + len(piece)
+        if end > self._total:
+            raise TransportError(f"{self._what}: more bytes than the {self._total} announced")
+        self._view[self._received:end] = piece
+        self._received = end
+
+    def finish(self) -> MemoryFrame:
+        if self._received != self._total:
+            raise TransportError(f"{self._what}: the stream ended after {self._received} of "
+                                 f"{self._total} bytes")
+        return self._frame
+
+
+def pull(channel: grpc.Channel, request: pb.PullRequest, total: int, what: str) -> MemoryFrame:
+    """The state of a chain, from the director."""
+    call = channel.unary_stream(PULL, request_serializer=pb.PullRequest.SerializeToString,
+                                response_deserializer=None)
+    receiver = Receiver(total, what)
+    for piece in call(request, timeout=deadline(total)):
+        receiver.add(piece)
+    return receiver.finish()
+
+
+def push(channel: grpc.Channel, head: pb.Report, frame: Frame) -> None:
+    """A chain's outcome (``head``) and its state, to the director."""
+    head.bulk_bytes = len(memoryview(frame).cast("B"))
+    call = channel.stream_unary(PUSH, request_serializer=None,
+                                response_deserializer=pb.Ack.FromString)
+
+    def messages() -> Iterator[bytes]:
+        yield head.SerializeToString()
+        yield from pieces(frame)
+
+    call(messages(), timeout=deadline(head.bulk_bytes))
+
+
+@dataclass
+class _Waiting:
+    frame: Frame
+    envoys: set[str] = field(default_factory=set)
+
+
+class Outbox:
+    """States waiting for their envoys to pull them, by (experiment, request). A new fan-out of
+    an experiment replaces what its previous one left unpulled (a straggler's old work)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[tuple[str, str], _Waiting] = {}
+
+    def offer(self, experiment: str, request: str, frame: Frame, envoys: set[str]) -> None:
+        with self._lock:
+            self._drop(experiment)
+            self._waiting[(experiment, request)] = _Waiting(frame, set(envoys))
+
+    def take(self, experiment: str, request: str, envoy: str) -> Frame | None:
+        """The state for ``envoy`` (once), or None if it was not sent to it or is gone."""
+        with self._lock:
+            waiting = self._waiting.get((experiment, request))
+            if waiting is None or envoy not in waiting.envoys:
+                return None
+            waiting.envoys.discard(envoy)
+            if not waiting.envoys:
+                del self._waiting[(experiment, request)]
+            return waiting.frame
+
+    def drop(self, experiment: str) -> None:
+        with self._lock:
+            self._drop(experiment)
+
+    def _drop(self, experiment: str) -> None:
+        for key in [k for k in self._waiting if k[0] == experiment]:
+            del self._waiting[key]
+
+
+def handler(pull_state: Callable[[pb.PullRequest, grpc.ServicerContext], Iterator[bytes]],
+            push_state: Callable[[Iterator[bytes], grpc.ServicerContext], pb.Ack]) -> Any:
+    """The Bulk service for a gRPC server, around the director's two methods."""
+    return grpc.method_handlers_generic_handler(SERVICE, {
+        "Pull": grpc.unary_stream_rpc_method_handler(
+            pull_state, request_deserializer=pb.PullRequest.FromString),
+        "Push": grpc.stream_unary_rpc_method_handler(
+            push_state, response_serializer=pb.Ack.SerializeToString),
+    })

@@ -1,0 +1,46 @@
+"""The pipe between a node and its experiment process: frames of every size arrive whole, and a
+frame received into a memory file is handed over by its descriptor."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import pytest
+
+from fedloom.federation.pipes import INLINE_BYTES, FramePipe, MemoryFrame
+
+
+def _echo(connection) -> None:  # type: ignore[no-untyped-def]
+    pipe = FramePipe(connection)
+    while True:
+        message = pipe.recv()
+        if message == ("stop",):
+            return
+        *head, frame = message
+        pipe.send((*head, bytes(frame)))
+
+
+@pytest.fixture
+def echo():  # type: ignore[no-untyped-def]
+    parent, child = multiprocessing.get_context("spawn").Pipe()
+    process = multiprocessing.get_context("spawn").Process(target=_echo, args=(child,))
+    process.start()
+    child.close()
+    pipe = FramePipe(parent)
+    yield pipe
+    pipe.send(("stop",))
+    process.join(timeout=30)
+    assert process.exitcode == 0
+
+
+@pytest.mark.parametrize("size", [0, 10, INLINE_BYTES + 1, 3 << 20])
+def test_frames_and_memory_frames_arrive_whole(echo: FramePipe, size: int) -> None:
+    data = bytes(i % 253 for i in range(size))
+    echo.send(("plain", 1, data))
+    assert echo.recv() == ("plain", 1, data)
+    frame = MemoryFrame(size)
+    frame.view[:] = data
+    echo.send(("memory", 2, frame))
+    assert echo.recv() == ("memory", 2, data)
+    if size > INLINE_BYTES:
+        assert frame.fd >= 0 and frame._closer.alive is False  # handed over, closed here
