@@ -6,8 +6,8 @@ A director and two envoys run as real processes on 127.0.0.1 with mutual TLS; th
 - round latency (tiny model): the median time between consecutive joins, on the director's
   clock (fan-out to both envoys, their steps, results back, the join);
 - a whole 2-round run, from ``flow.run()`` to its return (packaging, queueing, processes);
-- throughput: per-round time with a 100 MB model against a raw loopback TCP copy of the bytes a
-  round moves (2 envoys x there and back);
+- throughput: per-round time with a 100 MB model, with TLS and without, against a raw loopback
+  TCP copy of the bytes a round moves (2 envoys x there and back);
 - bytes on the wire per round, counted by a TCP relay in front of the director (TLS and HTTP/2
   framing included), against the state bytes a round carries.
 
@@ -89,7 +89,7 @@ class CountingRelay:
 
 
 @contextmanager
-def federation(folder: Path, relay: list[CountingRelay] | None = None
+def federation(folder: Path, relay: list[CountingRelay] | None = None, tls: bool = True
                ) -> Iterator[LocalFederation]:
     def front(port: int) -> int:
         assert relay is not None
@@ -97,7 +97,7 @@ def federation(folder: Path, relay: list[CountingRelay] | None = None
         return relay[0].port
 
     configs = {name: ENVOY_CONFIG.format(name=name) for name in ENVOYS}
-    with local_federation(folder, configs, DIRECTOR_CONFIG,
+    with local_federation(folder, configs, DIRECTOR_CONFIG, tls=tls,
                           front=front if relay is not None else None) as fed:
         yield fed
 
@@ -152,11 +152,11 @@ def main() -> None:
     console = Console()
     tiny = np.zeros(1000, np.float32)
     big = np.zeros(args.big_mb * 250_000, np.float32)
-    table = Table(title="federation: director + 2 envoys, TLS, 127.0.0.1")
+    table = Table(title="federation: director + 2 envoys, 127.0.0.1, mutual TLS unless noted")
     for column in ("measure", "value", "target / reference"):
         table.add_column(column)
     with tempfile.TemporaryDirectory() as scratch:
-        with federation(Path(scratch) / "plain") as fed:
+        with federation(Path(scratch) / "tls") as fed:
             run_seconds(fed, tiny, 1)  # warm-up: imports in the node processes
             rounds = run_flow(fed, tiny, args.rounds)[1]
             two = best(lambda: run_seconds(fed, tiny, 2), args.repeat)
@@ -164,13 +164,17 @@ def main() -> None:
                           f"{np.median(rounds) * 1e3:.1f} ms (min {min(rounds) * 1e3:.1f}, "
                           f"max {max(rounds) * 1e3:.1f})", "< 50 ms (reference: ~10 s)")
             table.add_row("2-round run, end to end", f"{two:.2f} s", "< 3 s (reference: ~35 s)")
-            big_round = float(np.median(run_flow(fed, big, 3)[1]))
-            moved = big.nbytes * len(ENVOYS) * 2
-            raw = best(lambda: loopback_seconds(moved), 3)
-            table.add_row(f"round with a {args.big_mb} MB model",
-                          f"{big_round:.2f} s ({moved / big_round / 1e6:.0f} MB/s)",
+            big_round = float(np.median(run_flow(fed, big, 4)[1]))
+        with federation(Path(scratch) / "plaintext", tls=False) as fed:
+            run_seconds(fed, tiny, 1)
+            plain_round = float(np.median(run_flow(fed, big, 4)[1]))
+        moved = big.nbytes * len(ENVOYS) * 2
+        raw = best(lambda: loopback_seconds(moved), 3)
+        for label, seconds in (("TLS", big_round), ("no TLS", plain_round)):
+            table.add_row(f"round with a {args.big_mb} MB model, {label}",
+                          f"{seconds:.2f} s ({moved / seconds / 1e6:.0f} MB/s)",
                           f"raw loopback copy of {moved / 1e6:.0f} MB: {raw:.2f} s "
-                          f"({moved / raw / 1e6:.0f} MB/s); ratio {raw / big_round:.0%}")
+                          f"({moved / raw / 1e6:.0f} MB/s); ratio {raw / seconds:.0%}")
         relay: list[CountingRelay] = []
         with federation(Path(scratch) / "counted", relay) as fed:
             for model, label in ((tiny, "4 kB"), (np.zeros(250_000, np.float32), "1 MB")):
