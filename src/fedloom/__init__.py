@@ -26,6 +26,7 @@ from fedloom.spec import (
     flow_picture,
     validate_flow,
 )
+from fedloom.state import share
 from fedloom.stragglers import Faults, StragglerError, StragglerPolicy
 
 __version__ = "0.1.0"
@@ -65,6 +66,7 @@ __all__ = [
     "collaborator",
     "fedavg",
     "flow_picture",
+    "share",
     "validate_flow",
     "weighted_mean",
 ]

@@ -182,7 +182,7 @@ def check_no_leak(private: Mapping[str, Any], state: Mapping[str, Any], *, step:
     its owner (sent, copied, checkpointed)."""
     if not private:
         return
-    private_ids = {id(v): k for k, v in private.items() if not _is_shared_global(v)}
+    private_ids = {id(v): k for k, v in private.items() if _trackable(v)}
     if not private_ids:
         return
     found = _reaching(state, private_ids)
@@ -191,7 +191,8 @@ def check_no_leak(private: Mapping[str, Any], state: Mapping[str, Any], *, step:
         raise PrivateAttributeError(
             f"public attribute '{name}' holds (or is) the private attribute '{owner}'; it would "
             f"leave '{participant}'. Keep private data in '{owner}' and store only results "
-            "(e.g. a metric, or a copy you mean to share) in public attributes.",
+            "(e.g. a metric) in public attributes, or, to share it on purpose, a copy: "
+            f"self.{name} = fedloom.share(self.{owner}).",
             step=step, participant=participant)
 
 
@@ -210,7 +211,7 @@ def _reaching(state: Mapping[str, Any], targets: Mapping[int, str]) -> tuple[str
             owner = targets.get(id(obj))
             if owner is not None:
                 return name, owner
-            if id(obj) in seen or _is_shared_global(obj):
+            if id(obj) in seen or _is_leaf(obj):
                 continue
             seen.add(id(obj))
             stack.extend(_children(obj))
@@ -219,7 +220,7 @@ def _reaching(state: Mapping[str, Any], targets: Mapping[int, str]) -> tuple[str
 
 def _children(obj: Any) -> list[Any]:
     if isinstance(obj, dict):
-        return list(obj.values())
+        return [*obj.keys(), *obj.values()]
     if isinstance(obj, list | tuple | set | frozenset):
         return list(obj)
     base = getattr(obj, "base", None) if _is_plain_ndarray(obj) else None
@@ -230,6 +231,38 @@ def _children(obj: Any) -> list[Any]:
 
 
 _GLOBAL_TYPES = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType)
+
+
+# A private string this long that is not identifier-like is the participant's own object: Python
+# interns only identifier-like strings, so no unrelated value is the same object (a token, a
+# path, a key read at run time). Shorter ones and numbers may be shared by coincidence.
+_DISTINCT_TEXT = 8
+
+
+def share(value: Any) -> Any:
+    """A copy of ``value`` that may leave its owner: the leak check refuses a public attribute
+    that *is* a private object (or reaches one), so publishing private data takes this explicit
+    step. Text and bytes get a new object of the same value; anything else a deep copy."""
+    if isinstance(value, str):
+        return "".join(list(value))  # str(), copy and slicing all return the same object
+    if isinstance(value, bytes):
+        return bytes(bytearray(value))
+    return copy.deepcopy(value)
+
+
+def _trackable(value: Any) -> bool:
+    """Whether a public value being this very object can only mean the private one leaked."""
+    if isinstance(value, str):
+        return len(value) >= _DISTINCT_TEXT and not value.isidentifier()
+    if isinstance(value, bytes):
+        return len(value) >= _DISTINCT_TEXT
+    return not _is_shared_global(value)
+
+
+def _is_leaf(value: Any) -> bool:
+    """Nothing private can be reached through it (tuples and frozensets are walked)."""
+    return isinstance(value, (*_IMMUTABLE_TYPES, *_GLOBAL_TYPES)) or \
+        type(value).__name__ in ("ufunc", "_ArrayFunctionDispatcher")
 
 
 def _is_shared_global(value: Any) -> bool:

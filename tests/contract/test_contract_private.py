@@ -67,7 +67,7 @@ class VisibilityFlow(FLSpec):
     @collaborator
     def work(self):
         self.collab_saw = self._seen()
-        self.shard_value = self.shard
+        self.shard_value = fedloom.share(self.shard)  # published on purpose: a copy
         self.next(self.more)
 
     @collaborator
