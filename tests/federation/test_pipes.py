@@ -44,3 +44,19 @@ def test_frames_and_memory_frames_arrive_whole(echo: FramePipe, size: int) -> No
     assert echo.recv() == ("memory", 2, data)
     if size > INLINE_BYTES:
         assert frame.fd >= 0 and frame._closer.alive is False  # handed over, closed here
+
+
+@pytest.mark.parametrize("size", [3, INLINE_BYTES * 2])
+def test_a_frame_in_pieces_arrives_as_the_frame(echo: FramePipe, size: int) -> None:
+    import numpy as np
+
+    from fedloom.federation import wire
+
+    state = {"model": np.arange(size, dtype=np.int32), "round": 2}
+    parts = wire.dumps_parts(state)
+    assert len(parts) == len(wire.dumps(state))
+    echo.send(("parts", parts))
+    (tag, frame) = echo.recv()
+    assert tag == "parts" and frame == wire.dumps(state)
+    back = wire.loads(frame)
+    np.testing.assert_array_equal(back["model"], state["model"])

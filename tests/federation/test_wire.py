@@ -796,3 +796,18 @@ def test_reassembler_is_single_use_and_checks_the_header_early() -> None:
         broken.add(flipped(frame, 20))
     with pytest.raises(WireError, match="refused: corrupt wire frame: header checksum"):
         broken.add(frame)
+
+
+def test_an_adopted_frame_becomes_the_arrays_without_a_copy() -> None:
+    model = np.arange(1000, dtype=np.float32)
+    frame = bytearray(dumps({"model": model, "bias": np.ones(3)}))
+    got = loads(memoryview(frame), adopt=True)
+    assert got["model"].flags.writeable
+    got["model"][0] = 42.0  # built on the frame itself: the frame changes, nothing else
+    assert np.float32(42.0).tobytes() in bytes(frame)
+    assert model[0] == 0.0
+    assert not np.shares_memory(got["model"], got["bias"])
+    read_only = bytes(dumps({"model": model}))  # not the caller's to give: copied
+    again = loads(read_only, adopt=True)
+    again["model"][1] = 7.0
+    assert loads(read_only)["model"][1] == 1.0

@@ -90,7 +90,7 @@ class RemoteChains:
         asked = [name for name in names if name not in outcomes]
         request = uuid.uuid4().hex
         if asked:
-            self._conn.send(("chains", request, step, asked, wire.dumps(sent)))
+            self._conn.send(("chains", request, step, asked, wire.dumps_parts(sent)))
         ends = None if deadline is None else time.monotonic() + deadline
         while len(outcomes) < len(names):
             if ends is not None and not self._conn.poll(max(ends - time.monotonic(), 0)):
@@ -139,7 +139,7 @@ class RemoteChains:
         outcomes[name] = Dropped(name, "disconnected", f"envoy {why}")
 
     def _result(self, outcome: pb.ChainOutcome, frame: bytes) -> ChainResult:
-        payload = wire.loads(frame, allowed_modules=self._allowed)
+        payload = wire.loads(frame, allowed_modules=self._allowed, adopt=True)
         artifacts = payload.get("artifacts") or [{}] * len(outcome.tasks)
         tasks = [_task_record(info, values, self._run_id)
                  for info, values in zip(outcome.tasks, artifacts, strict=False)]
@@ -189,7 +189,7 @@ def aggregator_main(connection: Connection, spec: ExperimentSpec) -> None:
                             OutputForwarder(conn, recorder), live_output=False,
                             stragglers=stragglers)
         final = engine.run(initial, resume_at)
-        conn.send(("done", wire.dumps(final)))
+        conn.send(("done", wire.dumps_parts(final)))
     except BaseException as exc:  # everything goes to the user; the director stays up
         conn.send(("failed", messages.failure(exc).SerializeToString()))
 
@@ -259,10 +259,11 @@ def collaborator_main(connection: Connection, name: str, spec: ExperimentSpec) -
 
 
 def _run_chain(site: CollaboratorSite, job: FlowJob, name: str, step: str, frame: bytes,
-               allowed: frozenset[str]) -> tuple[bytes, bytes]:
+               allowed: frozenset[str]) -> tuple[bytes, wire.FrameParts]:
     tasks: list[TaskRecord] = []
     try:
-        result = site.run_chain(job, step, wire.loads(frame, allowed_modules=allowed))
+        result = site.run_chain(job, step, wire.loads(frame, allowed_modules=allowed,
+                                                      adopt=True))
         outcome = pb.ChainOutcome(collaborator=name, join_step=result.join_step)
         state: Any = result.state
         tasks = result.tasks
@@ -273,9 +274,9 @@ def _run_chain(site: CollaboratorSite, job: FlowJob, name: str, step: str, frame
     artifacts = _recordable(tasks, allowed)  # first: it notes what cannot be recorded
     outcome.tasks.extend(messages.task_info(t) for t in tasks)
     try:
-        frame = wire.dumps({"state": state, "artifacts": artifacts})
+        sent = wire.dumps_parts({"state": state, "artifacts": artifacts})
     except Exception as exc:  # e.g. a lock in a public attribute: say so instead of dying
         outcome = pb.ChainOutcome(collaborator=name, failure=messages.failure(FlowRunError(
             f"the state '{name}' sends back cannot be serialised: {exc}", participant=name)))
-        frame = wire.dumps({"state": {}, "artifacts": []})
-    return outcome.SerializeToString(), frame
+        sent = wire.dumps_parts({"state": {}, "artifacts": []})
+    return outcome.SerializeToString(), sent

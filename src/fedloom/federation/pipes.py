@@ -7,7 +7,8 @@ an anonymous memory file whose descriptor is passed over the pipe (one copy in, 
 maps it; the kernel frees it when both ends have closed it, so nothing leaks if a process
 dies), elsewhere with ``send_bytes``. A lock keeps the parts together when several threads
 send. A :class:`MemoryFrame` (a frame received from the network straight into a memory file)
-is handed over by its descriptor without any copy.
+is handed over by its descriptor without any copy; a frame still in pieces
+(:class:`~fedloom.federation.wire.FrameParts`) is written into the memory file piece by piece.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import weakref
 from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from typing import Any
+
+from fedloom.federation.wire import FrameParts
 
 INLINE_BYTES = 64 * 1024  # smaller frames stay inside the pickled tuple
 _FRAME_FOLLOWS = "\x00fedloom-frame-follows"
@@ -61,6 +64,9 @@ class FramePipe:
 
     def send(self, message: tuple[Any, ...]) -> None:
         last = message[-1] if message else None
+        if isinstance(last, FrameParts) and (not _MEMFD or last.size <= INLINE_BYTES):
+            last = last.tobytes()
+            message = (*message[:-1], last)
         if isinstance(last, MemoryFrame):
             if last.fd < 0 or last.size <= INLINE_BYTES:
                 last = last.view  # no memory file (not Linux), or small: as any frame
@@ -72,23 +78,26 @@ class FramePipe:
                 last.handed_over()
                 return
         with self._lock:
-            if isinstance(last, bytes | bytearray | memoryview) and len(last) > INLINE_BYTES:
+            if isinstance(last, bytes | bytearray | memoryview | FrameParts) and \
+                    len(last) > INLINE_BYTES:
                 if _MEMFD:
                     self._send_in_memory_file(message[:-1], last)
                 else:
                     self._conn.send((*message[:-1], _FRAME_FOLLOWS))
-                    self._conn.send_bytes(last)
+                    self._conn.send_bytes(last.tobytes() if isinstance(last, FrameParts)
+                                          else last)
             elif isinstance(last, memoryview):  # small: inside the pickle, which takes bytes
                 self._conn.send((*message[:-1], last.tobytes()))
             else:
                 self._conn.send(message)
 
     def _send_in_memory_file(self, head: tuple[Any, ...],
-                             frame: bytes | bytearray | memoryview) -> None:
+                             frame: bytes | bytearray | memoryview | FrameParts) -> None:
         fd = os.memfd_create("fedloom-frame", os.MFD_CLOEXEC)
         try:
             with open(fd, "wb", closefd=False) as file:
-                file.write(frame)
+                for part in frame.parts if isinstance(frame, FrameParts) else [frame]:
+                    file.write(part)
             self._conn.send((*head, _FRAME_IN_FD, len(frame)))
             reduction.send_handle(self._conn, fd, 0)
         finally:
@@ -112,9 +121,10 @@ class FramePipe:
 
 
 def _map(fd: int, length: int) -> memoryview:
-    """The frame in memory file ``fd``, read-only and without a copy (the view keeps the
-    mapping alive; the descriptor is closed at once)."""
+    """The frame in memory file ``fd``, without a copy, as this process's own: a private
+    copy-on-write mapping, so what decodes it may keep and change its arrays in place (see
+    ``wire.loads(adopt=True)``); the view keeps the mapping alive, the descriptor is closed."""
     try:
-        return memoryview(mmap.mmap(fd, length, access=mmap.ACCESS_READ))
+        return memoryview(mmap.mmap(fd, length, access=mmap.ACCESS_COPY))
     finally:
         os.close(fd)

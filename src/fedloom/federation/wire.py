@@ -88,9 +88,30 @@ class WireError(FedloomError):
 # --------------------------------------------------------------------------------- encoding
 
 
+class FrameParts:
+    """A frame as the pieces it is made of: views of the encoded object's own buffers (its
+    arrays), so no copy of them is made. Write the pieces out at once, before the object
+    changes; their concatenation is the frame :func:`dumps` returns."""
+
+    def __init__(self, parts: list[bytes | bytearray | memoryview]) -> None:
+        self.parts = parts
+        self.size = sum(memoryview(part).nbytes for part in parts)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def tobytes(self) -> bytes:
+        return b"".join(self.parts)
+
+
 def dumps(obj: Any) -> bytes:
     """``obj`` as one frame (see the module docstring); raises :class:`WireError` if it cannot
     be pickled."""
+    return dumps_parts(obj).tobytes()
+
+
+def dumps_parts(obj: Any) -> FrameParts:
+    """:func:`dumps` without joining the pieces (see :class:`FrameParts`)."""
     buffers: list[pickle.PickleBuffer] = []
     stream = io.BytesIO()
     try:
@@ -101,13 +122,17 @@ def dumps(obj: Any) -> bytes:
     except Exception as error:
         raise WireError(f"cannot encode {type(obj).__name__} for the wire: "
                         f"{type(error).__name__}: {error}") from error
-    with stream.getbuffer() as payload:
-        return _frame(payload, raws)
+    return FrameParts(_frame_parts(stream.getvalue(), raws))
 
 
 def _frame(payload: memoryview | bytes, buffers: Sequence[memoryview | bytes]) -> bytes:
     """A frame around a pickle and its out-of-band buffers (tests use it to wrap hand-made
     pickles in valid frames)."""
+    return b"".join(_frame_parts(payload, buffers))
+
+
+def _frame_parts(payload: memoryview | bytes, buffers: Sequence[memoryview | bytes]
+                 ) -> list[bytes | bytearray | memoryview]:
     table = bytearray(_CRC.pack(zlib.crc32(payload)))
     for buffer in buffers:
         table += _ENTRY.pack(len(buffer), zlib.crc32(buffer))
@@ -120,7 +145,7 @@ def _frame(payload: memoryview | bytes, buffers: Sequence[memoryview | bytes]) -
         parts.append(_ZEROS[:start - end])
         parts.append(part)
         end = stop
-    return b"".join(parts)
+    return parts
 
 
 class _Pickler(pickle.Pickler):
@@ -209,7 +234,8 @@ def _torch_constant(name: Any) -> Any:
 
 def loads(data: bytes | bytearray | memoryview, *,
           allowed_modules: Collection[str] = (),
-          module_aliases: Mapping[str, str] | None = None, allow_main: bool = False) -> Any:
+          module_aliases: Mapping[str, str] | None = None, allow_main: bool = False,
+          adopt: bool = False) -> Any:
     """The object in a frame made by :func:`dumps`.
 
     The frame is verified (magic, version, lengths, checksums) before anything is unpickled,
@@ -220,7 +246,9 @@ def loads(data: bytes | bytearray | memoryview, *,
     notebook defined in ``__main__`` as the package's module that holds the notebook's code;
     each target must be one of ``allowed_modules``. ``allow_main`` lets ``allowed_modules``
     name ``__main__``: only for a user decoding results of their own notebook or script, never
-    on a node that runs other people's experiments.
+    on a node that runs other people's experiments. ``adopt``: the caller hands ``data`` over
+    (a writable buffer nobody else uses, e.g. a private copy-on-write mapping): arrays are
+    built on it instead of copied out of it (a read-only ``data`` is still copied).
     """
     allowed = _approved(allowed_modules, allow_main)
     aliases = dict(module_aliases or {})
@@ -230,7 +258,7 @@ def loads(data: bytes | bytearray | memoryview, *,
                              f"allowed module")
     view = _as_view(data)
     payload, raw_buffers = _verify(view)
-    buffers = _OwnedBuffers(raw_buffers)
+    buffers = _OwnedBuffers(raw_buffers, adopt=adopt and not view.readonly)
     stream = io.BytesIO(payload)
     unpickler = _Unpickler(stream, allowed, buffers, aliases)
     try:
@@ -347,18 +375,21 @@ def _verify(view: memoryview) -> tuple[memoryview, list[memoryview]]:
 class _OwnedBuffers:
     """Hands the unpickler a writable copy of each buffer, in order, and counts them."""
 
-    def __init__(self, views: list[memoryview]) -> None:
+    def __init__(self, views: list[memoryview], adopt: bool = False) -> None:
         self._views = views
+        self._adopt = adopt  # the frame is the caller's to give: no copy
         self.used = 0
 
-    def __iter__(self) -> Iterator[bytearray]:
+    def __iter__(self) -> Iterator[bytearray | memoryview]:
         return self
 
-    def __next__(self) -> bytearray:
+    def __next__(self) -> bytearray | memoryview:
         if self.used >= len(self._views):
             raise StopIteration
         view = self._views[self.used]
         self.used += 1
+        if self._adopt:
+            return view
         # bytearray rather than numpy.empty: numpy asks for huge pages, and the kernel's
         # compaction for them can stall a first large allocation for a long time.
         return bytearray(view)
