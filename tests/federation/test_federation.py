@@ -371,3 +371,22 @@ def test_a_collaborator_process_that_dies_fails_the_run_or_is_dropped_never_hang
         assert fed.envoys["New York"].process.poll() is None  # the envoy itself lives on
     np.testing.assert_allclose(flow.model, [2.0, 2.0, 2.0])
     assert "exited unexpectedly" in flow.dropped["New York"]
+
+
+def test_an_aggregator_that_cannot_set_up_fails_the_run_and_frees_the_envoys(tmp_path):
+    import os
+
+    from fedloom.federation.localhost import local_federation
+    from tests.federation.nodes import PRIVATE_ATTRIBUTES, ROOT
+
+    broken = PRIVATE_ATTRIBUTES + (
+        "\ndef missing_data():\n    raise FileNotFoundError('aggregator data not found')\n")
+    director = ("settings:\n  listen_host: 127.0.0.1\n  listen_port: 0\n"
+                "  review_experiment: false\n"
+                "aggregator:\n  callable_func:\n    template: private_attributes.missing_data\n")
+    env = {"PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    with local_federation(tmp_path, {n: envoy_config(n, v) for n, v in ENVOYS.items()},
+                          director, files={"private_attributes.py": broken}, env=env) as fed:
+        for _ in range(2):  # the second one runs too: the envoys were freed
+            with pytest.raises(FedloomError, match="aggregator data not found"):
+                run(fed)

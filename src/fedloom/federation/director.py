@@ -7,6 +7,7 @@ experiment on its inbox; every wait has a timeout so a vanished peer is noticed.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import multiprocessing
@@ -447,6 +448,7 @@ class ExperimentRun:
         self.experiment = experiment
         self.run_id = experiment.run_id
         self.rejoining: set[str] = set()  # envoys back after being lost, not yet ready
+        self._failure_sent = False
 
     def run(self) -> str:
         """Returns the failure reason, or '' when the experiment completed."""
@@ -456,12 +458,27 @@ class ExperimentRun:
             if not review.concluded:
                 self._fail(reason)
             return reason
-        self._offer()
-        reason = self._wait_ready()
+        reason = self._check_approved()
         if reason:
             self._fail(reason)
             return reason
-        return self._relay()
+        self._offer()
+        # The aggregator process starts (imports, package, initial state, private attributes)
+        # while the envoys start their collaborators; it runs the flow once they are all up.
+        process, aggregator = self._start_aggregator()
+        try:
+            reason = self._wait_ready()
+            if reason:
+                self._fail(reason)
+                return reason
+            aggregator.send(("go",))
+            return self._loop(aggregator)
+        finally:
+            with contextlib.suppress(OSError):
+                aggregator.send(("stop",))  # if it still waits for the go
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
 
     def _offer(self) -> None:
         exp = self.experiment
@@ -480,19 +497,26 @@ class ExperimentRun:
                 return f"envoys {sorted(waiting)} did not start their collaborators in time"
             if message[0] == "ready":
                 waiting.discard(message[1])
-            elif message[0] in ("failure", "cancel") or \
+            elif message[0] == "failed":  # the aggregator process could not set up
+                failure = pb.Failure.FromString(message[1])
+                self.experiment.events.put(pb.Event(failure=failure))  # with its traceback
+                self._failure_sent = True
+                return failure.message or "the aggregator could not start"
+            elif message[0] in ("failure", "cancel", "exited") or \
                     (message[0] == "lost" and message[1] in self.experiment.collaborators):
                 return self._reason(message)
         return ""
 
-    def _relay(self) -> str:
+    def _check_approved(self) -> str:
         exp = self.experiment
         approved = self.director.desk.approved_digest(exp.id)
         if approved != exp.digest:  # cannot happen unless memory was tampered with: refuse
-            reason = (f"the director approved package {str(approved)[:12]}, not "
-                      f"{exp.digest[:12]}; refusing to run it")
-            self._fail(reason)
-            return reason
+            return (f"the director approved package {str(approved)[:12]}, not "
+                    f"{exp.digest[:12]}; refusing to run it")
+        return ""
+
+    def _start_aggregator(self) -> tuple[Any, FramePipe]:
+        exp = self.experiment
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
         spec = ExperimentSpec(exp.package, exp.digest, exp.collaborators, self.run_id,
@@ -505,12 +529,7 @@ class ExperimentRun:
         child.close()
         pipe = FramePipe(parent)
         threading.Thread(target=_pump, args=(pipe, exp.inbox), daemon=True).start()
-        try:
-            return self._loop(pipe)
-        finally:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
+        return process, pipe
 
     def _loop(self, aggregator: FramePipe) -> str:
         exp = self.experiment
@@ -602,6 +621,9 @@ class ExperimentRun:
         return "the aggregator process exited unexpectedly"
 
     def _fail(self, reason: str) -> None:
+        if self._failure_sent:  # the user has the failure already, in more detail
+            return
+        self._failure_sent = True
         self.experiment.events.put(pb.Event(failure=pb.Failure(kind="FedloomError",
                                                                message=reason)))
 

@@ -178,6 +178,9 @@ def aggregator_main(connection: Connection, spec: ExperimentSpec) -> None:
                              module_aliases=initial_state_aliases(package))
         private = spec.private.build()
         resume_from, resume_at = _resume(package)
+        # Set up while the envoys start their collaborators; the flow runs when they are up.
+        if conn.recv()[0] != "go":
+            return  # the experiment ended before it could run
         recorder: TaskRecorder | None = None
         if spec.checkpoint:
             from fedloom.checkpoint.recorder import MetaflowRecorder
