@@ -81,3 +81,15 @@ def test_the_director_refuses_bulk_calls_that_are_not_in_order(tmp_path) -> None
             bulk.push(channel, head, b"state")
         assert stranger.value.code() == grpc.StatusCode.PERMISSION_DENIED
         channel.close()
+
+
+def test_a_package_waits_for_every_reviewer_and_outlives_the_fan_outs() -> None:
+    outbox = bulk.Outbox()
+    outbox.offer("e1", bulk.PACKAGE, b"package", {"a", "b"})
+    assert outbox.take("e1", bulk.PACKAGE, "a") == b"package"
+    outbox.offer("e1", "r1", b"state", {"a", "b"})  # a fan-out: the package stays for b
+    assert outbox.take("e1", bulk.PACKAGE, "b") == b"package"
+    outbox.offer("e1", bulk.PACKAGE, b"package", {"a"})  # a rejoins: it reviews again
+    assert outbox.take("e1", "r1", "a") == b"state"
+    assert outbox.take("e1", bulk.PACKAGE, "a") == b"package"
+    assert outbox.take("e1", bulk.PACKAGE, "a") is None

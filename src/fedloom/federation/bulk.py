@@ -29,6 +29,7 @@ PULL = f"/{SERVICE}/Pull"
 PUSH = f"/{SERVICE}/Push"
 PIECE_BYTES = 4 << 20  # measured: the fastest piece size for gRPC streams here (1-16 MiB)
 INLINE_BYTES = 256 << 10  # smaller states stay inside the control messages (no extra trip)
+PACKAGE = "package"  # the request name under which envoys pull an experiment's package
 SECONDS_PER_GB = 60  # a transfer's deadline grows with its size; nothing waits forever
 Frame = bytes | bytearray | memoryview
 
@@ -104,7 +105,9 @@ class _Waiting:
 
 class Outbox:
     """States waiting for their envoys to pull them, by (experiment, request). A new fan-out of
-    an experiment replaces what its previous one left unpulled (a straggler's old work)."""
+    an experiment replaces what its previous one left unpulled (a straggler's old work); its
+    package (:data:`PACKAGE`) stays until the experiment ends (an envoy that rejoins reviews
+    it again)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -112,7 +115,11 @@ class Outbox:
 
     def offer(self, experiment: str, request: str, frame: Frame, envoys: set[str]) -> None:
         with self._lock:
-            self._drop(experiment)
+            if request == PACKAGE:
+                waiting = self._waiting.setdefault((experiment, request), _Waiting(frame))
+                waiting.envoys |= envoys
+                return
+            self._drop(experiment, keep=PACKAGE)
             self._waiting[(experiment, request)] = _Waiting(frame, set(envoys))
 
     def take(self, experiment: str, request: str, envoy: str) -> Frame | None:
@@ -130,8 +137,8 @@ class Outbox:
         with self._lock:
             self._drop(experiment)
 
-    def _drop(self, experiment: str) -> None:
-        for key in [k for k in self._waiting if k[0] == experiment]:
+    def _drop(self, experiment: str, keep: str = "") -> None:
+        for key in [k for k in self._waiting if k[0] == experiment and k[1] != keep]:
             del self._waiting[key]
 
 

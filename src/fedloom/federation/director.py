@@ -452,7 +452,8 @@ class ExperimentRun:
 
     def run(self) -> str:
         """Returns the failure reason, or '' when the experiment completed."""
-        review = ReviewPhase(self.experiment, self.director.desk, self.director.send)
+        review = ReviewPhase(self.experiment, self.director.desk, self.director.send,
+                             self.director.outbox)
         reason = review.run()
         if reason:
             if not review.concluded:
@@ -589,7 +590,7 @@ class ExperimentRun:
         if kind == "returned" and name in exp.collaborators:
             log.info("envoy '%s' is back: offering experiment %s to it again", name, exp.id)
             self.rejoining.add(name)
-            send_plan(self.director.send, exp, [name])
+            send_plan(self.director.send, exp, [name], self.director.outbox)
         elif kind == "decision" and name in self.rejoining:
             decision = message[2]
             if decision.approved and decision.digest == exp.digest:

@@ -159,7 +159,10 @@ class Envoy:
     def _on_review(self, experiment_id: str, request: pb.ReviewRequest) -> None:
         running = self._experiments.setdefault(
             experiment_id, RunningExperiment(experiment_id, transport.Assembler("package")))
-        package = running.package.add(request.package)
+        if request.bulk_bytes:
+            package = self._pull_package(experiment_id, request)
+        else:
+            package = running.package.add(request.package)
         if package is None:
             return
         running.package_bytes, running.digest = package, request.digest
@@ -177,6 +180,20 @@ class Envoy:
                 self._send_decision(experiment_id, done.result())
 
         self.desk.submit(plan).add_done_callback(report)
+
+    def _pull_package(self, experiment_id: str, request: pb.ReviewRequest) -> bytes | None:
+        """A large package, from the director; one that cannot be had is refused."""
+        assert self._channel is not None
+        try:
+            frame = bulk.pull(self._channel, pb.PullRequest(
+                session=self._session, experiment=experiment_id, request=bulk.PACKAGE),
+                request.bulk_bytes, "package")
+        except (grpc.RpcError, FedloomError) as exc:
+            self._send_decision(experiment_id, self.desk.refuse(
+                experiment_id, request.submitter, request.digest,
+                f"could not get the package from the director: {_describe(exc)}"))
+            return None
+        return frame.view.tobytes()
 
     def _send_decision(self, experiment_id: str, decision: pb.Decision) -> None:
         try:

@@ -11,7 +11,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from fedloom.errors import FedloomError
-from fedloom.federation import transport
+from fedloom.federation import bulk, transport
 from fedloom.federation.proto import fedloom_pb2 as pb
 from fedloom.federation.review import Plan, ReviewDesk
 
@@ -19,21 +19,29 @@ DIRECTOR = "director"
 
 
 def send_plan(send: Callable[[str, pb.Work], None], experiment: Any,
-              names: Sequence[str]) -> None:
-    """The experiment's plan (its package, in chunks) to each named envoy, for review."""
+              names: Sequence[str], outbox: bulk.Outbox) -> None:
+    """The experiment's plan to each named envoy, for review: its package inside the work items
+    (in chunks) when small, else announced there and pulled (Bulk) from the one copy here."""
+    size = len(experiment.package)
+    if size > bulk.INLINE_BYTES:
+        outbox.offer(experiment.id, bulk.PACKAGE, experiment.package, set(names))
     for name in names:
-        for part in transport.chunks(experiment.package):
+        parts = [pb.Chunk(total=size)] if size > bulk.INLINE_BYTES else \
+            transport.chunks(experiment.package)
+        for part in parts:
             send(name, pb.Work(experiment=experiment.id, review=pb.ReviewRequest(
                 digest=experiment.digest, submitter=experiment.submitter,
-                collaborators=experiment.collaborators, package=part)))
+                collaborators=experiment.collaborators, package=part,
+                bulk_bytes=size if size > bulk.INLINE_BYTES else 0)))
 
 
 class ReviewPhase:
     def __init__(self, experiment: Any, desk: ReviewDesk,
-                 send: Callable[[str, pb.Work], None]) -> None:
+                 send: Callable[[str, pb.Work], None], outbox: bulk.Outbox) -> None:
         self.experiment = experiment  # director.Experiment (not imported: no cycle)
         self.desk = desk
         self.send = send
+        self.outbox = outbox
         self.decisions: dict[str, pb.Decision] = {}
         self.concluded = False  # the user was sent the outcome table
         self.asked: set[str] = set()  # envoys the plan was sent to
@@ -71,7 +79,7 @@ class ReviewPhase:
 
     def _send_plan(self) -> None:
         self.asked = set(self.experiment.collaborators)
-        send_plan(self.send, self.experiment, self.experiment.collaborators)
+        send_plan(self.send, self.experiment, self.experiment.collaborators, self.outbox)
 
     def _collect(self, waiting: set[str]) -> str:
         """Waits for the decisions of ``waiting``; stops early at a rejection. Returns why the

@@ -55,16 +55,18 @@ class Work(_message.Message):
     def __init__(self, experiment: _Optional[str] = ..., ping: _Optional[float] = ..., offer: _Optional[_Union[Offer, _Mapping]] = ..., chain: _Optional[_Union[ChainRequest, _Mapping]] = ..., end: _Optional[str] = ..., review: _Optional[_Union[ReviewRequest, _Mapping]] = ...) -> None: ...
 
 class ReviewRequest(_message.Message):
-    __slots__ = ("digest", "submitter", "collaborators", "package")
+    __slots__ = ("digest", "submitter", "collaborators", "package", "bulk_bytes")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     SUBMITTER_FIELD_NUMBER: _ClassVar[int]
     COLLABORATORS_FIELD_NUMBER: _ClassVar[int]
     PACKAGE_FIELD_NUMBER: _ClassVar[int]
+    BULK_BYTES_FIELD_NUMBER: _ClassVar[int]
     digest: str
     submitter: str
     collaborators: _containers.RepeatedScalarFieldContainer[str]
     package: Chunk
-    def __init__(self, digest: _Optional[str] = ..., submitter: _Optional[str] = ..., collaborators: _Optional[_Iterable[str]] = ..., package: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
+    bulk_bytes: int
+    def __init__(self, digest: _Optional[str] = ..., submitter: _Optional[str] = ..., collaborators: _Optional[_Iterable[str]] = ..., package: _Optional[_Union[Chunk, _Mapping]] = ..., bulk_bytes: _Optional[int] = ...) -> None: ...
 
 class Decision(_message.Message):
     __slots__ = ("participant", "approved", "reason", "decided_by", "at", "digest", "experiment", "submitter")
