@@ -9,6 +9,8 @@ written (so a size announced by a peer costs nothing until the bytes arrive).
 - ``Pull``: the envoy asks for the state of a chain it was sent (by experiment and request);
   the director streams it, only to an envoy the chain was addressed to.
 - ``Push``: the envoy sends a chain's outcome: a ``Report`` header, then the state's pieces.
+- ``Submit``: the user sends an experiment: a ``SubmissionHeader``, then the package's pieces.
+- ``Result``: the user takes its experiment's final state (once; it is kept for a while).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from fedloom.federation.transport import MAX_FRAME_BYTES, TransportError
 SERVICE = "fedloom.v1.Bulk"
 PULL = f"/{SERVICE}/Pull"
 PUSH = f"/{SERVICE}/Push"
+SUBMIT = f"/{SERVICE}/Submit"
+RESULT = f"/{SERVICE}/Result"
 PIECE_BYTES = 4 << 20  # measured: the fastest piece size for gRPC streams here (1-16 MiB)
 INLINE_BYTES = 256 << 10  # smaller states stay inside the control messages (no extra trip)
 PACKAGE = "package"  # the request name under which envoys pull an experiment's package
@@ -75,8 +79,19 @@ class Receiver:
 
 
 def pull(channel: grpc.Channel, request: pb.PullRequest, total: int, what: str) -> MemoryFrame:
-    """The state of a chain, from the director."""
-    call = channel.unary_stream(PULL, request_serializer=pb.PullRequest.SerializeToString,
+    """The state of a chain (or the package to review), from the director."""
+    return _fetch(channel, PULL, request, total, what)
+
+
+def result(channel: grpc.Channel, experiment: str, total: int) -> MemoryFrame:
+    """The final state of the user's experiment, from the director."""
+    return _fetch(channel, RESULT, pb.EventsRequest(experiment=experiment), total,
+                  "final state")
+
+
+def _fetch(channel: grpc.Channel, method: str, request: Any, total: int,
+           what: str) -> MemoryFrame:
+    call = channel.unary_stream(method, request_serializer=type(request).SerializeToString,
                                 response_deserializer=None)
     receiver = Receiver(total, what)
     for piece in call(request, timeout=deadline(total)):
@@ -87,14 +102,25 @@ def pull(channel: grpc.Channel, request: pb.PullRequest, total: int, what: str) 
 def push(channel: grpc.Channel, head: pb.Report, frame: Frame) -> None:
     """A chain's outcome (``head``) and its state, to the director."""
     head.bulk_bytes = len(memoryview(frame).cast("B"))
-    call = channel.stream_unary(PUSH, request_serializer=None,
-                                response_deserializer=pb.Ack.FromString)
+    _send(channel, PUSH, head, frame, pb.Ack.FromString)
+
+
+def submit(channel: grpc.Channel, head: pb.SubmissionHeader, package: Frame) -> pb.SubmitReply:
+    """An experiment's package, to the director."""
+    head.bulk_bytes = len(memoryview(package).cast("B"))
+    reply: pb.SubmitReply = _send(channel, SUBMIT, head, package, pb.SubmitReply.FromString)
+    return reply
+
+
+def _send(channel: grpc.Channel, method: str, head: Any, frame: Frame,
+          reply: Callable[[bytes], Any]) -> Any:
+    call = channel.stream_unary(method, request_serializer=None, response_deserializer=reply)
 
     def messages() -> Iterator[bytes]:
         yield head.SerializeToString()
         yield from pieces(frame)
 
-    call(messages(), timeout=deadline(head.bulk_bytes))
+    return call(messages(), timeout=deadline(head.bulk_bytes))
 
 
 @dataclass
@@ -142,12 +168,16 @@ class Outbox:
             del self._waiting[key]
 
 
-def handler(pull_state: Callable[[pb.PullRequest, grpc.ServicerContext], Iterator[bytes]],
-            push_state: Callable[[Iterator[bytes], grpc.ServicerContext], pb.Ack]) -> Any:
-    """The Bulk service for a gRPC server, around the director's two methods."""
+def handler(servicer: Any) -> Any:
+    """The Bulk service for a gRPC server, around the director's methods ``pull_state``,
+    ``push_state``, ``submit_package`` and ``final_state``."""
     return grpc.method_handlers_generic_handler(SERVICE, {
         "Pull": grpc.unary_stream_rpc_method_handler(
-            pull_state, request_deserializer=pb.PullRequest.FromString),
+            servicer.pull_state, request_deserializer=pb.PullRequest.FromString),
         "Push": grpc.stream_unary_rpc_method_handler(
-            push_state, response_serializer=pb.Ack.SerializeToString),
+            servicer.push_state, response_serializer=pb.Ack.SerializeToString),
+        "Submit": grpc.stream_unary_rpc_method_handler(
+            servicer.submit_package, response_serializer=pb.SubmitReply.SerializeToString),
+        "Result": grpc.unary_stream_rpc_method_handler(
+            servicer.final_state, request_deserializer=pb.EventsRequest.FromString),
     })

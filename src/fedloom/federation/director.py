@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 300.0  # seconds for envoys to start their collaborator processes
 MISSED_HEALTH_CHECKS = 3  # periods of silence after which an envoy counts as lost
+RESULT_KEPT_SECONDS = 600.0  # a large final state waits this long for its submitter
 
 
 @dataclass
@@ -68,6 +69,7 @@ class Experiment:
     events: queue.Queue[pb.Event | None] = field(default_factory=queue.Queue)
     inbox: queue.Queue[tuple[Any, ...]] = field(default_factory=queue.Queue)
     status: str = "queued"
+    result: Any = None  # a large final state, until its submitter takes it (Bulk.Result)
 
 
 class Director(rpc.DirectorServicer):
@@ -97,7 +99,7 @@ class Director(rpc.DirectorServicer):
         endpoint = transport.Endpoint(self.config.listen_host, self.config.listen_port)
         self._server, port = transport.new_server(self._credentials, endpoint)
         rpc.add_DirectorServicer_to_server(self, self._server)
-        self._server.add_generic_rpc_handlers((bulk.handler(self.pull_state, self.push_state),))
+        self._server.add_generic_rpc_handlers((bulk.handler(self),))
         self._review_server = LocalReviewServer(self.desk, self._workdir)
         self._review_server.start()
         self._server.start()
@@ -245,6 +247,24 @@ class Director(rpc.DirectorServicer):
         for part in request_iterator:
             package = assembler.add(part.package)
         package = package if package is not None else assembler.finish()
+        return self._accept(submitter, header, package, context)
+
+    def submit_package(self, messages: Iterator[bytes],
+                       context: grpc.ServicerContext) -> pb.SubmitReply:
+        """Bulk.Submit: a large package (a header, then its raw pieces)."""
+        submitter = self._authenticate(context, None, "user")
+        try:
+            header = pb.SubmissionHeader.FromString(next(messages, b""))
+            receiver = bulk.Receiver(header.bulk_bytes, "experiment package")
+            for piece in messages:
+                receiver.add(piece)
+            package = receiver.finish().view.tobytes()
+        except (DecodeError, transport.TransportError) as exc:
+            _deny(context, grpc.StatusCode.INVALID_ARGUMENT, f"Bulk.Submit: {exc}")
+        return self._accept(submitter, header, package, context)
+
+    def _accept(self, submitter: str, header: pb.SubmissionHeader, package: bytes,
+                context: grpc.ServicerContext) -> pb.SubmitReply:
         try:  # refuse a corrupt or mislabelled package now, not when the envoys load it
             flow_name = ExperimentPackage.from_bytes(package,
                                                      expected_digest=header.digest).flow_class
@@ -261,6 +281,17 @@ class Director(rpc.DirectorServicer):
         log.info("experiment %s submitted by '%s' for %s", experiment.id, submitter,
                  list(experiment.collaborators))
         return pb.SubmitReply(experiment=experiment.id, run_id=experiment.run_id)
+
+    def final_state(self, request: pb.EventsRequest,
+                    context: grpc.ServicerContext) -> Iterator[bytes]:
+        """Bulk.Result: the experiment's final state, to its submitter, once."""
+        experiment = self._own_experiment(request.experiment, context)
+        frame, experiment.result = experiment.result, None
+        if frame is None:
+            _deny(context, grpc.StatusCode.NOT_FOUND,
+                  f"experiment {experiment.id} has no final state waiting: it was taken "
+                  f"already, or not taken within {RESULT_KEPT_SECONDS:g} s of the end")
+        yield from bulk.pieces(frame)
 
     def Events(self, request: pb.EventsRequest,
                context: grpc.ServicerContext) -> Iterator[pb.Event]:
@@ -545,8 +576,7 @@ class ExperimentRun:
             elif kind == "output":
                 exp.events.put(pb.Event(output=pb.TaskInfo.FromString(message[1])))
             elif kind == "done":
-                for part in transport.chunks(message[1]):
-                    exp.events.put(pb.Event(final_state=part))
+                self._final_state(message[1])
                 return ""
             elif kind == "failed":
                 failure = pb.Failure.FromString(message[1])
@@ -565,6 +595,20 @@ class ExperimentRun:
                 aggregator.send(("abort", reason))
                 self._fail(reason)
                 return reason
+
+    def _final_state(self, frame: bulk.Frame) -> None:
+        """To the user: inside the events when small; else kept for the user to take (Bulk),
+        for a while: a user that never comes for it does not hold it here for ever."""
+        exp = self.experiment
+        if len(frame) <= bulk.INLINE_BYTES:
+            for part in transport.chunks(frame):
+                exp.events.put(pb.Event(final_state=part))
+            return
+        exp.result = frame
+        timer = threading.Timer(RESULT_KEPT_SECONDS, setattr, args=(exp, "result", None))
+        timer.daemon = True
+        timer.start()
+        exp.events.put(pb.Event(final_state_bulk=len(frame)))
 
     def _send_chains(self, request: str, step: str, names: list[str], frame: bulk.Frame
                      ) -> None:

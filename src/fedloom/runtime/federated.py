@@ -24,7 +24,7 @@ from rich.table import Table
 from fedloom.capture import print_attributed
 from fedloom.checkpoint.transfer import unpack_run
 from fedloom.errors import ExperimentRejected, FedloomError, ParticipantError, ReviewDecision
-from fedloom.federation import messages, transport, wire
+from fedloom.federation import bulk, messages, transport, wire
 from fedloom.federation.package import ExperimentPackage, package_flow
 from fedloom.federation.proto import fedloom_pb2 as pb
 from fedloom.federation.proto import fedloom_pb2_grpc as rpc
@@ -102,12 +102,12 @@ class FederatedRuntime:
         checkpoint = is_checkpointing(flow)
         with self._channel() as channel:
             stub = rpc.DirectorStub(channel)
-            reply = stub.Submit(self._submission(package, checkpoint), timeout=600)
+            reply = self._submit(channel, stub, package, checkpoint)
             experiment = self.last_experiment = reply.experiment
             log.info("submitted experiment %s (package %s)", experiment, package.digest[:12])
             set_run_id(flow, reply.run_id)
             try:
-                final = self._follow(stub, experiment, package, type(flow))
+                final = self._follow(channel, stub, experiment, package, type(flow))
             except KeyboardInterrupt:
                 stub.Cancel(pb.CancelRequest(experiment=experiment), timeout=30)
                 raise
@@ -155,16 +155,27 @@ class FederatedRuntime:
         else:
             log.info("experiment %s recorded in %s", experiment, where)
 
-    def _submission(self, package: ExperimentPackage, checkpoint: bool) -> Iterator[pb.Submission]:
-        yield pb.Submission(header=pb.SubmissionHeader(
-            collaborators=self._collaborators, digest=package.digest, checkpoint=checkpoint))
-        for part in transport.chunks(package.to_bytes()):
-            yield pb.Submission(package=part)
+    def _submit(self, channel: grpc.Channel, stub: rpc.DirectorStub, package: ExperimentPackage,
+                checkpoint: bool) -> pb.SubmitReply:
+        """The package: in chunks on Submit when small, else in raw pieces on Bulk.Submit."""
+        header = pb.SubmissionHeader(collaborators=self._collaborators, digest=package.digest,
+                                     checkpoint=checkpoint)
+        data = package.to_bytes()
+        if len(data) > bulk.INLINE_BYTES:
+            return bulk.submit(channel, header, data)
 
-    def _follow(self, stub: rpc.DirectorStub, experiment: str, package: ExperimentPackage,
-                flow_cls: type) -> dict[str, Any]:
+        def submission() -> Iterator[pb.Submission]:
+            yield pb.Submission(header=header)
+            for part in transport.chunks(data):
+                yield pb.Submission(package=part)
+
+        reply: pb.SubmitReply = stub.Submit(submission(), timeout=600)
+        return reply
+
+    def _follow(self, channel: grpc.Channel, stub: rpc.DirectorStub, experiment: str,
+                package: ExperimentPackage, flow_cls: type) -> dict[str, Any]:
         assembler = transport.Assembler("final state")
-        frame: bytes | None = None
+        frame: bytes | memoryview | None = None
         failure: pb.Failure | None = None
         for event in stub.Events(pb.EventsRequest(experiment=experiment)):
             kind = event.WhichOneof("kind")
@@ -180,6 +191,8 @@ class FederatedRuntime:
                     raise ExperimentRejected(experiment, self.last_review)
             elif kind == "final_state":
                 frame = assembler.add(event.final_state) or frame
+            elif kind == "final_state_bulk":  # large: taken from the director on Bulk
+                frame = bulk.result(channel, experiment, event.final_state_bulk).view
             elif kind == "failure":
                 failure = event.failure
         if failure is not None:
@@ -192,7 +205,7 @@ class FederatedRuntime:
         own = flow_cls.__module__
         aliases = {package.module: own} if package.module != own else {}
         state = wire.loads(frame, allowed_modules={own}, module_aliases=aliases,
-                           allow_main=True)
+                           allow_main=True, adopt=True)  # the frame is ours alone
         return dict(state)
 
     def _channel(self) -> grpc.Channel:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&fedloom/federation/proto/fedloom.proto\x12\nfedloom.v1\"4\n\x05\x43hunk\x12\r\n\x05total\x18\x01 \x01(\x04\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"8\n\x0fRegisterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x66\x65\x64loom_version\x18\x02 \x01(\t\"=\n\rRegisterReply\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x1b\n\x13health_check_period\x18\x02 \x01(\x01\"\x1e\n\x0bWorkRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\"\xbd\x01\n\x04Work\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x0e\n\x04ping\x18\x02 \x01(\x01H\x00\x12\"\n\x05offer\x18\x03 \x01(\x0b\x32\x11.fedloom.v1.OfferH\x00\x12)\n\x05\x63hain\x18\x04 \x01(\x0b\x32\x18.fedloom.v1.ChainRequestH\x00\x12\r\n\x03\x65nd\x18\x05 \x01(\tH\x00\x12+\n\x06review\x18\x06 \x01(\x0b\x32\x19.fedloom.v1.ReviewRequestH\x00\x42\x06\n\x04kind\"\x81\x01\n\rReviewRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x11\n\tsubmitter\x18\x02 \x01(\t\x12\x15\n\rcollaborators\x18\x03 \x03(\t\x12\"\n\x07package\x18\x04 \x01(\x0b\x32\x11.fedloom.v1.Chunk\x12\x12\n\nbulk_bytes\x18\x05 \x01(\x04\"\x98\x01\n\x08\x44\x65\x63ision\x12\x13\n\x0bparticipant\x18\x01 \x01(\t\x12\x10\n\x08\x61pproved\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\ndecided_by\x18\x04 \x01(\t\x12\n\n\x02\x61t\x18\x05 \x01(\x01\x12\x0e\n\x06\x64igest\x18\x06 \x01(\t\x12\x12\n\nexperiment\x18\x07 \x01(\t\x12\x11\n\tsubmitter\x18\x08 \x01(\t\"J\n\rReviewOutcome\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\'\n\tdecisions\x18\x02 \x03(\x0b\x32\x14.fedloom.v1.Decision\"X\n\x05Offer\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x15\n\rcollaborators\x18\x02 \x03(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x12\n\ncheckpoint\x18\x04 \x01(\x08J\x04\x08\x05\x10\x06\"c\n\x0c\x43hainRequest\x12\x0f\n\x07request\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12 \n\x05state\x18\x03 \x01(\x0b\x32\x11.fedloom.v1.Chunk\x12\x12\n\nbulk_bytes\x18\x04 \x01(\x04\"\x8e\x02\n\x06Report\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x12\n\nexperiment\x18\x02 \x01(\t\x12\x0f\n\x07request\x18\x03 \x01(\t\x12+\n\x07outcome\x18\x04 \x01(\x0b\x32\x18.fedloom.v1.ChainOutcomeH\x00\x12\"\n\x05state\x18\x05 \x01(\x0b\x32\x11.fedloom.v1.ChunkH\x00\x12\x0f\n\x05ready\x18\x06 \x01(\tH\x00\x12&\n\x07\x66\x61ilure\x18\x07 \x01(\x0b\x32\x13.fedloom.v1.FailureH\x00\x12(\n\x08\x64\x65\x63ision\x18\x08 \x01(\x0b\x32\x14.fedloom.v1.DecisionH\x00\x12\x12\n\nbulk_bytes\x18\t \x01(\x04\x42\x06\n\x04kind\"\x82\x01\n\x0c\x43hainOutcome\x12\x14\n\x0c\x63ollaborator\x18\x01 \x01(\t\x12\x11\n\tjoin_step\x18\x02 \x01(\t\x12#\n\x05tasks\x18\x03 \x03(\x0b\x32\x14.fedloom.v1.TaskInfo\x12$\n\x07\x66\x61ilure\x18\x04 \x01(\x0b\x32\x13.fedloom.v1.Failure\"\xbb\x01\n\x08TaskInfo\x12\x0c\n\x04step\x18\x01 \x01(\t\x12\x13\n\x0bparticipant\x18\x02 \x01(\t\x12\x0e\n\x06stdout\x18\x03 \x01(\t\x12\x0e\n\x06stderr\x18\x04 \x01(\t\x12\n\n\x02ok\x18\x05 \x01(\x08\x12\x12\n\nstarted_at\x18\x06 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x07 \x01(\x01\x12\x11\n\texception\x18\x08 \x01(\t\x12\x13\n\x0bunpicklable\x18\t \x03(\t\x12\x0f\n\x07\x61ttempt\x18\n \x01(\r\"\x85\x01\n\x07\x46\x61ilure\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\t\x12\x13\n\x0bparticipant\x18\x04 \x01(\t\x12\x10\n\x08\x65xc_type\x18\x05 \x01(\t\x12\x13\n\x0b\x65xc_message\x18\x06 \x01(\t\x12\x11\n\ttraceback\x18\x07 \x01(\t\"\x13\n\x03\x41\x63k\x12\x0c\n\x04note\x18\x01 \x01(\t\"j\n\nSubmission\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1c.fedloom.v1.SubmissionHeaderH\x00\x12$\n\x07package\x18\x02 \x01(\x0b\x32\x11.fedloom.v1.ChunkH\x00\x42\x06\n\x04kind\"M\n\x10SubmissionHeader\x12\x15\n\rcollaborators\x18\x01 \x03(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\ncheckpoint\x18\x03 \x01(\x08\"1\n\x0bSubmitReply\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"#\n\rEventsRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\"\xc8\x01\n\x05\x45vent\x12&\n\x06output\x18\x01 \x01(\x0b\x32\x14.fedloom.v1.TaskInfoH\x00\x12\x10\n\x06status\x18\x02 \x01(\tH\x00\x12(\n\x0b\x66inal_state\x18\x03 \x01(\x0b\x32\x11.fedloom.v1.ChunkH\x00\x12&\n\x07\x66\x61ilure\x18\x04 \x01(\x0b\x32\x13.fedloom.v1.FailureH\x00\x12+\n\x06review\x18\x05 \x01(\x0b\x32\x19.fedloom.v1.ReviewOutcomeH\x00\x42\x06\n\x04kind\"\x0f\n\rEnvoysRequest\"P\n\tEnvoyInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06online\x18\x02 \x01(\x08\x12\x11\n\tlast_seen\x18\x03 \x01(\x01\x12\x12\n\nexperiment\x18\x04 \x01(\t\"4\n\x0b\x45nvoysReply\x12%\n\x06\x65nvoys\x18\x01 \x03(\x0b\x32\x15.fedloom.v1.EnvoyInfo\"#\n\rCancelRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\"%\n\x0f\x46\x65tchRunRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\"C\n\x0bPullRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x12\n\nexperiment\x18\x02 \x01(\t\x12\x0f\n\x07request\x18\x03 \x01(\t\"\x10\n\x0ePendingRequest\"i\n\rPendingReview\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x11\n\tsubmitter\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x12\n\nflow_class\x18\x04 \x01(\t\x12\r\n\x05since\x18\x05 \x01(\x01\":\n\x0cPendingReply\x12*\n\x07pending\x18\x01 \x03(\x0b\x32\x19.fedloom.v1.PendingReview\"!\n\x0bShowRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\"\x19\n\tShowReply\x12\x0c\n\x04text\x18\x01 \x01(\t\"T\n\rDecideRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\"\x10\n\x0eHistoryRequest\"7\n\x0cHistoryReply\x12\'\n\tdecisions\x18\x01 \x03(\x0b\x32\x14.fedloom.v1.Decision2\x9b\x04\n\x08\x44irector\x12\x42\n\x08Register\x12\x1b.fedloom.v1.RegisterRequest\x1a\x19.fedloom.v1.RegisterReply\x12\x36\n\x07GetWork\x12\x17.fedloom.v1.WorkRequest\x1a\x10.fedloom.v1.Work0\x01\x12\x35\n\tHeartbeat\x12\x17.fedloom.v1.WorkRequest\x1a\x0f.fedloom.v1.Ack\x12\x33\n\nSendReport\x12\x12.fedloom.v1.Report\x1a\x0f.fedloom.v1.Ack(\x01\x12;\n\x06Submit\x12\x16.fedloom.v1.Submission\x1a\x17.fedloom.v1.SubmitReply(\x01\x12\x38\n\x06\x45vents\x12\x19.fedloom.v1.EventsRequest\x1a\x11.fedloom.v1.Event0\x01\x12<\n\x06\x45nvoys\x12\x19.fedloom.v1.EnvoysRequest\x1a\x17.fedloom.v1.EnvoysReply\x12\x34\n\x06\x43\x61ncel\x12\x19.fedloom.v1.CancelRequest\x1a\x0f.fedloom.v1.Ack\x12<\n\x08\x46\x65tchRun\x12\x1b.fedloom.v1.FetchRunRequest\x1a\x11.fedloom.v1.Chunk0\x01\x32\xfd\x01\n\x06Review\x12?\n\x07Pending\x12\x1a.fedloom.v1.PendingRequest\x1a\x18.fedloom.v1.PendingReply\x12\x36\n\x04Show\x12\x17.fedloom.v1.ShowRequest\x1a\x15.fedloom.v1.ShowReply\x12\x39\n\x06\x44\x65\x63ide\x12\x19.fedloom.v1.DecideRequest\x1a\x14.fedloom.v1.Decision\x12?\n\x07History\x12\x1a.fedloom.v1.HistoryRequest\x1a\x18.fedloom.v1.HistoryReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&fedloom/federation/proto/fedloom.proto\x12\nfedloom.v1\"4\n\x05\x43hunk\x12\r\n\x05total\x18\x01 \x01(\x04\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"8\n\x0fRegisterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x66\x65\x64loom_version\x18\x02 \x01(\t\"=\n\rRegisterReply\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x1b\n\x13health_check_period\x18\x02 \x01(\x01\"\x1e\n\x0bWorkRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\"\xbd\x01\n\x04Work\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x0e\n\x04ping\x18\x02 \x01(\x01H\x00\x12\"\n\x05offer\x18\x03 \x01(\x0b\x32\x11.fedloom.v1.OfferH\x00\x12)\n\x05\x63hain\x18\x04 \x01(\x0b\x32\x18.fedloom.v1.ChainRequestH\x00\x12\r\n\x03\x65nd\x18\x05 \x01(\tH\x00\x12+\n\x06review\x18\x06 \x01(\x0b\x32\x19.fedloom.v1.ReviewRequestH\x00\x42\x06\n\x04kind\"\x81\x01\n\rReviewRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x11\n\tsubmitter\x18\x02 \x01(\t\x12\x15\n\rcollaborators\x18\x03 \x03(\t\x12\"\n\x07package\x18\x04 \x01(\x0b\x32\x11.fedloom.v1.Chunk\x12\x12\n\nbulk_bytes\x18\x05 \x01(\x04\"\x98\x01\n\x08\x44\x65\x63ision\x12\x13\n\x0bparticipant\x18\x01 \x01(\t\x12\x10\n\x08\x61pproved\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\ndecided_by\x18\x04 \x01(\t\x12\n\n\x02\x61t\x18\x05 \x01(\x01\x12\x0e\n\x06\x64igest\x18\x06 \x01(\t\x12\x12\n\nexperiment\x18\x07 \x01(\t\x12\x11\n\tsubmitter\x18\x08 \x01(\t\"J\n\rReviewOutcome\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\'\n\tdecisions\x18\x02 \x03(\x0b\x32\x14.fedloom.v1.Decision\"X\n\x05Offer\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x15\n\rcollaborators\x18\x02 \x03(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x12\n\ncheckpoint\x18\x04 \x01(\x08J\x04\x08\x05\x10\x06\"c\n\x0c\x43hainRequest\x12\x0f\n\x07request\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12 \n\x05state\x18\x03 \x01(\x0b\x32\x11.fedloom.v1.Chunk\x12\x12\n\nbulk_bytes\x18\x04 \x01(\x04\"\x8e\x02\n\x06Report\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x12\n\nexperiment\x18\x02 \x01(\t\x12\x0f\n\x07request\x18\x03 \x01(\t\x12+\n\x07outcome\x18\x04 \x01(\x0b\x32\x18.fedloom.v1.ChainOutcomeH\x00\x12\"\n\x05state\x18\x05 \x01(\x0b\x32\x11.fedloom.v1.ChunkH\x00\x12\x0f\n\x05ready\x18\x06 \x01(\tH\x00\x12&\n\x07\x66\x61ilure\x18\x07 \x01(\x0b\x32\x13.fedloom.v1.FailureH\x00\x12(\n\x08\x64\x65\x63ision\x18\x08 \x01(\x0b\x32\x14.fedloom.v1.DecisionH\x00\x12\x12\n\nbulk_bytes\x18\t \x01(\x04\x42\x06\n\x04kind\"\x82\x01\n\x0c\x43hainOutcome\x12\x14\n\x0c\x63ollaborator\x18\x01 \x01(\t\x12\x11\n\tjoin_step\x18\x02 \x01(\t\x12#\n\x05tasks\x18\x03 \x03(\x0b\x32\x14.fedloom.v1.TaskInfo\x12$\n\x07\x66\x61ilure\x18\x04 \x01(\x0b\x32\x13.fedloom.v1.Failure\"\xbb\x01\n\x08TaskInfo\x12\x0c\n\x04step\x18\x01 \x01(\t\x12\x13\n\x0bparticipant\x18\x02 \x01(\t\x12\x0e\n\x06stdout\x18\x03 \x01(\t\x12\x0e\n\x06stderr\x18\x04 \x01(\t\x12\n\n\x02ok\x18\x05 \x01(\x08\x12\x12\n\nstarted_at\x18\x06 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x07 \x01(\x01\x12\x11\n\texception\x18\x08 \x01(\t\x12\x13\n\x0bunpicklable\x18\t \x03(\t\x12\x0f\n\x07\x61ttempt\x18\n \x01(\r\"\x85\x01\n\x07\x46\x61ilure\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\t\x12\x13\n\x0bparticipant\x18\x04 \x01(\t\x12\x10\n\x08\x65xc_type\x18\x05 \x01(\t\x12\x13\n\x0b\x65xc_message\x18\x06 \x01(\t\x12\x11\n\ttraceback\x18\x07 \x01(\t\"\x13\n\x03\x41\x63k\x12\x0c\n\x04note\x18\x01 \x01(\t\"j\n\nSubmission\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1c.fedloom.v1.SubmissionHeaderH\x00\x12$\n\x07package\x18\x02 \x01(\x0b\x32\x11.fedloom.v1.ChunkH\x00\x42\x06\n\x04kind\"a\n\x10SubmissionHeader\x12\x15\n\rcollaborators\x18\x01 \x03(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\ncheckpoint\x18\x03 \x01(\x08\x12\x12\n\nbulk_bytes\x18\x04 \x01(\x04\"1\n\x0bSubmitReply\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"#\n\rEventsRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\"\xe4\x01\n\x05\x45vent\x12&\n\x06output\x18\x01 \x01(\x0b\x32\x14.fedloom.v1.TaskInfoH\x00\x12\x10\n\x06status\x18\x02 \x01(\tH\x00\x12(\n\x0b\x66inal_state\x18\x03 \x01(\x0b\x32\x11.fedloom.v1.ChunkH\x00\x12&\n\x07\x66\x61ilure\x18\x04 \x01(\x0b\x32\x13.fedloom.v1.FailureH\x00\x12+\n\x06review\x18\x05 \x01(\x0b\x32\x19.fedloom.v1.ReviewOutcomeH\x00\x12\x1a\n\x10\x66inal_state_bulk\x18\x06 \x01(\x04H\x00\x42\x06\n\x04kind\"\x0f\n\rEnvoysRequest\"P\n\tEnvoyInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06online\x18\x02 \x01(\x08\x12\x11\n\tlast_seen\x18\x03 \x01(\x01\x12\x12\n\nexperiment\x18\x04 \x01(\t\"4\n\x0b\x45nvoysReply\x12%\n\x06\x65nvoys\x18\x01 \x03(\x0b\x32\x15.fedloom.v1.EnvoyInfo\"#\n\rCancelRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\"%\n\x0f\x46\x65tchRunRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\"C\n\x0bPullRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x12\n\nexperiment\x18\x02 \x01(\t\x12\x0f\n\x07request\x18\x03 \x01(\t\"\x10\n\x0ePendingRequest\"i\n\rPendingReview\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x11\n\tsubmitter\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x12\n\nflow_class\x18\x04 \x01(\t\x12\r\n\x05since\x18\x05 \x01(\x01\":\n\x0cPendingReply\x12*\n\x07pending\x18\x01 \x03(\x0b\x32\x19.fedloom.v1.PendingReview\"!\n\x0bShowRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\"\x19\n\tShowReply\x12\x0c\n\x04text\x18\x01 \x01(\t\"T\n\rDecideRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\"\x10\n\x0eHistoryRequest\"7\n\x0cHistoryReply\x12\'\n\tdecisions\x18\x01 \x03(\x0b\x32\x14.fedloom.v1.Decision2\x9b\x04\n\x08\x44irector\x12\x42\n\x08Register\x12\x1b.fedloom.v1.RegisterRequest\x1a\x19.fedloom.v1.RegisterReply\x12\x36\n\x07GetWork\x12\x17.fedloom.v1.WorkRequest\x1a\x10.fedloom.v1.Work0\x01\x12\x35\n\tHeartbeat\x12\x17.fedloom.v1.WorkRequest\x1a\x0f.fedloom.v1.Ack\x12\x33\n\nSendReport\x12\x12.fedloom.v1.Report\x1a\x0f.fedloom.v1.Ack(\x01\x12;\n\x06Submit\x12\x16.fedloom.v1.Submission\x1a\x17.fedloom.v1.SubmitReply(\x01\x12\x38\n\x06\x45vents\x12\x19.fedloom.v1.EventsRequest\x1a\x11.fedloom.v1.Event0\x01\x12<\n\x06\x45nvoys\x12\x19.fedloom.v1.EnvoysRequest\x1a\x17.fedloom.v1.EnvoysReply\x12\x34\n\x06\x43\x61ncel\x12\x19.fedloom.v1.CancelRequest\x1a\x0f.fedloom.v1.Ack\x12<\n\x08\x46\x65tchRun\x12\x1b.fedloom.v1.FetchRunRequest\x1a\x11.fedloom.v1.Chunk0\x01\x32\xfd\x01\n\x06Review\x12?\n\x07Pending\x12\x1a.fedloom.v1.PendingRequest\x1a\x18.fedloom.v1.PendingReply\x12\x36\n\x04Show\x12\x17.fedloom.v1.ShowRequest\x1a\x15.fedloom.v1.ShowReply\x12\x39\n\x06\x44\x65\x63ide\x12\x19.fedloom.v1.DecideRequest\x1a\x14.fedloom.v1.Decision\x12?\n\x07History\x12\x1a.fedloom.v1.HistoryRequest\x1a\x18.fedloom.v1.HistoryReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -64,43 +64,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMISSION']._serialized_start=1760
   _globals['_SUBMISSION']._serialized_end=1866
   _globals['_SUBMISSIONHEADER']._serialized_start=1868
-  _globals['_SUBMISSIONHEADER']._serialized_end=1945
-  _globals['_SUBMITREPLY']._serialized_start=1947
-  _globals['_SUBMITREPLY']._serialized_end=1996
-  _globals['_EVENTSREQUEST']._serialized_start=1998
-  _globals['_EVENTSREQUEST']._serialized_end=2033
-  _globals['_EVENT']._serialized_start=2036
-  _globals['_EVENT']._serialized_end=2236
-  _globals['_ENVOYSREQUEST']._serialized_start=2238
-  _globals['_ENVOYSREQUEST']._serialized_end=2253
-  _globals['_ENVOYINFO']._serialized_start=2255
-  _globals['_ENVOYINFO']._serialized_end=2335
-  _globals['_ENVOYSREPLY']._serialized_start=2337
-  _globals['_ENVOYSREPLY']._serialized_end=2389
-  _globals['_CANCELREQUEST']._serialized_start=2391
-  _globals['_CANCELREQUEST']._serialized_end=2426
-  _globals['_FETCHRUNREQUEST']._serialized_start=2428
-  _globals['_FETCHRUNREQUEST']._serialized_end=2465
-  _globals['_PULLREQUEST']._serialized_start=2467
-  _globals['_PULLREQUEST']._serialized_end=2534
-  _globals['_PENDINGREQUEST']._serialized_start=2536
-  _globals['_PENDINGREQUEST']._serialized_end=2552
-  _globals['_PENDINGREVIEW']._serialized_start=2554
-  _globals['_PENDINGREVIEW']._serialized_end=2659
-  _globals['_PENDINGREPLY']._serialized_start=2661
-  _globals['_PENDINGREPLY']._serialized_end=2719
-  _globals['_SHOWREQUEST']._serialized_start=2721
-  _globals['_SHOWREQUEST']._serialized_end=2754
-  _globals['_SHOWREPLY']._serialized_start=2756
-  _globals['_SHOWREPLY']._serialized_end=2781
-  _globals['_DECIDEREQUEST']._serialized_start=2783
-  _globals['_DECIDEREQUEST']._serialized_end=2867
-  _globals['_HISTORYREQUEST']._serialized_start=2869
-  _globals['_HISTORYREQUEST']._serialized_end=2885
-  _globals['_HISTORYREPLY']._serialized_start=2887
-  _globals['_HISTORYREPLY']._serialized_end=2942
-  _globals['_DIRECTOR']._serialized_start=2945
-  _globals['_DIRECTOR']._serialized_end=3484
-  _globals['_REVIEW']._serialized_start=3487
-  _globals['_REVIEW']._serialized_end=3740
+  _globals['_SUBMISSIONHEADER']._serialized_end=1965
+  _globals['_SUBMITREPLY']._serialized_start=1967
+  _globals['_SUBMITREPLY']._serialized_end=2016
+  _globals['_EVENTSREQUEST']._serialized_start=2018
+  _globals['_EVENTSREQUEST']._serialized_end=2053
+  _globals['_EVENT']._serialized_start=2056
+  _globals['_EVENT']._serialized_end=2284
+  _globals['_ENVOYSREQUEST']._serialized_start=2286
+  _globals['_ENVOYSREQUEST']._serialized_end=2301
+  _globals['_ENVOYINFO']._serialized_start=2303
+  _globals['_ENVOYINFO']._serialized_end=2383
+  _globals['_ENVOYSREPLY']._serialized_start=2385
+  _globals['_ENVOYSREPLY']._serialized_end=2437
+  _globals['_CANCELREQUEST']._serialized_start=2439
+  _globals['_CANCELREQUEST']._serialized_end=2474
+  _globals['_FETCHRUNREQUEST']._serialized_start=2476
+  _globals['_FETCHRUNREQUEST']._serialized_end=2513
+  _globals['_PULLREQUEST']._serialized_start=2515
+  _globals['_PULLREQUEST']._serialized_end=2582
+  _globals['_PENDINGREQUEST']._serialized_start=2584
+  _globals['_PENDINGREQUEST']._serialized_end=2600
+  _globals['_PENDINGREVIEW']._serialized_start=2602
+  _globals['_PENDINGREVIEW']._serialized_end=2707
+  _globals['_PENDINGREPLY']._serialized_start=2709
+  _globals['_PENDINGREPLY']._serialized_end=2767
+  _globals['_SHOWREQUEST']._serialized_start=2769
+  _globals['_SHOWREQUEST']._serialized_end=2802
+  _globals['_SHOWREPLY']._serialized_start=2804
+  _globals['_SHOWREPLY']._serialized_end=2829
+  _globals['_DECIDEREQUEST']._serialized_start=2831
+  _globals['_DECIDEREQUEST']._serialized_end=2915
+  _globals['_HISTORYREQUEST']._serialized_start=2917
+  _globals['_HISTORYREQUEST']._serialized_end=2933
+  _globals['_HISTORYREPLY']._serialized_start=2935
+  _globals['_HISTORYREPLY']._serialized_end=2990
+  _globals['_DIRECTOR']._serialized_start=2993
+  _globals['_DIRECTOR']._serialized_end=3532
+  _globals['_REVIEW']._serialized_start=3535
+  _globals['_REVIEW']._serialized_end=3788
 # @@protoc_insertion_point(module_scope)

@@ -211,14 +211,16 @@ class Submission(_message.Message):
     def __init__(self, header: _Optional[_Union[SubmissionHeader, _Mapping]] = ..., package: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
 
 class SubmissionHeader(_message.Message):
-    __slots__ = ("collaborators", "digest", "checkpoint")
+    __slots__ = ("collaborators", "digest", "checkpoint", "bulk_bytes")
     COLLABORATORS_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    BULK_BYTES_FIELD_NUMBER: _ClassVar[int]
     collaborators: _containers.RepeatedScalarFieldContainer[str]
     digest: str
     checkpoint: bool
-    def __init__(self, collaborators: _Optional[_Iterable[str]] = ..., digest: _Optional[str] = ..., checkpoint: _Optional[bool] = ...) -> None: ...
+    bulk_bytes: int
+    def __init__(self, collaborators: _Optional[_Iterable[str]] = ..., digest: _Optional[str] = ..., checkpoint: _Optional[bool] = ..., bulk_bytes: _Optional[int] = ...) -> None: ...
 
 class SubmitReply(_message.Message):
     __slots__ = ("experiment", "run_id")
@@ -235,18 +237,20 @@ class EventsRequest(_message.Message):
     def __init__(self, experiment: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("output", "status", "final_state", "failure", "review")
+    __slots__ = ("output", "status", "final_state", "failure", "review", "final_state_bulk")
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     FINAL_STATE_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     REVIEW_FIELD_NUMBER: _ClassVar[int]
+    FINAL_STATE_BULK_FIELD_NUMBER: _ClassVar[int]
     output: TaskInfo
     status: str
     final_state: Chunk
     failure: Failure
     review: ReviewOutcome
-    def __init__(self, output: _Optional[_Union[TaskInfo, _Mapping]] = ..., status: _Optional[str] = ..., final_state: _Optional[_Union[Chunk, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., review: _Optional[_Union[ReviewOutcome, _Mapping]] = ...) -> None: ...
+    final_state_bulk: int
+    def __init__(self, output: _Optional[_Union[TaskInfo, _Mapping]] = ..., status: _Optional[str] = ..., final_state: _Optional[_Union[Chunk, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., review: _Optional[_Union[ReviewOutcome, _Mapping]] = ..., final_state_bulk: _Optional[int] = ...) -> None: ...
 
 class EnvoysRequest(_message.Message):
     __slots__ = ()
