@@ -181,12 +181,7 @@ class Director(rpc.DirectorServicer):
         first = next(request_iterator, None)
         if first is None:
             return pb.Ack(note="empty report")
-        link = self._link(first.session, context)
-        link.last_seen = time.time()
-        experiment = self._experiments.get(first.experiment)
-        if experiment is None or link.name not in experiment.collaborators:
-            _deny(context, grpc.StatusCode.PERMISSION_DENIED,
-                          f"envoy '{link.name}' is not part of experiment {first.experiment}")
+        link, experiment = self._reporting(first, context)
         kind = first.WhichOneof("kind")
         if kind == "decision":
             experiment.inbox.put(("decision", link.name, first.decision))
@@ -198,6 +193,18 @@ class Director(rpc.DirectorServicer):
             _deny(context, grpc.StatusCode.INVALID_ARGUMENT,
                   "chain outcomes go on fedloom.v1.Bulk/Push (is this envoy an older fedloom?)")
         return pb.Ack()
+
+    def _reporting(self, report: pb.Report, context: grpc.ServicerContext
+                   ) -> tuple[EnvoyLink, Experiment]:
+        """The envoy sending ``report`` (seen now) and its experiment, which must be one of
+        that envoy's."""
+        link = self._link(report.session, context)
+        link.last_seen = time.time()
+        experiment = self._experiments.get(report.experiment)
+        if experiment is None or link.name not in experiment.collaborators:
+            _deny(context, grpc.StatusCode.PERMISSION_DENIED,
+                  f"envoy '{link.name}' is not part of experiment {report.experiment}")
+        return link, experiment
 
     def pull_state(self, request: pb.PullRequest,
                    context: grpc.ServicerContext) -> Iterator[bytes]:
@@ -217,12 +224,7 @@ class Director(rpc.DirectorServicer):
             head = pb.Report.FromString(next(messages, b""))
         except DecodeError:
             _deny(context, grpc.StatusCode.INVALID_ARGUMENT, "Bulk.Push: a corrupt header")
-        link = self._link(head.session, context)
-        link.last_seen = time.time()
-        experiment = self._experiments.get(head.experiment)
-        if experiment is None or link.name not in experiment.collaborators:
-            _deny(context, grpc.StatusCode.PERMISSION_DENIED,
-                  f"envoy '{link.name}' is not part of experiment {head.experiment}")
+        link, experiment = self._reporting(head, context)
         if head.WhichOneof("kind") != "outcome":
             _deny(context, grpc.StatusCode.INVALID_ARGUMENT, "Bulk.Push carries chain outcomes")
         try:
