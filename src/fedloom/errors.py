@@ -131,3 +131,11 @@ class ExperimentRejected(FedloomError):
         rejected = [d for d in self.decisions if d.verdict == "rejected"]
         super().__init__(f"experiment {experiment} was rejected in review by " + ", ".join(
             f"{d.participant}{f' ({d.reason})' if d.reason else ''}" for d in rejected))
+
+
+class PackageError(FedloomError):
+    """An experiment package could not be built, decoded or loaded."""
+
+
+class DigestMismatchError(PackageError):
+    """The package's bytes are not the ones whose digest was approved or submitted."""
