@@ -524,3 +524,9 @@ def test_describe_does_not_run_the_code_and_warns_on_surprises(
     desc = describe_package(odd)
     assert desc["steps"] == [] and desc["transitions"] == []
     assert any("not defined" in w for w in desc["warnings"])
+
+
+def test_verified_bytes_decode_to_the_same_package(package: ExperimentPackage) -> None:
+    again = ExperimentPackage.from_verified_bytes(memoryview(package.to_bytes()), package.digest)
+    assert again == package and again.initial_state == package.initial_state
+    assert again.files == package.files and again.to_bytes() == package.to_bytes()

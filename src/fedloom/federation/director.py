@@ -27,7 +27,7 @@ from fedloom.checkpoint.transfer import pack_run
 from fedloom.errors import FedloomError
 from fedloom.federation import bulk, transport
 from fedloom.federation.config import DirectorConfig
-from fedloom.federation.experiment_process import ExperimentSpec, aggregator_main
+from fedloom.federation.experiment_process import ExperimentSpec, aggregator_main, send_package
 from fedloom.federation.package import ExperimentPackage
 from fedloom.federation.pipes import FramePipe
 from fedloom.federation.pki import peer_kind, peer_name
@@ -553,7 +553,7 @@ class ExperimentRun:
         exp = self.experiment
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
-        spec = ExperimentSpec(exp.package, exp.digest, exp.collaborators, self.run_id,
+        spec = ExperimentSpec(exp.digest, exp.collaborators, self.run_id,
                               exp.checkpoint, self.director.config.aggregator,
                               str(self.director._workdir / "aggregator"),
                               str(self.director.checkpoint_root))
@@ -562,6 +562,7 @@ class ExperimentRun:
         process.start()
         child.close()
         pipe = FramePipe(parent)
+        send_package(pipe, exp.package)
         threading.Thread(target=_pump, args=(pipe, exp.inbox), daemon=True).start()
         return process, pipe
 

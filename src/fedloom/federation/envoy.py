@@ -22,7 +22,11 @@ from fedloom import __version__
 from fedloom.errors import FedloomError
 from fedloom.federation import bulk, transport
 from fedloom.federation.config import EnvoyConfig
-from fedloom.federation.experiment_process import ExperimentSpec, collaborator_main
+from fedloom.federation.experiment_process import (
+    ExperimentSpec,
+    collaborator_main,
+    send_package,
+)
 from fedloom.federation.pipes import FramePipe, MemoryFrame
 from fedloom.federation.proto import fedloom_pb2 as pb
 from fedloom.federation.proto import fedloom_pb2_grpc as rpc
@@ -219,7 +223,7 @@ class Envoy:
         running.offer = offer
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
-        spec = ExperimentSpec(running.package_bytes, offer.digest, tuple(offer.collaborators),
+        spec = ExperimentSpec(offer.digest, tuple(offer.collaborators),
                               offer.run_id, offer.checkpoint, self.config.collaborator,
                               str(self._experiment_folder(experiment_id)))
         running.process = ctx.Process(target=collaborator_main,
@@ -228,6 +232,8 @@ class Envoy:
         running.process.start()
         child.close()
         running.conn = FramePipe(parent)
+        with contextlib.suppress(OSError):  # a process that died at once is reported below
+            send_package(running.conn, running.package_bytes)
         threading.Thread(target=self._forward, args=(running,), daemon=True).start()
 
     def _experiment_folder(self, experiment_id: str) -> Path:

@@ -33,9 +33,9 @@ from fedloom.tasks import FlowJob, TaskRecord, TaskRecorder
 
 @dataclass(frozen=True)
 class ExperimentSpec:
-    """What a process needs to run its side of an experiment (picklable: plain values)."""
+    """What a process needs to run its side of an experiment (picklable: plain values). The
+    package itself follows on the pipe (see :func:`send_package`)."""
 
-    package: bytes
     digest: str
     collaborators: tuple[str, ...]
     run_id: str
@@ -45,8 +45,19 @@ class ExperimentSpec:
     checkpoint_root: str = ""  # the folder holding .metaflow; "" is Metaflow's default
 
 
-def _load(spec: ExperimentSpec) -> tuple[ExperimentPackage, FlowJob]:
-    package = ExperimentPackage.from_bytes(spec.package, expected_digest=spec.digest)
+def send_package(conn: FramePipe, package: bytes) -> None:
+    """The package, to a process just started: its first message, in a memory file (a large
+    initial state is neither pickled into the process's arguments nor copied through a pipe)."""
+    conn.send(("package", package))
+
+
+def _load(spec: ExperimentSpec, conn: FramePipe) -> tuple[ExperimentPackage, FlowJob]:
+    kind, data = conn.recv()
+    if kind != "package":
+        raise FedloomError(f"expected the experiment package first, got {kind!r}")
+    # The node checked these bytes against the digest it approved, and hands them over from its
+    # own memory: they are not hashed again here.
+    package = ExperimentPackage.from_verified_bytes(data, spec.digest)
     flow_cls = load_package(package, Path(spec.workdir))
     job = FlowJob(flow_cls, validate_flow(flow_cls), spec.collaborators, spec.run_id,
                   record_tasks=spec.checkpoint)
@@ -172,7 +183,7 @@ def aggregator_main(connection: Connection, spec: ExperimentSpec) -> None:
     """Entry point of the aggregator process."""
     conn = FramePipe(connection)
     try:
-        package, job = _load(spec)
+        package, job = _load(spec, conn)
         allowed = frozenset({package.module})
         initial = wire.loads(package.initial_state, allowed_modules=allowed,
                              module_aliases=initial_state_aliases(package))
@@ -243,7 +254,7 @@ def collaborator_main(connection: Connection, name: str, spec: ExperimentSpec) -
     """Entry point of a collaborator process on an envoy."""
     conn = FramePipe(connection)
     try:
-        package, job = _load(spec)
+        package, job = _load(spec, conn)
         site = CollaboratorSite(name, spec.private.build(), in_process=False)
     except BaseException as exc:
         conn.send(("setup_failed", messages.failure(exc).SerializeToString()))

@@ -143,6 +143,12 @@ class ExperimentPackage:
         return b"".join((MAGIC, self._header, b"\n", *self._payloads, self.initial_state))
 
     @classmethod
+    def from_verified_bytes(cls, data: bytes | memoryview, digest: str) -> ExperimentPackage:
+        """Decode bytes already checked against ``digest`` by the caller (e.g. the node that
+        approved them, handing them to its experiment process): not hashed again."""
+        return cls._decode(bytes(data), digest)
+
+    @classmethod
     def from_bytes(cls, data: bytes, expected_digest: str | None = None) -> ExperimentPackage:
         """Decode :meth:`to_bytes`. With ``expected_digest`` the bytes are checked first, and a
         mismatch raises :class:`DigestMismatchError`; malformed data raises
@@ -150,6 +156,10 @@ class ExperimentPackage:
         data = bytes(data)
         if expected_digest is not None:
             check_digest(data, expected_digest)
+        return cls._decode(data, expected_digest)
+
+    @classmethod
+    def _decode(cls, data: bytes, verified_digest: str | None) -> ExperimentPackage:
         # A large initial state makes every sha256 pass count: with the whole package's digest
         # checked, its parts are what was approved and their digests are not computed again.
         if not data.startswith(MAGIC):
@@ -164,9 +174,9 @@ class ExperimentPackage:
         except (UnicodeDecodeError, ValueError) as err:
             raise PackageError(f"malformed experiment package: unreadable header ({err})") from None
         package = _from_header(header, memoryview(data)[end + 1:],
-                               verify_parts=expected_digest is None)
-        if expected_digest is not None:
-            package.__dict__["digest"] = expected_digest.strip().lower()
+                               verify_parts=verified_digest is None)
+        if verified_digest is not None:
+            package.__dict__["digest"] = verified_digest.strip().lower()
         if package._header != raw_header:
             raise PackageError("malformed experiment package: the header is not in canonical form")
         return package
