@@ -414,6 +414,27 @@ def test_short_or_name_like_private_text_is_not_mistaken_for_a_leak():
     assert flow.tokens == [("ok", "training")] * len(NAMES)
 
 
+def test_a_participant_name_among_private_attributes_is_public_anyway():
+    class Named(PrivateStringFlow):
+        @collaborator
+        def train(self):
+            self.token_copy = self.site_label  # its own name: public in self.collaborators
+            self.next(self.join)
+
+    flow = Named()  # the names are passed to the private-attributes callable, as is common
+    flow.runtime = make_runtime(collab_private=lambda i, n: {"site_label": n})
+    flow.run()
+    assert flow.tokens == list(NAMES)
+
+
+def test_a_long_name_like_api_token_is_tracked():
+    token = "".join(["ghp", "_", "A1b2C3d4E5f6G7h8I9j0"])  # identifier-like, built at run time
+    flow = PrivateStringFlow()
+    flow.runtime = make_runtime(collab_private=lambda i, n: {"api_token": token + str(i)})
+    with pytest.raises(PrivateAttributeError, match="'api_token'"):
+        flow.run()
+
+
 # -- 3. a failing fan-out drops the other collaborators' task records --------------------------
 
 

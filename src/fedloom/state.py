@@ -176,13 +176,15 @@ def check_no_collision(private_names: Collection[str], state: Mapping[str, Any],
 
 
 def check_no_leak(private: Mapping[str, Any], state: Mapping[str, Any], *, step: str,
-                  participant: str) -> None:
+                  participant: str, public_texts: Collection[str] = ()) -> None:
     """No public attribute may reach a private object — itself, inside a container, as an
     attribute of another object, or as the base of an array view — or private data would leave
     its owner (sent, copied, checkpointed)."""
     if not private:
         return
-    private_ids = {id(v): k for k, v in private.items() if _trackable(v)}
+    public = frozenset(public_texts)  # e.g. participant names: public, whoever holds them
+    private_ids = {id(v): k for k, v in private.items()
+                   if _trackable(v) and not (isinstance(v, str) and v in public)}
     if not private_ids:
         return
     found = _reaching(state, private_ids)
@@ -235,8 +237,10 @@ _GLOBAL_TYPES = (type, types.ModuleType, types.FunctionType, types.BuiltinFuncti
 
 # A private string this long that is not identifier-like is the participant's own object: Python
 # interns only identifier-like strings, so no unrelated value is the same object (a token, a
-# path, a key read at run time). Shorter ones and numbers may be shared by coincidence.
+# path, a key read at run time). Shorter ones and numbers may be shared by coincidence; long
+# identifier-like ones (API tokens such as ghp_..., AKIA...) rarely are.
 _DISTINCT_TEXT = 8
+_DISTINCT_NAME = 16
 
 
 def share(value: Any) -> Any:
@@ -253,7 +257,7 @@ def share(value: Any) -> Any:
 def _trackable(value: Any) -> bool:
     """Whether a public value being this very object can only mean the private one leaked."""
     if isinstance(value, str):
-        return len(value) >= _DISTINCT_TEXT and not value.isidentifier()
+        return len(value) >= (_DISTINCT_NAME if value.isidentifier() else _DISTINCT_TEXT)
     if isinstance(value, bytes):
         return len(value) >= _DISTINCT_TEXT
     return not _is_shared_global(value)

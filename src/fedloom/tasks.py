@@ -82,7 +82,8 @@ def execute_step(job: FlowJob, step: str, state: State, private: dict[str, Any],
     finally:
         state.pop(_STEP_KEY, None)
         _take_back_private(private, state)
-    check_no_leak(private, state, step=step, participant=participant)
+    check_no_leak(private, state, step=step, participant=participant,
+                  public_texts=(*job.collaborators, participant))
     if ctx.transition is None and step != "end":
         raise TransitionError("the step finished without calling self.next(); end it with "
                               "self.next(self.<next step>)", step=step, participant=participant)

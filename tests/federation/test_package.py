@@ -530,3 +530,19 @@ def test_verified_bytes_decode_to_the_same_package(package: ExperimentPackage) -
     again = ExperimentPackage.from_verified_bytes(memoryview(package.to_bytes()), package.digest)
     assert again == package and again.initial_state == package.initial_state
     assert again.files == package.files and again.to_bytes() == package.to_bytes()
+
+
+def test_a_package_whose_header_misstates_a_part_is_refused_even_with_its_digest(
+        package: ExperimentPackage) -> None:
+    import hashlib
+
+    from fedloom.federation.package import MAGIC
+
+    data = package.to_bytes()
+    end = data.index(b"\n", len(MAGIC))
+    header = json.loads(data[len(MAGIC):end])
+    header["initial_state"]["sha256"] = "0" * 64  # canonical JSON, wrong digest of the part
+    raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    forged = MAGIC + raw + data[end:]
+    with pytest.raises(PackageError, match="does not match its sha256"):
+        ExperimentPackage.from_bytes(forged, expected_digest=hashlib.sha256(forged).hexdigest())

@@ -225,6 +225,9 @@ class Director(rpc.DirectorServicer):
         except DecodeError:
             _deny(context, grpc.StatusCode.INVALID_ARGUMENT, "Bulk.Push: a corrupt header")
         link, experiment = self._reporting(head, context)
+        if experiment.status != "running":  # a late result of an ended run: nobody reads it
+            _deny(context, grpc.StatusCode.FAILED_PRECONDITION,
+                  f"experiment {experiment.id} is not running (it is {experiment.status})")
         if head.WhichOneof("kind") != "outcome":
             _deny(context, grpc.StatusCode.INVALID_ARGUMENT, "Bulk.Push carries chain outcomes")
         try:
@@ -234,6 +237,7 @@ class Director(rpc.DirectorServicer):
             frame = receiver.finish()
         except transport.TransportError as exc:
             _deny(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        head.outcome.collaborator = link.name  # an envoy answers for itself only
         experiment.inbox.put(("outcome", link.name, head.request,
                               head.outcome.SerializeToString(), frame))
         return pb.Ack()
@@ -288,12 +292,13 @@ class Director(rpc.DirectorServicer):
                     context: grpc.ServicerContext) -> Iterator[bytes]:
         """Bulk.Result: the experiment's final state, to its submitter, once."""
         experiment = self._own_experiment(request.experiment, context)
-        frame, experiment.result = experiment.result, None
+        frame = experiment.result
         if frame is None:
             _deny(context, grpc.StatusCode.NOT_FOUND,
                   f"experiment {experiment.id} has no final state waiting: it was taken "
                   f"already, or not taken within {RESULT_KEPT_SECONDS:g} s of the end")
         yield from bulk.pieces(frame)
+        experiment.result = None  # delivered whole: a transfer that broke can be tried again
 
     def Events(self, request: pb.EventsRequest,
                context: grpc.ServicerContext) -> Iterator[pb.Event]:
@@ -505,7 +510,8 @@ class ExperimentRun:
             if reason:
                 self._fail(reason)
                 return reason
-            aggregator.send(("go",))
+            with contextlib.suppress(OSError):  # it just died: _loop reads why from the inbox
+                aggregator.send(("go",))
             return self._loop(aggregator)
         finally:
             with contextlib.suppress(OSError):

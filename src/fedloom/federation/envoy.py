@@ -169,7 +169,7 @@ class Envoy:
             package = running.package.add(request.package)
         if package is None:
             return
-        running.package_bytes, running.digest = package, request.digest
+        running.package_bytes, running.digest = None, ""  # until the bytes prove to be digest
         try:
             plan = Plan.from_bytes(experiment_id, request.submitter, request.collaborators,
                                    package, request.digest)
@@ -178,6 +178,10 @@ class Envoy:
                 experiment_id, request.submitter, request.digest, f"the package is unusable: "
                 f"{exc}"))
             return
+
+        # Plan.from_bytes checked the bytes against the digest: these are what is reviewed,
+        # and the only bytes a collaborator process of this experiment will be given.
+        running.package_bytes, running.digest = package, request.digest
 
         def report(done: Future[pb.Decision]) -> None:
             if not done.cancelled():
@@ -264,22 +268,32 @@ class Envoy:
 
     def _pull(self, running: RunningExperiment, chain: pb.ChainRequest) -> MemoryFrame | None:
         """A large state, from the director; a failure to get it fails the chain there (the
-        aggregator would otherwise wait for a result that cannot come)."""
+        aggregator would otherwise wait for a result that cannot come), unless the state is no
+        longer wanted (a newer fan-out replaced it: the aggregator has moved on)."""
         assert self._channel is not None
         request = pb.PullRequest(session=self._session, experiment=running.id,
                                  request=chain.request)
         try:
             return bulk.pull(self._channel, request, chain.bulk_bytes,
                              f"state for {chain.step}")
-        except (grpc.RpcError, FedloomError) as exc:
-            why = f"envoy '{self.config.name}' could not get the state for '{chain.step}': " \
-                  f"{_describe(exc)}"
-            log.error("%s", why)
-            with contextlib.suppress(grpc.RpcError, FedloomError):
-                self._send(iter([pb.Report(session=self._session, experiment=running.id,
-                                           failure=pb.Failure(kind="FlowRunError",
-                                                              message=why))]))
-            return None
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:  # superseded: the run moved on
+                log.info("envoy '%s': the state for '%s' is no longer wanted: %s",
+                         self.config.name, chain.step, exc.details())
+                return None
+            self._pull_failed(running, chain, exc)
+        except FedloomError as exc:
+            self._pull_failed(running, chain, exc)
+        return None
+
+    def _pull_failed(self, running: RunningExperiment, chain: pb.ChainRequest,
+                     exc: BaseException) -> None:
+        why = f"envoy '{self.config.name}' could not get the state for '{chain.step}': " \
+              f"{_describe(exc)}"
+        log.error("%s", why)
+        with contextlib.suppress(grpc.RpcError, FedloomError):
+            self._send(iter([pb.Report(session=self._session, experiment=running.id,
+                                       failure=pb.Failure(kind="FlowRunError", message=why))]))
 
     def _process_died(self, running: RunningExperiment) -> None:
         process = running.process

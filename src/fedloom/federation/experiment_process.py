@@ -276,8 +276,8 @@ def _run_chain(site: CollaboratorSite, job: FlowJob, name: str, step: str, frame
                allowed: frozenset[str]) -> tuple[bytes, wire.FrameParts]:
     tasks: list[TaskRecord] = []
     try:
-        result = site.run_chain(job, step, wire.loads(frame, allowed_modules=allowed,
-                                                      adopt=True))
+        # Copied out, not adopted: a step that trains in place would hold the frame twice.
+        result = site.run_chain(job, step, wire.loads(frame, allowed_modules=allowed))
         outcome = pb.ChainOutcome(collaborator=name, join_step=result.join_step)
         state: Any = result.state
         tasks = result.tasks

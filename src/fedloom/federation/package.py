@@ -146,7 +146,7 @@ class ExperimentPackage:
     def from_verified_bytes(cls, data: bytes | memoryview, digest: str) -> ExperimentPackage:
         """Decode bytes already checked against ``digest`` by the caller (e.g. the node that
         approved them, handing them to its experiment process): not hashed again."""
-        return cls._decode(bytes(data), digest)
+        return cls._decode(bytes(data), digest, verify_parts=False)
 
     @classmethod
     def from_bytes(cls, data: bytes, expected_digest: str | None = None) -> ExperimentPackage:
@@ -156,12 +156,14 @@ class ExperimentPackage:
         data = bytes(data)
         if expected_digest is not None:
             check_digest(data, expected_digest)
-        return cls._decode(data, expected_digest)
+        # The header's digest of every part is checked too: a package has exactly one encoding.
+        return cls._decode(data, expected_digest, verify_parts=True)
 
     @classmethod
-    def _decode(cls, data: bytes, verified_digest: str | None) -> ExperimentPackage:
-        # A large initial state makes every sha256 pass count: with the whole package's digest
-        # checked, its parts are what was approved and their digests are not computed again.
+    def _decode(cls, data: bytes, verified_digest: str | None,
+                verify_parts: bool = False) -> ExperimentPackage:
+        # A large initial state makes every sha256 pass count: each part is hashed at most once
+        # (and not at all in a process handed bytes its node verified).
         if not data.startswith(MAGIC):
             raise PackageError("not a fedloom experiment package (it does not start with "
                                f"{MAGIC.decode().strip()!r})")
@@ -173,8 +175,7 @@ class ExperimentPackage:
             header = json.loads(raw_header.decode("ascii"))
         except (UnicodeDecodeError, ValueError) as err:
             raise PackageError(f"malformed experiment package: unreadable header ({err})") from None
-        package = _from_header(header, memoryview(data)[end + 1:],
-                               verify_parts=verified_digest is None)
+        package = _from_header(header, memoryview(data)[end + 1:], verify_parts=verify_parts)
         if verified_digest is not None:
             package.__dict__["digest"] = verified_digest.strip().lower()
         if package._header != raw_header:
@@ -253,8 +254,8 @@ def _from_header(header: Any, payload: memoryview, verify_parts: bool = True
     except PackageError as err:
         raise bad(str(err)) from None
     if list(package.files) == [str(e["path"]) for e in entries]:
-        # verified above, or covered by the whole package's digest; out-of-order entries keep
-        # the digests to be computed, and the canonical-form check refuses them
+        # verified above, or (from_verified_bytes) by the node that hands these bytes over;
+        # out-of-order entries keep the digests to be computed: the canonical check refuses them
         package.__dict__["_blob_digests"] = tuple(str(b["sha256"]) for b in blobs)
     return package
 

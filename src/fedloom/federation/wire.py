@@ -64,6 +64,8 @@ __all__ = ["DEFAULT_CHUNK_BYTES", "DEFAULT_MAX_BYTES", "Reassembler", "WireError
 MAGIC: Final = b"\x89FLW"
 VERSION: Final = 1
 DEFAULT_CHUNK_BYTES: Final = 1 << 20
+# Smaller buffers are copied out of an adopted frame: a kept metric must not pin a whole model.
+ADOPT_MIN_BYTES: Final = 1 << 20
 DEFAULT_MAX_BYTES: Final = 8 << 30
 
 _PREFIX: Final = struct.Struct("<4sBBHIQQ")  # magic, version, flags, reserved, nbuf, plen, total
@@ -388,7 +390,7 @@ class _OwnedBuffers:
             raise StopIteration
         view = self._views[self.used]
         self.used += 1
-        if self._adopt:
+        if self._adopt and view.nbytes >= ADOPT_MIN_BYTES:
             return view
         # bytearray rather than numpy.empty: numpy asks for huge pages, and the kernel's
         # compaction for them can stall a first large allocation for a long time.
