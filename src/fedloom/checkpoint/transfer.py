@@ -41,7 +41,7 @@ def pack_run(datastore_root: str | Path, flow_name: str, run_id: str) -> bytes:
     return buffer.getvalue()
 
 
-def unpack_run(archive_bytes: bytes, datastore_root: str | Path,
+def unpack_run(archive_bytes: bytes | memoryview, datastore_root: str | Path,
                expected: tuple[str, str] | None = None) -> Path:
     """Unpacks an archive made by :func:`pack_run` into the datastore at ``datastore_root``
     (created if needed) and points its metadata there; returns the run's folder.

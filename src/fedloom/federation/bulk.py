@@ -11,10 +11,12 @@ written (so a size announced by a peer costs nothing until the bytes arrive).
 - ``Push``: the envoy sends a chain's outcome: a ``Report`` header, then the state's pieces.
 - ``Submit``: the user sends an experiment: a ``SubmissionHeader``, then the package's pieces.
 - ``Result``: the user takes its experiment's final state (once; it is kept for a while).
+- ``Fetch``: the user fetches its experiment's recorded run (its size, then a tar archive).
 """
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +33,8 @@ PULL = f"/{SERVICE}/Pull"
 PUSH = f"/{SERVICE}/Push"
 SUBMIT = f"/{SERVICE}/Submit"
 RESULT = f"/{SERVICE}/Result"
+FETCH = f"/{SERVICE}/Fetch"
+_SIZE = struct.Struct("<Q")  # Fetch's first message: the archive's size
 PIECE_BYTES = 4 << 20  # measured: the fastest piece size for gRPC streams here (1-16 MiB)
 INLINE_BYTES = 256 << 10  # smaller states stay inside the control messages (no extra trip)
 PACKAGE = "package"  # the request name under which envoys pull an experiment's package
@@ -87,6 +91,26 @@ def result(channel: grpc.Channel, experiment: str, total: int) -> MemoryFrame:
     """The final state of the user's experiment, from the director."""
     return _fetch(channel, RESULT, pb.EventsRequest(experiment=experiment), total,
                   "final state")
+
+
+def fetch_run(channel: grpc.Channel, experiment: str, timeout: float) -> MemoryFrame:
+    """The recorded run of the user's experiment (a tar archive), from the director."""
+    call = channel.unary_stream(FETCH, request_serializer=pb.FetchRunRequest.SerializeToString,
+                                response_deserializer=None)
+    messages = call(pb.FetchRunRequest(experiment=experiment), timeout=timeout)
+    first = next(messages, b"")
+    if len(first) != _SIZE.size:
+        raise TransportError(f"recorded run of experiment {experiment}: no size announced")
+    receiver = Receiver(_SIZE.unpack(first)[0], f"recorded run of experiment {experiment}")
+    for piece in messages:
+        receiver.add(piece)
+    return receiver.finish()
+
+
+def sized_pieces(frame: Frame) -> Iterator[bytes]:
+    """Fetch's answer: the size, then the pieces."""
+    yield _SIZE.pack(len(memoryview(frame).cast("B")))
+    yield from pieces(frame)
 
 
 def _fetch(channel: grpc.Channel, method: str, request: Any, total: int,
@@ -170,7 +194,7 @@ class Outbox:
 
 def handler(servicer: Any) -> Any:
     """The Bulk service for a gRPC server, around the director's methods ``pull_state``,
-    ``push_state``, ``submit_package`` and ``final_state``."""
+    ``push_state``, ``submit_package``, ``final_state`` and ``recorded_run``."""
     return grpc.method_handlers_generic_handler(SERVICE, {
         "Pull": grpc.unary_stream_rpc_method_handler(
             servicer.pull_state, request_deserializer=pb.PullRequest.FromString),
@@ -180,4 +204,6 @@ def handler(servicer: Any) -> Any:
             servicer.submit_package, response_serializer=pb.SubmitReply.SerializeToString),
         "Result": grpc.unary_stream_rpc_method_handler(
             servicer.final_state, request_deserializer=pb.EventsRequest.FromString),
+        "Fetch": grpc.unary_stream_rpc_method_handler(
+            servicer.recorded_run, request_deserializer=pb.FetchRunRequest.FromString),
     })

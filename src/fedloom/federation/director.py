@@ -343,6 +343,14 @@ class Director(rpc.DirectorServicer):
 
     def FetchRun(self, request: pb.FetchRunRequest,
                  context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
+        yield from transport.chunks(self._archive(request, context))
+
+    def recorded_run(self, request: pb.FetchRunRequest,
+                     context: grpc.ServicerContext) -> Iterator[bytes]:
+        """Bulk.Fetch: FetchRun in raw pieces (a run's record can be large)."""
+        yield from bulk.sized_pieces(self._archive(request, context))
+
+    def _archive(self, request: pb.FetchRunRequest, context: grpc.ServicerContext) -> bytes:
         experiment = self._own_experiment(request.experiment, context)
         if not experiment.checkpoint:
             _deny(context, grpc.StatusCode.FAILED_PRECONDITION,
@@ -353,11 +361,10 @@ class Director(rpc.DirectorServicer):
                   f"experiment {experiment.id} is {experiment.status}; fetch its run when it "
                   "has ended")
         try:
-            archive = pack_run(self.checkpoint_root / ".metaflow", experiment.flow_name,
-                               experiment.run_id)
+            return pack_run(self.checkpoint_root / ".metaflow", experiment.flow_name,
+                            experiment.run_id)
         except FedloomError as exc:
             _deny(context, grpc.StatusCode.NOT_FOUND, str(exc))
-        yield from transport.chunks(archive)
 
     @property
     def checkpoint_root(self) -> Path:

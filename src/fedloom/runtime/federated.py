@@ -115,10 +115,10 @@ class FederatedRuntime:
                 raise  # nothing ran, so nothing was recorded
             except BaseException:
                 if checkpoint:  # a failed run's record is wanted most of all
-                    self._fetch_quietly(stub, experiment, (graph.flow_name, reply.run_id))
+                    self._fetch_quietly(channel, experiment, (graph.flow_name, reply.run_id))
                 raise
             if checkpoint:
-                self._fetch_quietly(stub, experiment, (graph.flow_name, reply.run_id))
+                self._fetch_quietly(channel, experiment, (graph.flow_name, reply.run_id))
         replace_public_state(flow, final)
 
     def fetch_run(self, experiment: str | None = None,
@@ -131,23 +131,19 @@ class FederatedRuntime:
             raise ParticipantError("no experiment to fetch: run a flow with this runtime first, "
                                    "or pass experiment=<id>")
         with self._channel() as channel:
-            return self._fetch(rpc.DirectorStub(channel), experiment, datastore_root)
+            return self._fetch(channel, experiment, datastore_root)
 
-    def _fetch(self, stub: rpc.DirectorStub, experiment: str,
+    def _fetch(self, channel: grpc.Channel, experiment: str,
                datastore_root: str | Path | None,
                expected: tuple[str, str] | None = None) -> Path:
-        assembler = transport.Assembler(f"recorded run of experiment {experiment}")
-        archive = None
-        for chunk in stub.FetchRun(pb.FetchRunRequest(experiment=experiment), timeout=3600):
-            archive = assembler.add(chunk) or archive
+        archive = bulk.fetch_run(channel, experiment, timeout=3600)
         root = Path(datastore_root) if datastore_root else _local_datastore_root()
-        return unpack_run(archive if archive is not None else assembler.finish(), root,
-                          expected)
+        return unpack_run(archive.view, root, expected)
 
-    def _fetch_quietly(self, stub: rpc.DirectorStub, experiment: str,
+    def _fetch_quietly(self, channel: grpc.Channel, experiment: str,
                        expected: tuple[str, str]) -> None:
         try:
-            where = self._fetch(stub, experiment, None, expected)
+            where = self._fetch(channel, experiment, None, expected)
         except (grpc.RpcError, FedloomError) as exc:
             details = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
             log.warning("the record of experiment %s stays on the director: %s (fetch it "
