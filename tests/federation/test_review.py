@@ -253,8 +253,21 @@ class FakeDirector:
                     pass
                 return pb.Ack()
 
+        from types import SimpleNamespace
+
+        from fedloom.federation import bulk
+
+        self.bulk = bulk
+        self.packages: dict[str, bytes] = {}  # what Bulk.Pull serves, by experiment
+
+        def pull_state(request, context):
+            yield from bulk.pieces(self.packages[request.experiment])
+
         self.server = grpc.server(ThreadPoolExecutor(8))
         rpc.add_DirectorServicer_to_server(Servicer(), self.server)
+        self.server.add_generic_rpc_handlers((bulk.handler(SimpleNamespace(
+            pull_state=pull_state, push_state=None, submit_package=None, final_state=None,
+            recorded_run=None)),))
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.server.start()
 
@@ -264,6 +277,13 @@ class FakeDirector:
         for part in transport.chunks(package):
             self.work.put(self.pb.Work(experiment=experiment, review=self.pb.ReviewRequest(
                 digest=digest, submitter="alice", collaborators=["site"], package=part)))
+
+    def review_in_bulk(self, experiment: str, digest: str, package: bytes) -> None:
+        """The plan announced, its package pulled on Bulk (as for a large initial state)."""
+        self.packages[experiment] = package
+        self.work.put(self.pb.Work(experiment=experiment, review=self.pb.ReviewRequest(
+            digest=digest, submitter="alice", collaborators=["site"],
+            package=self.pb.Chunk(total=len(package)), bulk_bytes=len(package))))
 
     def offer(self, experiment: str, digest: str) -> None:
         self.work.put(self.pb.Work(experiment=experiment, offer=self.pb.Offer(
@@ -308,6 +328,14 @@ def test_an_envoy_runs_only_the_exact_package_it_approved(tmp_path):
         # The package it approved, it runs.
         fake.offer("e1", approved.digest)
         assert fake.report("e1").ready == "site"
+        # Approved, then other bytes under the same digest (pulled, as a large package is):
+        # refused, and not kept to be handed to a collaborator process.
+        fake.review_in_bulk("e4", approved.digest, approved.to_bytes())
+        assert fake.report("e4").decision.approved
+        fake.review_in_bulk("e4", approved.digest, other.to_bytes())
+        assert "digest mismatch" in fake.report("e4").decision.reason
+        fake.offer("e4", approved.digest)
+        assert "refuses to run package" in fake.report("e4").failure.message
     finally:
         envoy.stop()
         fake.server.stop(0)
