@@ -341,13 +341,10 @@ class Director(rpc.DirectorServicer):
                 self._queue.remove(experiment.id)
                 self._finish_events(experiment, f"{reason} before it started")
 
-    def FetchRun(self, request: pb.FetchRunRequest,
-                 context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
-        yield from transport.chunks(self._archive(request, context))
-
     def recorded_run(self, request: pb.FetchRunRequest,
                      context: grpc.ServicerContext) -> Iterator[bytes]:
-        """Bulk.Fetch: FetchRun in raw pieces (a run's record can be large)."""
+        """Bulk.Fetch: the experiment's recorded run (checkpoint=True), a tar archive, in raw
+        pieces after its size (a run's record can be large)."""
         yield from bulk.sized_pieces(self._archive(request, context))
 
     def _archive(self, request: pb.FetchRunRequest, context: grpc.ServicerContext) -> bytes:

@@ -63,33 +63,30 @@ class FramePipe:
         self._lock = threading.Lock()
 
     def send(self, message: tuple[Any, ...]) -> None:
-        last = message[-1] if message else None
-        if isinstance(last, FrameParts) and (not _MEMFD or last.size <= INLINE_BYTES):
-            last = last.tobytes()
-            message = (*message[:-1], last)
+        if not message:
+            self._conn.send(message)
+            return
+        head, last = message[:-1], message[-1]
+        if isinstance(last, MemoryFrame) and last.fd >= 0 and last.size > INLINE_BYTES:
+            with self._lock:  # already in a memory file: its descriptor goes, no copy
+                self._conn.send((*head, _FRAME_IN_FD, last.size))
+                reduction.send_handle(self._conn, last.fd, 0)
+            last.handed_over()
+            return
         if isinstance(last, MemoryFrame):
-            if last.fd < 0 or last.size <= INLINE_BYTES:
-                last = last.view  # no memory file (not Linux), or small: as any frame
-                message = (*message[:-1], last)
-            else:
-                with self._lock:
-                    self._conn.send((*message[:-1], _FRAME_IN_FD, last.size))
-                    reduction.send_handle(self._conn, last.fd, 0)
-                last.handed_over()
-                return
+            last = last.view
+        large = isinstance(last, bytes | bytearray | memoryview | FrameParts) and \
+            len(last) > INLINE_BYTES
+        if not large and isinstance(last, memoryview | FrameParts):
+            last = last.tobytes()  # small: inside the pickle, which takes bytes
         with self._lock:
-            if isinstance(last, bytes | bytearray | memoryview | FrameParts) and \
-                    len(last) > INLINE_BYTES:
-                if _MEMFD:
-                    self._send_in_memory_file(message[:-1], last)
-                else:
-                    self._conn.send((*message[:-1], _FRAME_FOLLOWS))
-                    self._conn.send_bytes(last.tobytes() if isinstance(last, FrameParts)
-                                          else last)
-            elif isinstance(last, memoryview):  # small: inside the pickle, which takes bytes
-                self._conn.send((*message[:-1], last.tobytes()))
+            if not large:
+                self._conn.send((*head, last))
+            elif _MEMFD:
+                self._send_in_memory_file(head, last)
             else:
-                self._conn.send(message)
+                self._conn.send((*head, _FRAME_FOLLOWS))
+                self._conn.send_bytes(last.tobytes() if isinstance(last, FrameParts) else last)
 
     def _send_in_memory_file(self, head: tuple[Any, ...],
                              frame: bytes | bytearray | memoryview | FrameParts) -> None:

@@ -74,11 +74,6 @@ class DirectorStub:
                 request_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.CancelRequest.SerializeToString,
                 response_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Ack.FromString,
                 _registered_method=True)
-        self.FetchRun = channel.unary_stream(
-                '/fedloom.v1.Director/FetchRun',
-                request_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.FetchRunRequest.SerializeToString,
-                response_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Chunk.FromString,
-                _registered_method=True)
 
 
 class DirectorServicer:
@@ -133,13 +128,6 @@ class DirectorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def FetchRun(self, request, context):
-        """The experiment's recorded run (checkpoint=True), as a tar archive in chunks.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
 
 def add_DirectorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -182,11 +170,6 @@ def add_DirectorServicer_to_server(servicer, server):
                     servicer.Cancel,
                     request_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.CancelRequest.FromString,
                     response_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Ack.SerializeToString,
-            ),
-            'FetchRun': grpc.unary_stream_rpc_method_handler(
-                    servicer.FetchRun,
-                    request_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.FetchRunRequest.FromString,
-                    response_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Chunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -405,33 +388,6 @@ class Director:
             '/fedloom.v1.Director/Cancel',
             fedloom_dot_federation_dot_proto_dot_fedloom__pb2.CancelRequest.SerializeToString,
             fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Ack.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def FetchRun(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/fedloom.v1.Director/FetchRun',
-            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.FetchRunRequest.SerializeToString,
-            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Chunk.FromString,
             options,
             channel_credentials,
             insecure,
