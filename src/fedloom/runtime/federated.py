@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -63,6 +64,11 @@ class FederatedRuntime:
         if isinstance(collaborators, str) or not collaborators or \
                 not all(isinstance(c, str) for c in collaborators):
             raise ParticipantError("collaborators= must be a list of envoy names")
+        # As LocalRuntime: a name twice would be one envoy asked to review and run twice.
+        repeated = sorted(name for name, count in Counter(collaborators).items() if count > 1)
+        if repeated:
+            raise ParticipantError(f"collaborator names must be unique; repeated: {repeated} "
+                                   "(name each envoy once)")
         self._collaborators = list(collaborators)
         check_policy_spec(straggler_policy)
         self.straggler_policy = straggler_policy
