@@ -236,7 +236,7 @@ def test_ctrl_c_cancels_the_experiment_everywhere_and_frees_the_envoys(tmp_path)
             user.wait_for("CANCELLED")
             assert user.process.wait(timeout=30) == 3
             assert held.recv(1) == b""  # its envoy stopped the collaborator mid-step
-        fed.director.wait_for(r"experiment \S+ failed: cancelled")
+        fed.director.wait_for(r"experiment \S+ cancelled by the user")
         flow = run(fed, rounds=1)  # the envoys serve the next experiment
         np.testing.assert_allclose(flow.model, [2.0, 2.0, 2.0])
 

@@ -91,7 +91,7 @@ def test_scenario_a_the_director_rejects_and_nothing_reaches_the_envoys(tmp_path
         fx(tmp_path, "director", "review", "reject", experiment, "--reason", "not this week")
         with pytest.raises(ExperimentRejected, match=r"director \(not this week\)") as info:
             result.result(timeout=60)
-        fed.director.wait_for(rf"experiment {re.escape(experiment)} failed: rejected in review")
+        fed.director.wait_for(rf"experiment {re.escape(experiment)} rejected in review")
         for name in ENVOYS:  # the plan never went to the envoys
             assert "no decisions yet" in fx(tmp_path, "envoy", "review", "-n", name, "log")
             assert not any(experiment in line for line in fed.envoys[name].seen)

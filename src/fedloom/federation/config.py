@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from fedloom.errors import FedloomError
+from fedloom.federation.limits import Limits
 
 
 class ConfigError(FedloomError):
@@ -72,6 +73,8 @@ class DirectorConfig:
     review_experiment: bool
     aggregator: PrivateAttributesSpec
     review_timeout: float | None = None  # seconds a plan may wait for a decision; None: no limit
+    wait_for_envoys: float = 60.0  # seconds an experiment waits for offline envoys
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,11 @@ class EnvoyConfig:
 
 DIRECTOR_SETTINGS: dict[str, tuple[type, ...]] = {
     "listen_host": (str,), "listen_port": (int,), "envoy_health_check_period": (int, float),
-    "review_experiment": (bool,), "review_timeout": (int, float)}
+    "review_experiment": (bool,), "review_timeout": (int, float),
+    "wait_for_envoys": (int, float), "first_message_timeout": (int, float),
+    "upload_idle_timeout": (int, float),
+    **{name: (int,) for name in ("max_streams_per_peer", "max_uploads_per_peer",
+                                 "max_queued_per_user")}}
 
 
 def load_director_config(path: str | Path) -> DirectorConfig:
@@ -109,7 +116,17 @@ def load_director_config(path: str | Path) -> DirectorConfig:
         review_experiment=bool(settings.get("review_experiment", True)),
         aggregator=_private_spec(file, data.get("aggregator"), "aggregator"),
         review_timeout=_review_timeout(file, settings),
+        wait_for_envoys=_positive(file, settings, "wait_for_envoys", 60.0),
+        limits=Limits.from_settings({name: _positive(file, settings, name, 1)
+                                     for name in Limits.names() if name in settings}),
     )
+
+
+def _positive(file: Path, settings: dict[str, Any], key: str, default: float) -> Any:
+    value = settings.get(key, default)
+    if value <= 0:
+        raise ConfigError(f"{file}: settings.{key} must be > 0, got {value!r}")
+    return value
 
 
 def _review_timeout(file: Path, settings: dict[str, Any]) -> float | None:

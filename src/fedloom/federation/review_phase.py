@@ -1,10 +1,12 @@
 """The review phase of an experiment on the director: the director's own review first, then the
 plan goes to the experiment's envoys and each reviews it. Decisions arrive as events on the
 experiment's inbox (a future's callback for the director's, reports for the envoys'), so the
-phase waits on one queue and a cancel or a lost envoy ends it at once."""
+phase waits on one queue and a cancel or a lost envoy ends it at once. A coroutine on the
+director's loop; decoding the plan runs in a worker thread."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -36,56 +38,64 @@ def send_plan(send: Callable[[str, pb.Work], None], experiment: Any,
 
 
 class ReviewPhase:
-    def __init__(self, experiment: Any, desk: ReviewDesk,
-                 send: Callable[[str, pb.Work], None], outbox: bulk.Outbox) -> None:
-        self.experiment = experiment  # director.Experiment (not imported: no cycle)
-        self.desk = desk
-        self.send = send
-        self.outbox = outbox
+    def __init__(self, director: Any, experiment: Any) -> None:
+        self.director = director  # director.Director (not imported: no cycle)
+        self.experiment = experiment  # director.Experiment
+        self.desk: ReviewDesk = director.desk
+        self.send: Callable[[str, pb.Work], None] = director.send
+        self.outbox: bulk.Outbox = director.outbox
         self.decisions: dict[str, pb.Decision] = {}
         self.concluded = False  # the user was sent the outcome table
         self.asked: set[str] = set()  # envoys the plan was sent to
 
-    def run(self) -> str:
+    async def run(self) -> str:
         """'' when every participant approved; otherwise why not. When the review concluded
         (accepted or rejected), the user was sent every decision; when it was cut short
         (cancelled, an envoy lost), the caller reports the reason."""
         exp = self.experiment
+        self._status("awaiting review by the director")
         try:
-            plan = Plan.from_bytes(exp.id, exp.submitter, exp.collaborators, exp.package,
-                                   exp.digest)
+            future = await asyncio.to_thread(self._submit_to_desk)
         except FedloomError as exc:
             self._add(self.desk.refuse(exp.id, exp.submitter, exp.digest, str(exc)))
             return self._conclude()
-        self._status("awaiting review by the director")
-        self._when_decided(self.desk.submit(plan))
-        stopped = self._collect({DIRECTOR})
+        self._when_decided(future)
+        stopped = await self._collect({DIRECTOR})
         if stopped or not self._all_approved():
             self.desk.withdraw(exp.id, stopped or "ended")
             return stopped or self._conclude()
         self._send_plan()
         self._status(f"awaiting review by envoys {', '.join(exp.collaborators)}")
-        stopped = self._collect(set(exp.collaborators))
+        stopped = await self._collect(set(exp.collaborators))
         return stopped or self._conclude()
+
+    def _submit_to_desk(self) -> Future[pb.Decision]:
+        """Decodes the plan and puts it on the director's desk (a worker thread: decoding
+        hashes the package, and an automatic decision is written to disk)."""
+        exp = self.experiment
+        plan = Plan.from_bytes(exp.id, exp.submitter, exp.collaborators, exp.package,
+                               exp.digest)
+        return self.desk.submit(plan)
 
     def _status(self, text: str) -> None:
         self.experiment.events.put(pb.Event(status=text))
 
     def _when_decided(self, future: Future[pb.Decision]) -> None:
-        def forward(done: Future[pb.Decision]) -> None:
+        def forward(done: Future[pb.Decision]) -> None:  # in whichever thread decided
             if not done.cancelled():
-                self.experiment.inbox.put(("decision", DIRECTOR, done.result()))
+                self.director.post(self.experiment.inbox.put_nowait,
+                                   ("decision", DIRECTOR, done.result()))
         future.add_done_callback(forward)
 
     def _send_plan(self) -> None:
         self.asked = set(self.experiment.collaborators)
         send_plan(self.send, self.experiment, self.experiment.collaborators, self.outbox)
 
-    def _collect(self, waiting: set[str]) -> str:
+    async def _collect(self, waiting: set[str]) -> str:
         """Waits for the decisions of ``waiting``; stops early at a rejection. Returns why the
         experiment cannot go on for another reason (cancelled, an envoy lost), else ''."""
         while waiting:
-            message = self.experiment.inbox.get()
+            message = await self.experiment.inbox.get()
             kind = message[0]
             if kind == "decision" and message[1] in waiting:
                 decision = self._checked(message[1], message[2])
@@ -115,6 +125,7 @@ class ReviewPhase:
 
     def _add(self, decision: pb.Decision) -> None:
         self.decisions[decision.participant] = decision
+        self.director.record_decision(self.experiment, decision)
 
     def _all_approved(self) -> bool:
         return all(d.approved for d in self.decisions.values())

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
@@ -137,20 +136,32 @@ def _connect_hint(endpoint: Endpoint, tls: bool) -> str:
             "from fx pki, unless the director was started with --disable-tls")
 
 
-def new_server(credentials: grpc.ServerCredentials | None, endpoint: Endpoint,
-               workers: int = 64) -> tuple[grpc.Server, int]:
-    """A gRPC server bound to ``endpoint`` (port 0 picks a free one); returns it and its port."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers,
-                                                    thread_name_prefix="fedloom-rpc"),
-                         options=[*KEEPALIVE_OPTIONS,
-                                  ("grpc.max_receive_message_length", 16 << 20)])
+SERVER_OPTIONS = [
+    *KEEPALIVE_OPTIONS,
+    # A chain's outcome header carries its tasks' output (cut at messages.OUTPUT_KEPT_BYTES).
+    ("grpc.max_receive_message_length", 64 << 20),
+    # One director per port: with SO_REUSEPORT (gRPC's default) a second one would start and
+    # take half of the new connections.
+    ("grpc.so_reuseport", 0),
+]
+
+
+def new_aio_server(credentials: grpc.ServerCredentials | None,
+                   endpoint: Endpoint) -> tuple[grpc.aio.Server, int]:
+    """An asyncio gRPC server bound to ``endpoint`` (port 0 picks a free one), with its port.
+    A long-lived call costs it a coroutine, not a thread. Call from the event loop."""
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     if credentials is None:
         log.warning("the director listens on %s WITHOUT TLS: anyone who can reach the port "
                     "can act as any envoy or user", endpoint.address)
-        port = server.add_insecure_port(endpoint.address)
-    else:
-        port = server.add_secure_port(endpoint.address, credentials)
+    try:
+        port = server.add_insecure_port(endpoint.address) if credentials is None else \
+            server.add_secure_port(endpoint.address, credentials)
+    except RuntimeError:  # newer gRPC raises where older ones returned 0
+        port = 0
     if port == 0:
-        raise TransportError(f"cannot listen on {endpoint.address}: the address is in use or "
-                             "not on this machine")
+        raise TransportError(f"cannot listen on {endpoint.address}: the port is in use (is "
+                             "another director running? 'ss -ltnp' shows who holds it) or the "
+                             "host is not an address of this machine; choose another "
+                             "settings.listen_port or stop the other process")
     return server, port

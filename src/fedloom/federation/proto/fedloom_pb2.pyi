@@ -17,12 +17,14 @@ class Chunk(_message.Message):
     def __init__(self, total: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("name", "fedloom_version")
+    __slots__ = ("name", "fedloom_version", "instance")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FEDLOOM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     fedloom_version: str
-    def __init__(self, name: _Optional[str] = ..., fedloom_version: _Optional[str] = ...) -> None: ...
+    instance: str
+    def __init__(self, name: _Optional[str] = ..., fedloom_version: _Optional[str] = ..., instance: _Optional[str] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
     __slots__ = ("session", "health_check_period")
@@ -39,20 +41,22 @@ class WorkRequest(_message.Message):
     def __init__(self, session: _Optional[str] = ...) -> None: ...
 
 class Work(_message.Message):
-    __slots__ = ("experiment", "ping", "offer", "chain", "end", "review")
+    __slots__ = ("experiment", "ping", "offer", "chain", "end", "review", "notice")
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
     OFFER_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     REVIEW_FIELD_NUMBER: _ClassVar[int]
+    NOTICE_FIELD_NUMBER: _ClassVar[int]
     experiment: str
     ping: float
     offer: Offer
     chain: ChainRequest
     end: str
     review: ReviewRequest
-    def __init__(self, experiment: _Optional[str] = ..., ping: _Optional[float] = ..., offer: _Optional[_Union[Offer, _Mapping]] = ..., chain: _Optional[_Union[ChainRequest, _Mapping]] = ..., end: _Optional[str] = ..., review: _Optional[_Union[ReviewRequest, _Mapping]] = ...) -> None: ...
+    notice: str
+    def __init__(self, experiment: _Optional[str] = ..., ping: _Optional[float] = ..., offer: _Optional[_Union[Offer, _Mapping]] = ..., chain: _Optional[_Union[ChainRequest, _Mapping]] = ..., end: _Optional[str] = ..., review: _Optional[_Union[ReviewRequest, _Mapping]] = ..., notice: _Optional[str] = ...) -> None: ...
 
 class ReviewRequest(_message.Message):
     __slots__ = ("digest", "submitter", "collaborators", "package", "bulk_bytes")
@@ -211,16 +215,18 @@ class Submission(_message.Message):
     def __init__(self, header: _Optional[_Union[SubmissionHeader, _Mapping]] = ..., package: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
 
 class SubmissionHeader(_message.Message):
-    __slots__ = ("collaborators", "digest", "checkpoint", "bulk_bytes")
+    __slots__ = ("collaborators", "digest", "checkpoint", "bulk_bytes", "wait_for_envoys")
     COLLABORATORS_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     BULK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FOR_ENVOYS_FIELD_NUMBER: _ClassVar[int]
     collaborators: _containers.RepeatedScalarFieldContainer[str]
     digest: str
     checkpoint: bool
     bulk_bytes: int
-    def __init__(self, collaborators: _Optional[_Iterable[str]] = ..., digest: _Optional[str] = ..., checkpoint: _Optional[bool] = ..., bulk_bytes: _Optional[int] = ...) -> None: ...
+    wait_for_envoys: float
+    def __init__(self, collaborators: _Optional[_Iterable[str]] = ..., digest: _Optional[str] = ..., checkpoint: _Optional[bool] = ..., bulk_bytes: _Optional[int] = ..., wait_for_envoys: _Optional[float] = ...) -> None: ...
 
 class SubmitReply(_message.Message):
     __slots__ = ("experiment", "run_id")
