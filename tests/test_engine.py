@@ -471,3 +471,47 @@ def test_run_without_runtime_and_next_outside_run():
         _ = flow.runtime
     with pytest.raises(Exception, match="only works inside a step"):
         flow.next(flow.end)
+
+
+class InputAfterInclude(FLSpec):
+    """``a`` sends only ``x`` to ``b``; ``b`` and ``c`` still know whose chain they are in."""
+
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.next(self.a, foreach="collaborators")
+
+    @collaborator
+    def a(self):
+        self.x = 1
+        self.next(self.b, include=["x"])
+
+    @collaborator
+    def b(self):
+        self.seen_in_b = self.input
+        del self.input  # even a step that drops it does not take it from the next one
+        self.next(self.c, exclude=["x"])
+
+    @collaborator
+    def c(self):
+        self.seen_in_c = self.input
+        self.next(self.join, exclude=["input"])
+
+    @aggregator
+    def join(self, inputs):
+        self.seen = [(i.input, i.seen_in_b, i.seen_in_c) for i in inputs]
+        self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+def test_input_survives_include_and_exclude_between_collaborator_steps(backend):
+    flow = InputAfterInclude()
+    flow.runtime = make_runtime(backend=backend)
+    try:
+        flow.run()
+    finally:
+        flow.runtime.shutdown()
+    assert flow.seen == [(n, n, n) for n in NAMES]

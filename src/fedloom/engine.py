@@ -112,11 +112,13 @@ class CollaboratorSite:
         state = self.kept
         self.kept = {}
         state.update(received)
-        state["input"] = self.name
         records: list[TaskRecord] = []
         held_back: State = {}  # filtered out between collaborator steps: stays with us
         try:
             while True:
+                # Every step of the chain knows whose it is, whatever include=/exclude= (or the
+                # step itself) did to 'input' on the way.
+                state["input"] = self.name
                 state, transition, record = self._attempts(job, step, state, records)
                 if record is not None:
                     records.append(record)
