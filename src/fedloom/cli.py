@@ -10,9 +10,10 @@ import inspect
 import logging
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import click
 from rich.console import Console
@@ -50,7 +51,8 @@ def flow_check(target: str) -> None:
             broken += 1
             click.echo(str(FlowDefinitionError(cls.__name__, problems)), err=True)
         else:
-            console.print(f"[green]ok[/green] {cls.__name__}: {len(graph_of(cls).steps)} steps")
+            _stdout().print(f"[green]ok[/green] {cls.__name__}: {len(graph_of(cls).steps)} "
+                            "steps")
         for warning in flow_warnings(cls):
             click.echo(f"warning: {warning}", err=True)
     if broken:
@@ -66,7 +68,7 @@ def flow_show(target: str, fmt: str) -> None:
     for cls in _load_flows(target):
         picture = flow_picture(cls)
         text = {"text": picture.text, "mermaid": picture.mermaid, "dot": picture.dot}[fmt]()
-        console.print(text, markup=False)
+        click.echo(text)  # as is: Mermaid and DOT break where a line is wrapped
 
 
 @main.group()
@@ -90,10 +92,11 @@ def run_show(target: str, html_path: str | None) -> None:
         raise click.ClickException(str(exc)) from exc
     except Exception as exc:  # the Metaflow client's own "not found" errors
         raise click.ClickException(f"cannot read {target}: {exc}") from exc
-    console.print(report.table())
+    out = _stdout()
+    out.print(report.table())
     if html_path:
         Path(html_path).write_text(report.to_html(), encoding="utf-8")
-        console.print(f"report written to {html_path}")
+        out.print(f"report written to {html_path}", markup=False)
 
 
 @run.command("resume", context_settings={"ignore_unknown_options": True})
@@ -177,10 +180,15 @@ def director() -> None:
 def director_start(config_path: str, disable_tls: bool, root_certificate: str | None,
                    private_key: str | None, certificate: str | None) -> None:
     """Start a director and serve until interrupted."""
+    from fedloom.federation import nodelock
     from fedloom.federation.director import Director
     from fedloom.federation.pki import server_credentials
 
     _logging()
+    # One node per work folder, and before anything is written (a second start must leave the
+    # running node's files alone).
+    _or_exit(lambda: nodelock.acquire(director_workdir(), "a director"))
+    _interrupt_on_sigterm()
     config = _or_exit(lambda: _load_config(config_path))
     files = _tls_files(disable_tls, root_certificate, private_key, certificate)
     credentials = _or_exit(lambda: server_credentials(files)) if files else None
@@ -211,18 +219,24 @@ def envoy() -> None:
 def envoy_start(name: str, config_path: str, director_host: str, director_port: int,
                 disable_tls: bool, root_certificate: str | None, private_key: str | None,
                 certificate: str | None) -> None:
-    """Start an envoy and serve until interrupted (it reconnects by itself)."""
+    """Start an envoy and serve until interrupted (it reconnects by itself, and stops when
+    retrying cannot help: a certificate refused, TLS on one side only)."""
+    from fedloom.federation import nodelock
     from fedloom.federation.config import load_envoy_config
+    from fedloom.federation.config_check import check_envoy_config
     from fedloom.federation.envoy import Envoy
     from fedloom.federation.pki import channel_credentials
     from fedloom.federation.transport import Endpoint
 
     _logging()
+    _or_exit(lambda: nodelock.acquire(envoy_workdir(name), f"envoy '{name}'"))
+    _interrupt_on_sigterm()
     config = _or_exit(lambda: load_envoy_config(config_path, name))
+    _or_exit(lambda: check_envoy_config(config))
     files = _tls_files(disable_tls, root_certificate, private_key, certificate)
     credentials = _or_exit(lambda: channel_credentials(files)) if files else None
     node = Envoy(config, Endpoint(director_host, director_port), credentials,
-                 envoy_workdir(name))
+                 envoy_workdir(name), tls_files=files)
     _prompt_on_console(node.desk)
     console.print(f"envoy '{name}' connecting to {director_host}:{director_port}", markup=False)
     sys.stdout.flush()
@@ -230,6 +244,17 @@ def envoy_start(name: str, config_path: str, director_host: str, director_port: 
         _or_exit(node.run)
     except KeyboardInterrupt:
         node.stop()
+
+
+def _interrupt_on_sigterm() -> None:
+    """A service manager's stop (SIGTERM) ends a node as Ctrl-C does: cleanly (its experiment
+    processes stopped, its review socket and address removed)."""
+    import signal
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _prompt_on_console(desk: Any) -> None:
@@ -241,9 +266,13 @@ def _prompt_on_console(desk: Any) -> None:
 
 
 def _load_config(path: str) -> Any:
+    """The director's config, its private attributes' module and names checked."""
     from fedloom.federation.config import load_director_config
+    from fedloom.federation.config_check import check_director_config
 
-    return load_director_config(path)
+    config = load_director_config(path)
+    check_director_config(config)
+    return config
 
 
 def _or_exit(make: Callable[[], T]) -> T:
@@ -253,9 +282,46 @@ def _or_exit(make: Callable[[], T]) -> T:
         raise click.ClickException(str(exc)) from exc
 
 
+_UNWRAPPED = 100_000  # columns of a console that writes into a file or a pipe
+
+
+def _stdout() -> Console:
+    """The console for a command's output: wrapped to a terminal's width, but into a file or a
+    pipe a line stays one line, however long (and a table as wide as it needs)."""
+    if console.is_terminal:
+        return console
+    return Console(highlight=False, soft_wrap=True, width=_UNWRAPPED)
+
+
 def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s",
-                        handlers=[RichHandler(console=Console(stderr=True), show_path=False)])
+    logging.basicConfig(level=logging.INFO, handlers=[_log_handler(sys.stderr)])
+
+
+def _log_handler(stream: TextIO) -> logging.Handler:
+    """Rich, wrapped records for a person at a terminal; for a file or a log collector, one
+    record a line with its ISO time, never wrapped (ids stay whole, lines stay greppable)."""
+    if stream.isatty():
+        handler: logging.Handler = RichHandler(console=Console(file=stream), show_path=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(_LineFormatter())
+    return handler
+
+
+class _LineFormatter(logging.Formatter):
+    """``2025-01-31T12:00:00.123+01:00 INFO fedloom.federation.director: message``; line breaks
+    inside a record (a traceback) are written as ``\\n``, so one line is one record."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return datetime.fromtimestamp(record.created).astimezone().isoformat(
+            timespec="milliseconds")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\r", "").replace("\n", "\\n")
 
 
 def _load_flows(target: str) -> list[type[FLSpec]]:
