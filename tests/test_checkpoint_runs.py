@@ -162,3 +162,30 @@ def test_run_report_page_and_fx_run_show(metaflow_client):
         assert step in result.output
     missing = CliRunner().invoke(main, ["run", "show", "NoSuchFlow"])
     assert missing.exit_code != 0 and "NoSuchFlow" in missing.output
+
+
+def test_fx_run_show_reports_how_long_tasks_ran_and_its_page_has_the_graph(metaflow_client):
+    # What the run page shows: each task from its start to its end where it ran, not when it
+    # was written into the store (a federated run is written at its end, all in one second).
+    from fedloom.checkpoint.report import report_from_metaflow
+    from fedloom.spec.render import to_mermaid, to_text
+
+    flow = run_flow("single_process")
+    report = report_from_metaflow("CheckpointedFlow", flow._run_id)
+    assert len(report.tasks) == 1 + 2 * len(NAMES) + 2 + 1
+    for row in report.tasks:
+        meta = Task(f"CheckpointedFlow/{flow._run_id}/{row.step}/{row.task_id}").metadata_dict
+        assert (row.started_at, row.finished_at) == (float(meta["started-at"]),
+                                                     float(meta["finished-at"]))
+    graph = CheckpointedFlow.flow_picture().graph
+    assert (report.graph_text, report.graph_mermaid) == (to_text(graph), to_mermaid(graph))
+    page = metaflow_client / "copy.html"
+    shown = CliRunner().invoke(main, ["run", "show", f"CheckpointedFlow/{flow._run_id}",
+                                      "--html", str(page)])
+    assert shown.exit_code == 0, shown.output
+    html = page.read_text()
+    assert "<h2>Flow</h2>" in html and "flowchart TD" in html
+    assert "s_train -- &quot;exclude collaborators&quot; --&gt; s_join" in html
+    # one table row a line however wide (into a pipe nothing is wrapped)
+    assert any(line.count("│") == 7 and ", ".join(sorted(NAMES)) in line
+               for line in shown.output.splitlines())

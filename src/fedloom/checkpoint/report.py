@@ -8,9 +8,12 @@ real Metaflow client. Renders as a rich table (terminal), and as a self-containe
 from __future__ import annotations
 
 import html
+import json
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
@@ -78,6 +81,11 @@ class RunReport:
             body.append(f"<h2>Flow</h2><pre>{_e(self.graph_text)}</pre><details><summary>"
                         "as Mermaid (paste into any Mermaid renderer)</summary><pre>"
                         f"{_e(self.graph_mermaid)}</pre></details>")
+            # The graph as data too: `fx run show` reads it back (the flow's class is not
+            # needed, nor importable, where a run is looked at).
+            graph = json.dumps({"text": self.graph_text, "mermaid": self.graph_mermaid})
+            body.append(f"<script type='application/json' id='{_GRAPH_ID}'>"
+                        f"{graph.replace('<', _LT)}</script>")
         body.append("<h2>Timeline</h2><div class='timeline'>")
         for t in self.tasks:
             left, width = 100 * (t.started_at - start) / span, 100 * t.seconds / span
@@ -110,17 +118,51 @@ def report_from_metaflow(flow_name: str, run_id: str | None = None) -> RunReport
         raise FedloomError(f"no run of {flow_name} is recorded here; run it with "
                            f"{flow_name}(checkpoint=True) first")
     tasks = []
+    roots: set[str] = set()
     for step in run:
         for task in step:
-            meta = task.metadata_dict
-            started = _timestamp(task.created_at)
-            finished = _timestamp(task.finished_at) if task.finished_at else started
-            tasks.append(TaskRow(step.id, task.id, meta.get("participant", "?"),
+            # Every attempt's metadata: a retried task ran from its first start to its last end.
+            meta: dict[str, list[str]] = {}
+            for datum in task.metadata:
+                meta.setdefault(datum.name, []).append(datum.value)
+            # When the task ran, as recorded where it ran; Metaflow's own created_at and
+            # finished_at are when the record was written (all within a second, for a run
+            # written at its end, as a federated run fetched from the director is).
+            recorded = _timestamp(task.created_at)
+            started = min(map(float, meta.get("started-at", ())), default=recorded)
+            finished = max(map(float, meta.get("finished-at", ())), default=started)
+            tasks.append(TaskRow(step.id, task.id, (meta.get("participant") or ["?"])[-1],
                                  bool(task.successful), started, finished))
+            roots.update(meta.get("ds-root", ()))
     tasks.sort(key=lambda t: (t.started_at, int(t.task_id) if t.task_id.isdigit() else 0))
     # A failed run never reaches 'end', so Metaflow calls it unfinished: a failed task says more.
     ok = False if any(not t.ok for t in tasks) else (run.successful if run.finished else None)
-    return RunReport(flow_name, run.id, ok, tasks)
+    text, mermaid = _recorded_graph([Path(r) / flow_name / run.id for r in sorted(roots)])
+    return RunReport(flow_name, run.id, ok, tasks, graph_text=text, graph_mermaid=mermaid)
+
+
+def _recorded_graph(run_dirs: list[Path]) -> tuple[str, str]:
+    """The flow graph (text, Mermaid) from the run's own page; empty if it has none."""
+    from fedloom.checkpoint.recorder import REPORT_FILE
+
+    for run_dir in run_dirs:
+        try:
+            page = (run_dir / REPORT_FILE).read_text(encoding="utf-8")
+        except OSError:
+            continue
+        found = re.search(rf"<script type='application/json' id='{_GRAPH_ID}'>(.*?)</script>",
+                          page, re.DOTALL)
+        if found:
+            try:
+                graph = json.loads(found.group(1))
+                return str(graph["text"]), str(graph["mermaid"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    return "", ""
+
+
+_GRAPH_ID = "fedloom-graph"
+_LT = "\\u003c"  # "<" in JSON that sits in a <script>: "</script>" cannot end it early
 
 
 def _timestamp(value: Any) -> float:
