@@ -79,6 +79,17 @@ def test_actor_grouping():
     # asking for resources: one actor each, so each gets exactly what it asked
     mixed = [Collaborator(name="a", num_gpus=0.5), Collaborator(name="b")]
     assert [p.members for p in plan_actors(mixed, None, 2)] == [("a",), ("b",)]
+
+
+def test_num_actors_groups_only_collaborators_that_ask_for_nothing():
+    mixed = [Collaborator(name="gpu", num_gpus=0.5), Collaborator(name="x"),
+             Collaborator(name="cpu", num_cpus=1), Collaborator(name="y"), Collaborator(name="z")]
+    assert plan_actors(mixed, num_actors=1, cluster_cpus=4) == [
+        ActorPlan(("gpu",), 0.0, 0.5), ActorPlan(("cpu",), 1.0, 0.0),
+        ActorPlan(("x", "y", "z"), 0.0, 0.0)]
+    # by default, one actor per CPU that the collaborators asking for CPUs left over
+    assert [p.members for p in plan_actors(mixed, None, cluster_cpus=3)][2:] == [
+        ("x", "y"), ("z",)]
     with pytest.raises(ParticipantError, match="num_actors"):
         plan_actors(collaborators(2), num_actors=0, cluster_cpus=2)
 
@@ -151,6 +162,28 @@ def test_collaborators_share_actors(ray_cluster):
 
 def made_in_pid_by_name(index: int, name: str) -> dict[str, int]:
     return made_in_pid(index)
+
+
+def test_collaborators_asking_for_resources_get_their_own_actor_whatever_num_actors(
+        ray_cluster):
+    names = ["gpu0", "gpu1", "c0", "c1", "c2"]
+    runtime = LocalRuntime(backend="ray", num_actors=1, collaborators=[
+        Collaborator(name=n, num_gpus=0.5 if n.startswith("gpu") else 0,
+                     private_attributes_callable=made_in_pid, index=i)
+        for i, n in enumerate(names)])
+    flow = WhereAmI()
+    flow.runtime = runtime
+    try:
+        flow.run()
+    finally:
+        runtime.shutdown()
+    pid = {name: report[0] for name, report in flow.report.items()}
+    assert pid["c0"] == pid["c1"] == pid["c2"]  # num_actors=1: those that ask for nothing share
+    assert len({pid["gpu0"], pid["gpu1"], pid["c0"]}) == 3  # the others each have their own
+    for name in ("gpu0", "gpu1"):
+        _, _, gpu_ids, _ = flow.report[name]
+        assert len(gpu_ids) == 1  # exactly what it asked for: a share of one (fake) GPU
+    assert flow.report["c0"][2] == []  # and nobody else holds a GPU
 
 
 def test_impossible_request_is_refused_before_anything_runs(ray_cluster):

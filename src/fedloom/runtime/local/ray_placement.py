@@ -32,25 +32,24 @@ class NodeResources:
 
 def plan_actors(collaborators: Sequence[Collaborator], num_actors: int | None,
                 cluster_cpus: float) -> list[ActorPlan]:
-    """Split collaborators into actors. Default: one actor per collaborator when any of them
-    asks for resources (so each gets exactly what it asked), else one per CPU of the cluster."""
-    count = len(collaborators)
-    if count == 0:
-        return []
-    if num_actors is None:
-        asks = any(c.num_cpus or c.num_gpus for c in collaborators)
-        num_actors = count if asks else max(1, min(count, int(cluster_cpus)))
-    if isinstance(num_actors, bool) or not isinstance(num_actors, int) or num_actors < 1:
+    """Split collaborators into actors. A collaborator that asks for resources (``num_cpus``,
+    ``num_gpus``) always gets an actor of its own with exactly that: grouped with others, it
+    would share them, or hold them while the others run. ``num_actors`` groups only those that
+    ask for nothing; by default one actor per CPU the others did not reserve."""
+    if num_actors is not None and (isinstance(num_actors, bool) or
+                                   not isinstance(num_actors, int) or num_actors < 1):
         raise ParticipantError(f"num_actors must be a whole number >= 1, got {num_actors!r}")
-    size = math.ceil(count / min(num_actors, count))
-    plans = []
-    for start in range(0, count, size):
-        group = collaborators[start:start + size]
-        # Members run one after another, so an actor needs what its largest member needs.
-        # Nothing asked means 0 CPUs reserved (Ray's own default for a running actor).
-        cpus = max(c.num_cpus for c in group)
-        gpus = max(c.num_gpus for c in group)
-        plans.append(ActorPlan(tuple(c.name for c in group), cpus, gpus))
+    asking = [c for c in collaborators if c.num_cpus or c.num_gpus]
+    plans = [ActorPlan((c.name,), c.num_cpus, c.num_gpus) for c in asking]
+    rest = [c for c in collaborators if not (c.num_cpus or c.num_gpus)]
+    if not rest:
+        return plans
+    if num_actors is None:
+        num_actors = max(1, int(cluster_cpus - sum(c.num_cpus for c in asking)))
+    size = math.ceil(len(rest) / min(num_actors, len(rest)))
+    # Nothing asked means 0 CPUs reserved (Ray's own default for a running actor).
+    plans.extend(ActorPlan(tuple(c.name for c in rest[start:start + size]), 0.0, 0.0)
+                 for start in range(0, len(rest), size))
     return plans
 
 

@@ -64,8 +64,9 @@ class LocalRuntime:
 
     Ray options: ``address`` (join a running cluster: ``'auto'`` or ``'ray://host:port'``; by
     default an already-initialised Ray is used, else a local one is started), ``num_actors``
-    (collaborators share actors; default one per collaborator that asks for resources, else one
-    per CPU), ``ray_init_kwargs`` (passed to ``ray.init``) and ``actor_start_timeout`` (seconds).
+    (how many actors the collaborators that ask for no resources share; default one per CPU; a
+    collaborator with ``num_cpus``/``num_gpus`` always gets an actor of its own with exactly
+    that), ``ray_init_kwargs`` (passed to ``ray.init``) and ``actor_start_timeout`` (seconds).
 
     ``straggler_policy``: a :class:`~fedloom.stragglers.StragglerPolicy` for every fan-out, or a
     dict from a fan-out's first collaborator step to one. ``faults``: simulated delays, failures
