@@ -58,8 +58,8 @@ class Rounds(FLSpec):
         pass
 
 
-def run(backend, **options) -> Rounds:
-    flow = Rounds()
+def run(backend, rounds: int = 2, **options) -> Rounds:
+    flow = Rounds(rounds)
     if backend == "ray":  # one actor each: a slow collaborator delays only itself
         options["num_actors"] = len(NAMES)
     flow.runtime = make_runtime(NAMES, backend=backend, **options)
@@ -87,6 +87,19 @@ def test_a_late_collaborator_is_dropped_at_the_deadline_and_offered_work_next_ro
     assert second == {"arrived": NAMES, "dropped": {}}  # offered work again
     # Round 1 averaged a, b, d only (1, 2, 4): c's late result never leaked into any round.
     np.testing.assert_allclose(flow.model, [7 / 3 + 2.5] * 2)
+
+
+def test_a_collaborator_still_busy_with_a_late_step_is_dropped_again_as_on_ray(backend):
+    # b is 2.5 s late in the first fan-out, whose deadline is 1 s. Not interrupted, it is busy
+    # until t=2.5, past the second round's deadline (t~2): dropped again. The third round
+    # (deadline t~3) reaches it once it is free. Serial rehearses exactly what Ray does.
+    faults = Faults(delay={"b": 2.5}, fan_outs={0})
+    flow = run(backend, rounds=3, faults=faults,
+               straggler_policy=StragglerPolicy(deadline=1.0, min_collaborators=2))
+    assert [h["arrived"] for h in flow.history] == [["a", "c", "d"], ["a", "c", "d"], NAMES]
+    assert all("timed out" in h["dropped"]["b"] for h in flow.history[:2])
+    if backend == "single_process":
+        assert "still busy with a late step" in flow.history[1]["dropped"]["b"]
 
 
 def test_failures_and_disconnects_are_dropped_with_their_reason(backend):

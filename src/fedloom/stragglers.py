@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -181,6 +182,37 @@ class Faults:
         if unknown:
             raise ParticipantError(f"Faults name {unknown}, which are not collaborators "
                                    f"({sorted(collaborators)})")
+
+
+class SimulatedClock:
+    """Simulated parallel time, for a backend that runs chains one after another (serial).
+
+    Each fan-out begins when the last one's collaborator phase ended, plus the real time the
+    aggregator's own steps took since. A collaborator's chain starts at the fan-out, or later
+    if the collaborator is still busy with a step from an earlier fan-out: a running step is
+    never interrupted (as on Ray, where a late step holds its actor), so its "busy until" time
+    is carried from one fan-out to the next. Each run starts with everyone free (on Ray a new
+    run waits for every actor)."""
+
+    def __init__(self) -> None:
+        self._now = 0.0  # simulated time at which the last collaborator phase ended
+        self._since = time.perf_counter()  # real time then: the aggregator's steps since count
+        self._busy_until: dict[str, float] = {}
+
+    def begin_fan_out(self) -> float:
+        """The simulated time of a fan-out that begins now."""
+        return self._now + (time.perf_counter() - self._since)
+
+    def run(self, collaborator: str, offered: float, seconds: float) -> tuple[float, float]:
+        """A chain of ``seconds`` offered to ``collaborator`` at ``offered``: when it really
+        starts (once the collaborator is free) and when it ends."""
+        start = max(offered, self._busy_until.get(collaborator, offered))
+        end = self._busy_until[collaborator] = start + seconds
+        return start, end
+
+    def end_fan_out(self, at: float) -> None:
+        """The collaborator phase of the current fan-out ended at ``at`` (simulated)."""
+        self._now, self._since = at, time.perf_counter()
 
 
 def simulated_failure(step: str, collaborator: str, fan_out: int) -> StepFailed:

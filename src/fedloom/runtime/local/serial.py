@@ -1,9 +1,10 @@
 """The serial backend: every collaborator chain runs in this process, one after another.
 
-A deadline is applied in simulated parallel time: each chain counts from the start of the
-fan-out, as it would if collaborators ran side by side, taking its own running time plus any
-injected delay (nothing sleeps). A chain that ran past the deadline is dropped and its result
-discarded.
+A deadline is applied in simulated parallel time (:class:`~fedloom.stragglers.SimulatedClock`):
+each chain runs as it would if collaborators ran side by side, from the start of the fan-out, or
+from when its collaborator finishes a late step of an earlier fan-out, taking its own running
+time plus any injected delay (nothing sleeps). A chain that ends past the deadline is dropped and
+its result discarded, so a rehearsal drops whom Ray would drop, in the same rounds.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from fedloom.engine import (
 from fedloom.errors import FlowRunError
 from fedloom.participants import Collaborator
 from fedloom.state import State, StateCopier, uncopyable
-from fedloom.stragglers import NO_FAULT, Dropped, Fault, Faults
+from fedloom.stragglers import NO_FAULT, Dropped, Fault, Faults, SimulatedClock
 from fedloom.tasks import FlowJob
 
 
@@ -36,6 +37,7 @@ class SerialBackend:
         self._job: FlowJob | None = None
         self._faults = faults
         self._fan_outs = 0
+        self._clock = SimulatedClock()
 
     def open(self, job: FlowJob) -> None:
         if not self._sites:
@@ -45,6 +47,7 @@ class SerialBackend:
             site.start_run()
         self._job = job
         self._fan_outs = 0
+        self._clock = SimulatedClock()
 
     def run_chains(self, step: str, names: Sequence[str], sent: State, *,
                    deadline: float | None = None,
@@ -52,9 +55,11 @@ class SerialBackend:
         if self._job is None:
             raise RuntimeError("open() must be called before run_chains()")
         fan_out, self._fan_outs = self._fan_outs, self._fan_outs + 1
+        began = self._clock.begin_fan_out()
         # One copy per collaborator: the floor for isolation.
         copier = StateCopier(sent)
         outcomes: list[ChainResult | Dropped] = []
+        last = began  # when the last chain ended (simulated)
         try:
             for name in names:
                 fault = self._faults.for_chain(name, fan_out) if self._faults else NO_FAULT
@@ -62,26 +67,35 @@ class SerialBackend:
                     received = copier.copy()
                 except Exception as exc:  # e.g. a lock in a public attribute
                     raise uncopyable(sent, step, exc) from exc
-                outcomes.append(self._chain(step, name, received, fault, fan_out, deadline,
-                                            tolerant))
+                outcome, ended = self._chain(step, name, received, fault, fan_out, began,
+                                             deadline, tolerant)
+                outcomes.append(outcome)
+                last = max(last, ended)
         except FlowRunError as err:
             keep_finished_tasks(err, [o for o in outcomes if isinstance(o, ChainResult)])
             raise
+        # As on Ray: the fan-out waits for everyone, or until the deadline passes.
+        self._clock.end_fan_out(last if deadline is None else min(last, began + deadline))
         return outcomes
 
     def _chain(self, step: str, name: str, received: State, fault: Fault, fan_out: int,
-               deadline: float | None, tolerant: bool) -> ChainResult | Dropped:
+               began: float, deadline: float | None,
+               tolerant: bool) -> tuple[ChainResult | Dropped, float]:
+        """The chain's outcome, and when it ended in simulated time."""
         assert self._job is not None
         started = time.perf_counter()
         result = run_chain_with_fault(self._sites[name], self._job, step, received, fault,
                                       fan_out, tolerant)
-        if isinstance(result, Dropped):
-            return result
-        took = time.perf_counter() - started + fault.delay
-        if deadline is not None and took > deadline:
-            return Dropped(name, "timed out", f"timed out: took {took:.3g} s, the deadline is "
-                           f"{deadline:g} s", result.tasks)
-        return result
+        # A disconnected collaborator does nothing (its delay never happens), as on Ray.
+        took = 0.0 if fault.disconnect else time.perf_counter() - started + fault.delay
+        start, ended = self._clock.run(name, began, took)
+        if deadline is None or ended - began <= deadline:
+            return result, ended
+        waited = start - began
+        how = f"took {took:.3g} s" if not waited else \
+            f"was still busy with a late step for {waited:.3g} s, then took {took:.3g} s"
+        return Dropped(name, "timed out", f"timed out: {how}; the deadline is {deadline:g} s",
+                       result.tasks), ended
 
     def close(self) -> None:
         self._job = None
