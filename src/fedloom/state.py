@@ -16,7 +16,7 @@ from typing import Any
 
 import cloudpickle
 
-from fedloom.errors import PrivateAttributeError, TransitionError
+from fedloom.errors import FedloomError, PrivateAttributeError, TransitionError
 
 State = dict[str, Any]
 
@@ -108,14 +108,23 @@ class StateCopier:
         return out
 
 
-def uncopyable(state: Mapping[str, Any], step: str, error: Exception) -> TransitionError:
-    """The error for a fan-out whose state can't be copied or serialised, naming the culprit."""
-    culprit = next((name for name, value in state.items() if not _copies(value)), None)
+def uncopyable(state: Mapping[str, Any], step: str, error: Exception, *, to: str = "",
+               copies: Callable[[Any], bool] | None = None) -> TransitionError:
+    """The error for a state that can't be copied or serialised, naming the culprit: at a
+    fan-out into ``step`` by default; ``to`` says where else it went (a federation's wire, whose
+    ``copies`` test differs), and without a ``step`` there is no transition to exclude it at."""
+    fits = copies or _copies
+    culprit = next((name for name, value in state.items() if not fits(value)), None)
     what = f"public attribute '{culprit}'" if culprit else "the state"
-    return TransitionError(
-        f"{what} cannot be copied to each collaborator of '{step}' ({type(error).__name__}: "
-        f"{error}). Make it a private attribute of its owner, or leave it out with "
-        f"exclude=['{culprit or '...'}'].")
+    to = to or f"copied to each collaborator of '{step}'"
+    # fedloom's own errors say why in their words; one that wraps another's: that one
+    cause = error.__cause__ if isinstance(error, FedloomError) else None
+    why = error if cause is None else cause
+    reason = str(why) if isinstance(why, FedloomError) else f"{type(why).__name__}: {why}"
+    leave_out = f"leave it out with exclude=['{culprit or '...'}']" if step else \
+        "leave it out of the flow's state"
+    return TransitionError(f"{what} cannot be {to} ({reason}). Make it a private attribute of "
+                           f"its owner, or {leave_out}.")
 
 
 def _copies(value: Any) -> bool:

@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from fedloom.engine import ChainResult, CollaboratorSite, FlowEngine
-from fedloom.errors import FedloomError, FlowRunError
+from fedloom.errors import FedloomError, FlowRunError, TransitionError
 from fedloom.federation import messages, wire
 from fedloom.federation.config import PrivateAttributesSpec
 from fedloom.federation.package import ExperimentPackage, load_package
 from fedloom.federation.pipes import FramePipe
 from fedloom.federation.proto import fedloom_pb2 as pb
 from fedloom.spec.flowspec import validate_flow
-from fedloom.state import State, Transition, transition_from_json
+from fedloom.state import State, Transition, transition_from_json, uncopyable
 from fedloom.stragglers import Dropped, dropped_for_failure, policy_from_json
 from fedloom.tasks import FlowJob, TaskRecord, TaskRecorder
 
@@ -101,7 +101,8 @@ class RemoteChains:
         asked = [name for name in names if name not in outcomes]
         request = uuid.uuid4().hex
         if asked:
-            self._conn.send(("chains", request, step, asked, wire.dumps_parts(sent)))
+            self._conn.send(("chains", request, step, asked, _encoded(
+                sent, step, f"sent to each collaborator of '{step}'")))
         ends = None if deadline is None else time.monotonic() + deadline
         while len(outcomes) < len(names):
             if ends is not None and not self._conn.poll(max(ends - time.monotonic(), 0)):
@@ -203,9 +204,17 @@ def aggregator_main(connection: Connection, spec: ExperimentSpec) -> None:
                             OutputForwarder(conn, recorder), live_output=False,
                             stragglers=stragglers)
         final = engine.run(initial, resume_at)
-        conn.send(("done", wire.dumps_parts(final)))
+        conn.send(("done", _encoded(final, "", "sent back to run() as the flow's final state")))
     except BaseException as exc:  # everything goes to the user; the director stays up
         conn.send(("failed", messages.failure(exc).SerializeToString()))
+
+
+def _encoded(state: State, step: str, to: str) -> wire.FrameParts:
+    """The state for the wire; what cannot go is named, with how to fix it, as locally."""
+    try:
+        return wire.dumps_parts(state)
+    except wire.WireError as err:
+        raise uncopyable(state, step, err, to=to, copies=wire.encodable) from err
 
 
 def _recordable(tasks: list[TaskRecord], allowed: frozenset[str]) -> list[dict[str, Any]]:
@@ -290,7 +299,9 @@ def _run_chain(site: CollaboratorSite, job: FlowJob, name: str, step: str, frame
     try:
         sent = wire.dumps_parts({"state": state, "artifacts": artifacts})
     except Exception as exc:  # e.g. a lock in a public attribute: say so instead of dying
-        outcome = pb.ChainOutcome(collaborator=name, failure=messages.failure(FlowRunError(
-            f"the state '{name}' sends back cannot be serialised: {exc}", participant=name)))
+        named = uncopyable(state, outcome.join_step, exc, copies=wire.encodable,
+                           to=f"sent back to '{outcome.join_step}'")
+        outcome = pb.ChainOutcome(collaborator=name, failure=messages.failure(TransitionError(
+            str(named), step=tasks[-1].step if tasks else step, participant=name)))
         sent = wire.dumps_parts({"state": {}, "artifacts": []})
     return outcome.SerializeToString(), sent

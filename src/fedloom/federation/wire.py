@@ -154,6 +154,8 @@ class _Pickler(pickle.Pickler):
     """Reduces torch tensors to numpy arrays, so they can be rebuilt without torch.load."""
 
     def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, types.FunctionType) and "<" in obj.__qualname__:
+            raise WireError(_nameless(obj))  # pickle would only say that a lookup failed
         torch = sys.modules.get("torch")
         if torch is not None:
             if isinstance(obj, torch.Tensor):
@@ -161,6 +163,22 @@ class _Pickler(pickle.Pickler):
             if isinstance(obj, (torch.dtype, torch.layout, torch.memory_format)):
                 return _torch_constant, (str(obj).removeprefix("torch."),)
         return NotImplemented
+
+
+def _nameless(function: types.FunctionType) -> str:
+    kind = "a lambda" if function.__name__ == "<lambda>" else \
+        f"{function.__qualname__} (a function defined in a function)"
+    return (f"cannot encode {kind} for the wire: functions cross between processes by name, "
+            "and it has none; define it with def at the top level of the flow's module")
+
+
+def encodable(value: Any) -> bool:
+    """Whether :func:`dumps` encodes ``value`` (for errors that name what it does not)."""
+    try:
+        dumps_parts(value)
+    except WireError:
+        return False
+    return True
 
 
 _SAME_SIZE_INT: Final = {1: "uint8", 2: "int16", 4: "int32", 8: "int64"}

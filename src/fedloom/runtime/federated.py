@@ -38,7 +38,7 @@ from fedloom.spec.flowspec import (
     set_run_id,
     validate_flow,
 )
-from fedloom.state import transition_to_json
+from fedloom.state import transition_to_json, uncopyable
 from fedloom.stragglers import PolicySpec, check_policy_spec, policy_to_json
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,12 @@ class FederatedRuntime:
             settings["resume"] = json.dumps({"run_id": point.run_id, "step": point.step,
                                              "next": transition_to_json(point.transition)})
         state = point.state if point else public_state(flow)
-        package = package_flow(type(flow), wire.dumps(state),
+        try:
+            initial = wire.dumps(state)
+        except wire.WireError as err:  # what LocalRuntime says at a fan-out, here at the start
+            raise uncopyable(state, "", err, copies=wire.encodable,
+                             to="sent to the federation as the flow's starting state") from err
+        package = package_flow(type(flow), initial,
                                notebook_path=self.notebook_path, created_by=getpass.getuser(),
                                settings=settings)
         checkpoint = is_checkpointing(flow)
