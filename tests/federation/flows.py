@@ -17,7 +17,8 @@ class FedAvgFlow(FLSpec):
 
     def __init__(self, model=None, rounds: int = 2, fail_on: str = "", die_on: str = "",
                  hold_on: str = "", hold_port: int = 0, flaky_while: str = "",
-                 die_round: int = -1, hold_round: int = -1, crash_on: str = "", **kwargs):
+                 die_round: int = -1, hold_round: int = -1, crash_on: str = "",
+                 shout: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.model = model if model is not None else np.zeros(3)
         self.rounds = rounds
@@ -27,6 +28,7 @@ class FedAvgFlow(FLSpec):
         self.flaky_while = flaky_while  # New York fails its second round while this file exists
         self.die_round, self.hold_round = die_round, hold_round  # -1: every round
         self.crash_on = crash_on  # this collaborator's own process dies (its envoy lives)
+        self.shout = shout  # characters each collaborator prints in its train step
 
     @aggregator
     def start(self):
@@ -51,6 +53,8 @@ class FedAvgFlow(FLSpec):
         if self.input == self.hold_on and self.hold_round in (-1, self.round):
             # stays in this step until the test's socket closes
             socket.create_connection(("127.0.0.1", self.hold_port)).recv(1)
+        if self.shout:
+            print("x" * self.shout)
         self.model = self.model + self.data
         self.seen = float(self.data.sum())
         print(f"{self.input} trained round {self.round}")

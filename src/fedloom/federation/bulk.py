@@ -192,10 +192,10 @@ class Outbox:
             del self._waiting[key]
 
 
-def handler(servicer: Any) -> Any:
-    """The Bulk service for a gRPC server, around the director's methods ``pull_state``,
-    ``push_state``, ``submit_package``, ``final_state`` and ``recorded_run``."""
-    return grpc.method_handlers_generic_handler(SERVICE, {
+def method_handlers(servicer: Any) -> dict[str, Any]:
+    """The Bulk service's methods, around the director's ``pull_state``, ``push_state``,
+    ``submit_package``, ``final_state`` and ``recorded_run``."""
+    return {
         "Pull": grpc.unary_stream_rpc_method_handler(
             servicer.pull_state, request_deserializer=pb.PullRequest.FromString),
         "Push": grpc.stream_unary_rpc_method_handler(
@@ -206,4 +206,4 @@ def handler(servicer: Any) -> Any:
             servicer.final_state, request_deserializer=pb.EventsRequest.FromString),
         "Fetch": grpc.unary_stream_rpc_method_handler(
             servicer.recorded_run, request_deserializer=pb.FetchRunRequest.FromString),
-    })
+    }

@@ -25,6 +25,7 @@ from fedloom.federation.director import (
     EnvoyLink,
     Experiment,
 )
+from fedloom.federation.lenient import Collector, lenient
 from fedloom.federation.limits import Hold, LimitExceeded
 from fedloom.federation.package import ExperimentPackage
 from fedloom.federation.pki import peer_kind, peer_name
@@ -52,8 +53,11 @@ class DirectorService(rpc.DirectorServicer):
         self.d = director
 
     def add_to(self, server: grpc.aio.Server) -> None:
-        rpc.add_DirectorServicer_to_server(self, server)
-        server.add_generic_rpc_handlers((bulk.handler(self),))
+        """Both services on ``server``, with malformed messages refused clearly."""
+        collector = Collector()
+        rpc.add_DirectorServicer_to_server(self, collector)
+        server.add_generic_rpc_handlers((lenient("fedloom.v1.Director", collector.handlers),
+                                         lenient(bulk.SERVICE, bulk.method_handlers(self))))
 
     # -- envoys --------------------------------------------------------------------------------
 
@@ -236,7 +240,7 @@ class DirectorService(rpc.DirectorServicer):
         ended = False
         with await self._held(context, user):
             try:
-                async for event in experiment.events.follow():
+                async for event in experiment.events.follow(request.after):
                     yield event
                 ended = True
             finally:

@@ -43,9 +43,10 @@ class EventLog:
         self._added.set()
         self._added = asyncio.Event()
 
-    async def follow(self) -> AsyncIterator[pb.Event]:
-        """Every event from the first, then each as it comes, until the log is closed."""
-        seen = 0
+    async def follow(self, after: int = 0) -> AsyncIterator[pb.Event]:
+        """Every event after the first ``after``, then each as it comes, until the log is
+        closed."""
+        seen = after
         while True:
             added = self._added  # taken before looking: an event put after this wakes us
             while seen < len(self._events):

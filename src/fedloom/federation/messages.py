@@ -13,9 +13,26 @@ _RUN_ERRORS: dict[str, type[FlowRunError]] = {
     "FlowRunError": FlowRunError, "TransitionError": TransitionError}
 
 
+# A task's stdout and stderr each travel up to this many characters (its first and last half):
+# output of any size reaches the user, and no message outgrows what the director accepts.
+OUTPUT_KEPT_CHARS = 1 << 20
+
+
+def kept_output(text: str, limit: int = OUTPUT_KEPT_CHARS) -> str:
+    """``text``, or its beginning and end with a notice of what was cut between them."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    cut = len(text) - 2 * half
+    return (f"{text[:half]}\n[fedloom: {cut:,} characters of output cut here; a federated "
+            f"task keeps the first and last {half:,} of its stdout and of its stderr]\n"
+            f"{text[-half:]}")
+
+
 def task_info(task: TaskRecord) -> pb.TaskInfo:
-    return pb.TaskInfo(step=task.step, participant=task.participant, stdout=task.stdout,
-                       stderr=task.stderr, ok=task.ok, started_at=task.started_at,
+    return pb.TaskInfo(step=task.step, participant=task.participant,
+                       stdout=kept_output(task.stdout), stderr=kept_output(task.stderr),
+                       ok=task.ok, started_at=task.started_at,
                        finished_at=task.finished_at, exception=task.exception or "",
                        unpicklable=task.unpicklable, attempt=task.attempt)
 

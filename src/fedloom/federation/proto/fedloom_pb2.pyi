@@ -237,10 +237,12 @@ class SubmitReply(_message.Message):
     def __init__(self, experiment: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class EventsRequest(_message.Message):
-    __slots__ = ("experiment",)
+    __slots__ = ("experiment", "after")
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
     experiment: str
-    def __init__(self, experiment: _Optional[str] = ...) -> None: ...
+    after: int
+    def __init__(self, experiment: _Optional[str] = ..., after: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("output", "status", "final_state", "failure", "review", "final_state_bulk")

@@ -1,0 +1,227 @@
+"""The director as a long-lived service, with real processes and certificates: one director per
+port, one live envoy per name, state that survives a restart, waits that say what they wait for
+and end, output of any size, and limits that keep one peer from stalling the others."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from fedloom import FedloomError
+from fedloom.federation.localhost import LocalFederation, local_federation
+from fedloom.runtime.federated import FederatedRuntime
+from tests.federation.flows import FedAvgFlow
+from tests.federation.nodes import (
+    FX,
+    PRIVATE_ATTRIBUTES,
+    ROOT,
+    Node,
+    director_config,
+    envoy_config,
+)
+
+pytestmark = pytest.mark.slow
+
+ENVOYS = {"envoy_one": 1.0, "New York": 3.0}
+
+
+@contextmanager
+def federation(folder: Path, envoys: dict[str, float] = ENVOYS,
+               **settings: object) -> Iterator[LocalFederation]:
+    """Like tests.federation.nodes.federation, with extra director ``settings``."""
+    extra = "".join(f"  {key}: {value}\n" for key, value in settings.items())
+    config = director_config().replace("aggregator:", f"{extra}aggregator:")
+    pythonpath = f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    with local_federation(folder, {name: envoy_config(name, value)
+                                   for name, value in envoys.items()}, config,
+                          files={"private_attributes.py": PRIVATE_ATTRIBUTES},
+                          users=("alice", "mallory"), env={"PYTHONPATH": pythonpath}) as fed:
+        yield fed
+
+
+def runtime(fed: LocalFederation, collaborators: list[str] | None = None,
+            user: str = "alice", **options: object) -> FederatedRuntime:
+    return FederatedRuntime(collaborators=collaborators or list(ENVOYS),
+                            director=fed.director_info(user), **options)  # type: ignore[arg-type]
+
+
+def run(fed: LocalFederation, collaborators: list[str] | None = None,
+        **flow_args: object) -> FedAvgFlow:
+    flow = FedAvgFlow(**flow_args)
+    flow.runtime = runtime(fed, collaborators)
+    flow.run()
+    return flow
+
+
+def restart_director(fed: LocalFederation, folder: Path) -> None:
+    """Kill the director (no goodbye) and start it again in its folder, on its port."""
+    fed.director.process.kill()
+    fed.director.process.wait(timeout=30)
+    config = folder / "director.yaml"
+    config.write_text(config.read_text().replace("listen_port: 0", f"listen_port: {fed.port}"))
+    fed.director = Node([*FX, "director", "start", "-c", str(config),
+                         *fed.tls_args("director", "director")], folder, fed.env)
+    fed.director.wait_for(rf"director listening on [^:]+:{fed.port}")
+
+
+def test_a_second_director_on_a_port_in_use_is_refused_and_the_first_keeps_serving(tmp_path):
+    with federation(tmp_path, {"envoy_one": 1.0}) as fed:
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / "private_attributes.py").write_text(PRIVATE_ATTRIBUTES)
+        config = other / "director.yaml"
+        config.write_text(director_config().replace("listen_port: 0",
+                                                    f"listen_port: {fed.port}"))
+        second = Node([*FX, "director", "start", "-c", str(config),
+                       *fed.tls_args("director", "director")], other, fed.env)
+        second.wait_for(rf"cannot listen on 127.0.0.1:{fed.port}: the port is in use")
+        assert second.process.wait(timeout=30) == 1
+        flow = run(fed, ["envoy_one"], rounds=1)
+        np.testing.assert_allclose(flow.model, [1.0, 1.0, 1.0])
+
+
+def test_after_a_restart_ids_go_on_and_a_finished_run_can_still_be_fetched(
+        tmp_path, metaflow_client):
+    with federation(tmp_path) as fed:
+        first = runtime(fed)
+        flow = FedAvgFlow(rounds=1, checkpoint=True)
+        flow.runtime = first
+        flow.run()
+        restart_director(fed, tmp_path)
+        for name in ENVOYS:
+            fed.director.wait_for(rf"envoy '{name}' registered")
+        later = runtime(fed)
+        again = FedAvgFlow(rounds=1)
+        again.runtime = later
+        again.run()
+        assert int(later.last_experiment.split("-")[0]) > \
+            int(first.last_experiment.split("-")[0])
+        fetched = later.fetch_run(first.last_experiment, datastore_root=tmp_path / "fetched")
+        assert fetched.is_dir() and fetched.name == flow._run_id
+
+
+def test_an_experiment_naming_an_offline_envoy_says_so_and_fails_after_its_deadline(
+        tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="fedloom.runtime.federated")
+    with federation(tmp_path, {"envoy_one": 1.0}, wait_for_envoys=2) as fed:
+        with pytest.raises(FedloomError, match=r"envoys ghost did not come online within 2 s "
+                                               r"\(wait_for_envoys\); never registered: ghost"):
+            run(fed, ["envoy_one", "ghost"], rounds=1)
+        fed.director.wait_for(r"waiting for envoys ghost \(offline\) since")
+        assert "waiting for envoys ghost (offline) since" in caplog.text
+        flow = run(fed, ["envoy_one"], rounds=1)  # nothing was held meanwhile
+        np.testing.assert_allclose(flow.model, [1.0, 1.0, 1.0])
+
+
+def test_a_step_that_prints_100_mb_reaches_the_user_cut_and_the_run_completes(
+        tmp_path, capsys):
+    with federation(tmp_path) as fed:
+        flow = run(fed, rounds=1, shout=100_000_000)
+    np.testing.assert_allclose(flow.model, [2.0, 2.0, 2.0])
+    out = capsys.readouterr().out
+    assert out.count("characters of output cut here") == 2  # one per collaborator
+    assert "[train @ New York] xxxx" in out
+
+
+class IdleUploads:
+    """``count`` Submit calls from one certificate that never send anything, on a loop of
+    their own; counts the ones the director refuses."""
+
+    def __init__(self, fed: LocalFederation, user: str, count: int) -> None:
+        self._fed, self._user, self._count = fed, user, count
+        self.refusals: list[str] = []
+        self.refused_enough = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._loop.run_until_complete,
+                                        args=(self._main(),), daemon=True)
+
+    def __enter__(self) -> IdleUploads:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=30)
+        self._loop.close()
+
+    async def _main(self) -> None:
+        from fedloom.federation.pki import TlsFiles, channel_credentials
+        from fedloom.federation.proto import fedloom_pb2_grpc as rpc
+
+        self._stop = asyncio.Event()
+        info = self._fed.director_info(self._user)
+        files = TlsFiles(*(Path(str(info[k])) for k in ("cert_chain", "api_cert",
+                                                         "api_private_key")))
+        address = f"127.0.0.1:{self._fed.port}"
+        async with grpc.aio.secure_channel(address, channel_credentials(files)) as channel:
+            stub = rpc.DirectorStub(channel)
+            calls = [stub.Submit(self._nothing()) for _ in range(self._count)]
+            tasks = [asyncio.ensure_future(self._outcome(call)) for call in calls]
+            await self._stop.wait()
+            for call in calls:
+                call.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _nothing(self):  # type: ignore[no-untyped-def]
+        assert self._stop is not None
+        await self._stop.wait()
+        return
+        yield
+
+    async def _outcome(self, call: grpc.aio.StreamUnaryCall) -> None:
+        try:
+            await call
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                self.refusals.append(exc.details() or "")
+                if len(self.refusals) >= self._count - 8:
+                    self.refused_enough.set()
+
+
+def test_hundreds_of_idle_streams_from_one_certificate_do_not_stall_another_users_flow(
+        tmp_path):
+    with federation(tmp_path, first_message_timeout=120) as fed, \
+            IdleUploads(fed, "mallory", 300) as idle:
+        assert idle.refused_enough.wait(60), f"only {len(idle.refusals)} refused"
+        assert all("settings.max_uploads_per_peer: 8" in r for r in idle.refusals)
+        flow = run(fed, rounds=2)  # alice, meanwhile
+        np.testing.assert_allclose(flow.model, [4.0, 4.0, 4.0])
+        assert len(idle.refusals) == 300 - 8
+    assert "missed its health checks" not in "\n".join(fed.director.seen)
+
+
+def test_malformed_messages_are_refused_as_invalid_argument_naming_what(tmp_path):
+    with federation(tmp_path, {"envoy_one": 1.0}) as fed:
+        from fedloom.federation.pki import TlsFiles, channel_credentials
+
+        info = fed.director_info("alice")
+        files = TlsFiles(*(Path(str(info[k])) for k in ("cert_chain", "api_cert",
+                                                         "api_private_key")))
+        with grpc.secure_channel(f"127.0.0.1:{fed.port}", channel_credentials(files)) as channel:
+            submit = channel.stream_unary("/fedloom.v1.Director/Submit",
+                                          request_serializer=None, response_deserializer=None)
+            with pytest.raises(grpc.RpcError) as info_submit:
+                submit(iter([b"\xff\xff\xff not protobuf"]), timeout=30)
+            events = channel.unary_stream("/fedloom.v1.Director/Events",
+                                          request_serializer=None, response_deserializer=None)
+            with pytest.raises(grpc.RpcError) as info_events:
+                list(events(b"\x0a\xff", timeout=30))
+            push = channel.stream_unary("/fedloom.v1.Bulk/Submit", request_serializer=None,
+                                        response_deserializer=None)
+            with pytest.raises(grpc.RpcError) as info_bulk:
+                push(iter([b"\xff\xff"]), timeout=30)
+        for caught, what in ((info_submit, "Submission"), (info_events, "EventsRequest"),
+                             (info_bulk, "SubmissionHeader")):
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value
+            assert what in caught.value.details()
