@@ -33,6 +33,7 @@ from fedloom.federation.package import (
     load_package,
     package_flow,
 )
+from fedloom.federation.review import Plan
 
 FLOW_SOURCE = textwrap.dedent('''\
     """A tiny flow for packaging tests."""
@@ -175,20 +176,6 @@ SCALE = 2
 
 def helper(x):
     return x * SCALE  # unrelated code stays
-
-# %% cell 7
-director = {'director_node_fqdn': 'localhost', 'director_port': 50050}
-flow = NbFlow()
-total = helper(3); other = 4
-
-# %% cell 9
-quick = 1
-
-# %% cell 10
-if __name__ == '__main__':
-    pass
-else: pass
-print(total)
 '''
 
 
@@ -236,7 +223,7 @@ def test_export_refuses_top_level_await_naming_the_cell(tmp_path: Path) -> None:
 
 
 def test_export_keeps_magic_looking_lines_inside_strings(tmp_path: Path) -> None:
-    source = 'TEMPLATE = """\n%s rows\n!important\n"""'
+    source = 'TEMPLATE = """\n%s rows\n!important\n"""\n\ndef rows():\n    return TEMPLATE'
     notebook = write_notebook(tmp_path / "s.ipynb", [("code", source)])
     assert export_notebook(notebook) == f"# %% cell 1\n{source}\n"
 
@@ -310,7 +297,169 @@ def test_a_script_run_as_main_is_packaged_without_its_run_lines(
     monkeypatch.setitem(sys.modules, "__main__", main)
     pkg = package_flow(_class_named("TinyFlow"), b"")
     assert pkg.entry == "train.py"
-    assert pkg.files["train.py"] == FLOW_SOURCE.format(value=1) + "\nflow = TinyFlow()\n"
+    assert pkg.files["train.py"] == FLOW_SOURCE.format(value=1)
+
+
+SCRIPT = '''\
+"""A user's script: definitions, and what it does when it runs."""
+
+import argparse
+import sys
+
+import numpy as np
+
+from fedloom import FLSpec, LocalRuntime, aggregator, collaborator
+
+try:
+    import pkgtest_missing  # optional
+except ImportError:
+    pkgtest_missing = None
+
+SCALE = 2.0
+CONFIG = {"lr": 0.5}
+CONFIG["lr"] = 1.0
+CONFIG.update(momentum=0.9)
+print("SIDE EFFECT: loading")
+np.random.seed(0)
+parser = argparse.ArgumentParser()
+parser.add_argument("--rounds", type=int, default=1)
+
+
+def scaled(x):
+    return x * SCALE * CONFIG["lr"]
+
+
+class Model:
+    def __init__(self, weights):
+        self.weights = weights
+
+
+class ScriptFlow(FLSpec):
+    def __init__(self, model=None, **kwargs):
+        super().__init__(**kwargs)
+        self.model = Model(np.zeros(2)) if model is None else model
+
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        self.model = Model(scaled(self.model.weights + 1))
+        self.next(self.join)
+
+    @aggregator
+    def join(self, inputs):
+        self.model = inputs[0].model
+        self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+def main():
+    args = parser.parse_args()
+    flow = ScriptFlow()
+    flow.runtime = LocalRuntime()
+    flow.run()
+    print("SIDE EFFECT: OK", args)
+
+
+if __name__ == "__main__":
+    main()
+    if sys.argv[1:] == ["--twice"]:
+        main()
+print("SIDE EFFECT: done")
+'''
+
+# What the sites get: the script up to ScriptFlow's end, minus what runs things.
+SCRIPT_AT_THE_SITES = SCRIPT.split("\n\n\ndef main")[0].replace(
+    "    pkgtest_missing = None\n", "    pass\n").replace(
+    'print("SIDE EFFECT: loading")\nnp.random.seed(0)\nparser = argparse.ArgumentParser()\n'
+    'parser.add_argument("--rounds", type=int, default=1)\n', "") + "\n"
+
+
+def as_main_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str,
+                   name: str = "train.py") -> Path:
+    """``text`` as the script this process runs (its ``__main__``)."""
+    script = tmp_path / name
+    script.write_text(text)
+    main = types.ModuleType("__main__")
+    main.__file__ = str(script)
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    return script
+
+
+def test_a_script_is_packaged_as_its_definitions_and_that_is_what_is_shown_and_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+        ) -> None:
+    # The sites run imports, classes, functions and what they use; not print(), seeding,
+    # argument parsing, main() or the `if __name__ == "__main__":` block.
+    as_main_script(tmp_path, monkeypatch, SCRIPT)
+    pkg = package_flow(_class_named("ScriptFlow"), b"")
+    assert pkg.files == {"train.py": SCRIPT_AT_THE_SITES}
+    # what reviewers see is that text, line by line, and the digest is over it
+    plan = Plan("1-a", "alice", pkg.digest, ("a",), pkg, ())
+    shown = [line.split(" | ", 1)[1] if " | " in line else "" for line in
+             plan.text().split("Source train.py")[1].splitlines()[1:]]
+    assert shown == SCRIPT_AT_THE_SITES.splitlines() and "SIDE EFFECT" not in plan.text()
+    assert ExperimentPackage.from_bytes(pkg.to_bytes(), pkg.digest).files == pkg.files
+    # and what a site runs: nothing is printed, the flow works
+    flow_cls = load_package(pkg, tmp_path / "site")
+    assert capsys.readouterr().out == ""
+    flow = flow_cls()
+    flow.runtime = LocalRuntime(aggregator=Aggregator(), collaborators=[Collaborator(name="a")])
+    flow.run()
+    np.testing.assert_allclose(flow.model.weights, [2.0, 2.0])  # (0 + 1) * SCALE * lr
+
+
+def test_a_script_that_reads_its_command_line_where_the_sites_would_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A switch on sys.argv would silently take the sites' value: say so, and what to do.
+    switch = FLOW_SOURCE.format(value="int(sys.argv[1]) if len(sys.argv) > 1 else 1")
+    as_main_script(tmp_path, monkeypatch, "import sys\n" + switch)
+    with pytest.raises(PackageError, match=r"train\.py:8: sys\.argv reads the command line, "
+                       r"and the sites would run it with theirs .* pass the value to the "
+                       r"flow's constructor"):
+        package_flow(_class_named("TinyFlow"), b"")
+    parsed = FLOW_SOURCE.format(value="ARGS.scale").replace(
+        "VALUE = ARGS.scale", "parser = argparse.ArgumentParser()\nARGS = parser.parse_args()"
+        "\nVALUE = ARGS.scale")
+    as_main_script(tmp_path, monkeypatch, "import argparse\n" + parsed)
+    with pytest.raises(PackageError, match=r"train\.py:\d+: parser\.parse_args\(\) reads"):
+        package_flow(_class_named("TinyFlow"), b"")
+    # read where the flow is run, it is fine: that code does not go to the sites
+    fine = FLOW_SOURCE.format(value=1) + "\nif __name__ == '__main__':\n" \
+        "    flow = TinyFlow(rounds=int(sys.argv[1]))\n    flow.run()\n"
+    as_main_script(tmp_path, monkeypatch, "import sys\n" + fine)
+    assert "argv" not in package_flow(_class_named("TinyFlow"), b"").files["train.py"]
+
+
+def test_a_name_the_flow_uses_but_only_the_main_block_sets_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = FLOW_SOURCE.format(value=0).replace("self.model + VALUE", "self.model + OFFSET")
+    as_main_script(tmp_path, monkeypatch, text + "\nif __name__ == '__main__':\n"
+                   "    OFFSET = 3\n    TinyFlow().run()\n")
+    with pytest.raises(PackageError, match=r"train\.py:\d+: OFFSET is set under `if __name__ "
+                       r"== \"__main__\":`, which the sites do not run, but the flow uses it"):
+        package_flow(_class_named("TinyFlow"), b"")
+
+
+def test_a_function_that_runs_something_is_kept_when_the_flow_uses_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `.run()` alone does not make a function a script's main: only if nothing kept uses it.
+    text = FLOW_SOURCE.format(value="warm_up()") + textwrap.dedent("""
+
+        def warm_up():
+            class Job:
+                def run(self):
+                    return 1
+            return Job().run()
+        """)
+    as_main_script(tmp_path, monkeypatch, text)
+    assert "def warm_up" in package_flow(_class_named("TinyFlow"), b"").files["train.py"]
 
 
 def test_nested_classes_non_flows_and_relative_imports_are_refused(tmp_path: Path) -> None:
@@ -546,3 +695,12 @@ def test_a_package_whose_header_misstates_a_part_is_refused_even_with_its_digest
     forged = MAGIC + raw + data[end:]
     with pytest.raises(PackageError, match="does not match its sha256"):
         ExperimentPackage.from_bytes(forged, expected_digest=hashlib.sha256(forged).hexdigest())
+
+
+def test_a_flow_defined_only_when_the_script_runs_as_a_script_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    guarded = "if __name__ == '__main__':\n" + textwrap.indent(FLOW_SOURCE.format(value=1), "    ")
+    as_main_script(tmp_path, monkeypatch, guarded)
+    with pytest.raises(PackageError, match=r"train\.py defines TinyFlow under `if __name__ == "
+                       r"\"__main__\":`, which the sites do not run; define it at module level"):
+        package_flow(_class_named("TinyFlow"), b"")

@@ -39,7 +39,7 @@ from types import MappingProxyType, ModuleType
 from typing import Any
 
 from fedloom.errors import DigestMismatchError, PackageError
-from fedloom.federation.notebook import ExportState, StatementFilter, child_bodies, export_notebook
+from fedloom.federation.notebook import child_bodies, definitions, export_notebook
 from fedloom.spec.flowspec import FLSpec
 from fedloom.spec.graph import NameList, _is_next_call, _read_next_call
 
@@ -391,8 +391,13 @@ def _read_module(flow_cls: type, file: Path) -> str:
     if flow_cls.__name__ not in _module_level_classes(tree):
         raise PackageError(f"{file} does not define {flow_cls.__name__} at module level")
     if flow_cls.__module__ == "__main__":
-        # A script: drop what builds a runtime or runs the flow, as for a notebook cell.
-        text = StatementFilter(text, ExportState()).run(tree)
+        # A script: the sites run its definitions, not what it does when it runs (as for a
+        # notebook); an imported module is imported there as here, whole.
+        text = definitions(text, tree, lambda line: f"{file}:{line}")
+        if flow_cls.__name__ not in _module_level_classes(ast.parse(text)):
+            raise PackageError(f"{file} defines {flow_cls.__name__} under `if __name__ == "
+                               "\"__main__\":`, which the sites do not run; define it at module "
+                               "level")
     return text
 
 
