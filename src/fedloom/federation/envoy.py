@@ -1,6 +1,7 @@
 """An envoy: dials the director, waits for work on a stream (no polling), and runs each
 experiment's collaborator in a process of its own. Reconnects by itself when the director
-restarts."""
+restarts or is away; stops when retrying cannot help (a certificate refused, TLS on one side
+only)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 import multiprocessing
 import shutil
 import threading
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ import grpc
 
 from fedloom import __version__
 from fedloom.errors import FedloomError
-from fedloom.federation import bulk, transport
+from fedloom.federation import bulk, handshake, transport
 from fedloom.federation.config import EnvoyConfig
 from fedloom.federation.experiment_process import (
     ExperimentSpec,
@@ -28,6 +30,7 @@ from fedloom.federation.experiment_process import (
     send_package,
 )
 from fedloom.federation.pipes import FramePipe, MemoryFrame
+from fedloom.federation.pki import TlsFiles
 from fedloom.federation.proto import fedloom_pb2 as pb
 from fedloom.federation.proto import fedloom_pb2_grpc as rpc
 from fedloom.federation.review import Plan, ReviewDesk
@@ -39,7 +42,9 @@ RECONNECT_SECONDS = (0.5, 1, 2, 5, 10)
 
 
 class EnvoyRefused(FedloomError):
-    """The director refused this envoy (certificate or name): reconnecting would not help."""
+    """The director refused this envoy (certificate or name), or cannot be talked to as this
+    envoy is configured (TLS on one side only, a certificate from another CA): reconnecting
+    would not help."""
 
 
 @dataclass
@@ -60,11 +65,19 @@ class Envoy:
     """Serves one site's data to the federation."""
 
     def __init__(self, config: EnvoyConfig, endpoint: transport.Endpoint,
-                 credentials: grpc.ChannelCredentials | None, workdir: Path) -> None:
+                 credentials: grpc.ChannelCredentials | None, workdir: Path,
+                 tls_files: TlsFiles | None = None) -> None:
+        """``tls_files``: the files ``credentials`` were made of, to find out why a connection
+        fails (without them, a TLS failure is retried like an unreachable director)."""
         self.config = config
         self.endpoint = endpoint
         self._credentials = credentials
+        self._tls_files = tls_files
         self._workdir = workdir
+        self._instance = uuid.uuid4().hex  # this process: a reconnect is not a twin
+        self._health_period = 5.0  # the director's, from RegisterReply
+        self._registered = False
+        self._doubt = ""  # a diagnosis that counts only if it repeats
         self._stop = threading.Event()
         self._experiments: dict[str, RunningExperiment] = {}
         self._stub: rpc.DirectorStub | None = None
@@ -86,20 +99,33 @@ class Envoy:
     def _serve(self) -> None:
         attempt = 0
         while not self._stop.is_set():
+            self._registered = False
+            why = "the connection to the director ended"
             try:
                 self._serve_once()
-                attempt = 0
+            except EnvoyRefused:
+                self._end_all("the director refused this envoy")
+                raise
             except grpc.RpcError as exc:
                 if _refused(exc):  # retrying cannot help: the director said who we are not
                     self._end_all("the director refused this envoy")
                     raise EnvoyRefused(f"the director at {self.endpoint.address} refused envoy "
                                        f"'{self.config.name}': {_describe(exc)}") from None
-                log.warning("envoy '%s': connection to %s lost: %s", self.config.name,
-                            self.endpoint.address, _describe(exc))
+                if _code(exc) == grpc.StatusCode.ALREADY_EXISTS:  # a live twin, or our ghost
+                    why = (f"the director did not register it: {_details(exc)} (it takes over "
+                           "once that connection is gone)")
+                else:
+                    why = f"connection to {self.endpoint.address} lost: {_describe(exc)}"
             except transport.TransportError as exc:
-                log.warning("envoy '%s': %s", self.config.name, exc)
+                why = str(exc)
+            if self._registered:
+                attempt = 0
             self._end_all("the envoy lost its connection to the director")
-            self._stop.wait(RECONNECT_SECONDS[min(attempt, len(RECONNECT_SECONDS) - 1)])
+            if self._stop.is_set():
+                break
+            delay = RECONNECT_SECONDS[min(attempt, len(RECONNECT_SECONDS) - 1)]
+            log.warning("envoy '%s': %s; retrying in %g s", self.config.name, why, delay)
+            self._stop.wait(delay)
             attempt += 1
 
     def stop(self) -> None:
@@ -110,14 +136,23 @@ class Envoy:
         channel = transport.open_channel(self.endpoint, self._credentials)
         closed = threading.Event()  # set when this connection is over
         try:
-            transport.wait_ready(channel, self.endpoint, timeout=10,
-                                 tls=self._credentials is not None)
+            try:
+                transport.wait_ready(channel, self.endpoint, timeout=10,
+                                     tls=self._credentials is not None)
+            except transport.TransportError:
+                self._diagnose("gRPC could not connect")
             self._stub = rpc.DirectorStub(channel)
             self._channel = channel
-            reply = self._stub.Register(pb.RegisterRequest(name=self.config.name,
-                                                           fedloom_version=__version__),
-                                        timeout=30)
+            try:
+                reply = self._stub.Register(self._register_request(), timeout=30)
+            except grpc.RpcError as exc:
+                if _code(exc) == grpc.StatusCode.UNAVAILABLE:  # e.g. our certificate refused
+                    self._diagnose(_describe(exc))
+                raise
+            self._doubt = ""
+            self._registered = True
             self._session = reply.session
+            self._health_period = max(reply.health_check_period, 0.2)
             log.info("envoy '%s' registered with the director at %s", self.config.name,
                      self.endpoint.address)
             work = self._stub.GetWork(pb.WorkRequest(session=reply.session))
@@ -134,6 +169,27 @@ class Envoy:
         finally:
             closed.set()
             channel.close()
+
+    def _register_request(self) -> pb.RegisterRequest:
+        return pb.RegisterRequest(name=self.config.name, fedloom_version=__version__,
+                                  instance=self._instance)
+
+    def _diagnose(self, failure: str) -> None:
+        """Why connecting failed (gRPC said ``failure``): raises EnvoyRefused when retrying
+        cannot help, else a TransportError saying what to wait for. A verdict that is not
+        certain (the director hung up) stops the envoy only when the next attempt gives it
+        again."""
+        verdict = handshake.diagnose(self.endpoint.host, self.endpoint.port, self._tls_files,
+                                     tls_expected=self._credentials is not None,
+                                     failure=failure)
+        if verdict.retry:
+            self._doubt = ""
+            raise transport.TransportError(verdict.message)
+        if verdict.certain or verdict.message == self._doubt:
+            raise EnvoyRefused(f"envoy '{self.config.name}' cannot connect to the director: "
+                               f"{verdict.message}")
+        self._doubt = verdict.message
+        raise transport.TransportError(f"{verdict.message} (trying again to be sure)")
 
     def _beat(self, stub: rpc.DirectorStub, reply: pb.RegisterReply,
               closed: threading.Event) -> None:
@@ -159,6 +215,8 @@ class Envoy:
             self._on_chain(work.experiment, work.chain)
         elif kind == "end":
             self._end(work.experiment, work.end)
+        elif kind == "notice":  # e.g. another process tried to register under our name
+            log.warning("envoy '%s': the director says: %s", self.config.name, work.notice)
 
     def _on_review(self, experiment_id: str, request: pb.ReviewRequest) -> None:
         running = self._experiments.setdefault(
@@ -386,9 +444,16 @@ def _stop_process(running: RunningExperiment, aborted: bool) -> None:
         process.join(timeout=5)
 
 
+def _code(exc: grpc.RpcError) -> grpc.StatusCode | None:
+    return exc.code() if hasattr(exc, "code") else None
+
+
+def _details(exc: grpc.RpcError) -> str:
+    return str(exc.details()) if hasattr(exc, "details") else str(exc)
+
+
 def _refused(exc: grpc.RpcError) -> bool:
-    code = exc.code() if hasattr(exc, "code") else None
-    return code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+    return _code(exc) in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
 
 
 def _describe(exc: BaseException) -> str:
