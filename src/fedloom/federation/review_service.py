@@ -1,10 +1,16 @@
 """The node's local review service: ``fx director review`` and ``fx envoy review`` talk to the
 running node over a Unix socket in a private (0700) folder, whose address the node writes to
-``review.address`` in its work folder. Only the node's own user on its own machine can use it."""
+``review.address`` in its work folder. Only the node's own user on its own machine can use it.
+
+The folder is ``review-socket`` inside the work folder when the socket's path fits a Unix
+socket address (about 100 bytes); else a temporary folder, which the next start of the same
+node removes if this one could not (it was killed). Leftovers are cleared only by a node that
+holds its work folder's lock (see :mod:`fedloom.federation.nodelock`)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from concurrent import futures
@@ -13,11 +19,16 @@ from pathlib import Path
 import grpc
 
 from fedloom.errors import FedloomError
+from fedloom.federation import nodelock
 from fedloom.federation.proto import fedloom_pb2 as pb
 from fedloom.federation.proto import fedloom_pb2_grpc as rpc
 from fedloom.federation.review import ReviewDesk, ReviewError
 
 ADDRESS_FILE = "review.address"
+SOCKET_FOLDER = "review-socket"
+SOCKET_NAME = "review.sock"
+MAX_SOCKET_PATH = 100  # bytes; a Unix socket address holds 107 and a NUL
+TEMP_PREFIX = "fedloom-review-"
 BY_COMMAND = "fx review"
 
 
@@ -56,12 +67,12 @@ class LocalReviewServer:
     """Serves a desk on a private Unix socket while the node runs."""
 
     def __init__(self, desk: ReviewDesk, workdir: Path) -> None:
-        self._folder = Path(tempfile.mkdtemp(prefix="fedloom-review-"))  # mode 0700
         self._address_file = workdir / ADDRESS_FILE
+        self._folder = _socket_folder(workdir)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4,
                                                               thread_name_prefix="fedloom-review"))
         rpc.add_ReviewServicer_to_server(ReviewServicer(desk), self._server)
-        self.address = f"unix:{self._folder / 'review.sock'}"
+        self.address = f"unix:{self._folder / SOCKET_NAME}"
         if not self._server.add_insecure_port(self.address):
             raise FedloomError(f"cannot open the review socket {self.address}")
 
@@ -75,6 +86,33 @@ class LocalReviewServer:
         with contextlib.suppress(OSError):
             self._address_file.unlink()
         shutil.rmtree(self._folder, ignore_errors=True)
+
+
+def _socket_folder(workdir: Path) -> Path:
+    """A new private folder for the socket; a node that holds its work folder clears what an
+    earlier run of it left (it was killed), and keeps its socket in the work folder."""
+    own = nodelock.held(workdir)
+    if own:
+        _clear_leftovers(workdir)
+    inside = workdir.resolve() / SOCKET_FOLDER
+    if own and len(os.fsencode(inside / SOCKET_NAME)) <= MAX_SOCKET_PATH:
+        inside.mkdir(mode=0o700, parents=True)
+        inside.chmod(0o700)  # whatever the umask
+        return inside
+    return Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))  # mode 0700
+
+
+def _clear_leftovers(workdir: Path) -> None:
+    """The socket folder and address of a run of this node that did not stop cleanly."""
+    address_file = workdir / ADDRESS_FILE
+    with contextlib.suppress(OSError, ValueError):
+        address = address_file.read_text().strip()
+        old = Path(address.removeprefix("unix:")).parent
+        if old.name.startswith(TEMP_PREFIX) and old.stat().st_uid == os.getuid():
+            shutil.rmtree(old, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        address_file.unlink()
+    shutil.rmtree(workdir / SOCKET_FOLDER, ignore_errors=True)
 
 
 def review_stub(workdir: Path) -> tuple[grpc.Channel, rpc.ReviewStub]:

@@ -1,0 +1,62 @@
+"""One node per work folder: a running director or envoy holds an exclusive ``flock`` on
+``node.lock`` in its work folder, which also holds its pid. A second node started in the same
+folder finds the lock taken and stops before it writes anything, so the running node's files
+(its review socket and ``review.address``, its review log) stay as they are. The kernel
+releases the lock when the node ends, however it ends (``kill -9`` included)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import IO
+
+from fedloom.errors import FedloomError
+
+LOCK_FILE = "node.lock"
+
+_held: dict[Path, IO[str]] = {}  # work folder -> its open lock file, while this process runs
+
+
+class NodeRunning(FedloomError):
+    """Another node runs with this work folder."""
+
+
+def acquire(workdir: Path, what: str) -> None:
+    """Lock ``workdir`` (made if missing) for this process, ``what`` (e.g. "the director") for
+    messages; :class:`NodeRunning` if another process holds it. Held until :func:`release`
+    or the end of this process."""
+    workdir = workdir.resolve()
+    if workdir in _held:
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / LOCK_FILE
+    file = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open while the node runs
+    try:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.seek(0)
+        pid = file.read().strip() or "unknown"
+        file.close()
+        raise NodeRunning(f"{what} is already running (pid {pid}) with the work folder "
+                          f"{workdir}: stop it first, or start this one from another "
+                          "folder") from None
+    except OSError as exc:
+        file.close()
+        raise NodeRunning(f"cannot lock the work folder {workdir} ({path}: {exc})") from exc
+    file.seek(0)
+    file.truncate()
+    file.write(f"{os.getpid()}\n")
+    file.flush()
+    _held[workdir] = file
+
+
+def held(workdir: Path) -> bool:
+    """Whether this process holds ``workdir``'s lock (so its leftovers are its own to clear)."""
+    return workdir.resolve() in _held
+
+
+def release(workdir: Path) -> None:
+    file = _held.pop(workdir.resolve(), None)
+    if file is not None:
+        file.close()  # closing the file releases the lock
