@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import sys
 from pathlib import Path
 
 import pytest
 
 from fedloom.federation.config import ConfigError, load_director_config, load_envoy_config
+from tests.federation.nodes import PRIVATE_ATTRIBUTES, envoy_config, fx
 
 PRIVATE = """
 aggregator_attrs = {"test_set": [1, 2, 3]}
@@ -126,3 +129,94 @@ def test_review_timeout_is_seconds_or_absent(folder):
         path = write(folder, "bad.yaml", f"settings: {{review_timeout: {bad}}}\n")
         with pytest.raises(ConfigError, match=r"settings\.review_timeout must be"):
             load_envoy_config(path, "site")
+
+
+# -- what a node checks when it starts (fedloom.federation.config_check) ---------------------
+
+
+def check_director(path: Path) -> None:
+    from fedloom.federation.config_check import check_director_config
+
+    check_director_config(load_director_config(path))
+
+
+def test_a_good_config_passes_the_start_check_without_calling_the_function(folder):
+    from fedloom.federation.config_check import check_envoy_config
+
+    (folder / "calls.py").write_text("calls = []\ndef make(size):\n    calls.append(size)\n"
+                                     "    return {}\n")
+    path = write(folder, "e.yaml", "site:\n  callable_func:\n    template: calls.make\n"
+                                   "    settings: {size: 3}\n")
+    check_envoy_config(load_envoy_config(path, "site"))
+    check_director(write(folder, "d.yaml", "aggregator:\n  private_attributes: "
+                                           "private_attributes.aggregator_attrs\n"))
+    [module] = [m for name, m in sys.modules.items() if name.endswith("_calls")]
+    assert module.calls == []  # imported and checked, not called
+
+
+@pytest.mark.parametrize("aggregator, line, message", [
+    ("  private_attributes: nope.attrs\n", 3,
+     "aggregator.private_attributes names module 'nope', which cannot be imported "
+     "(ModuleNotFoundError"),
+    ("  private_attributes: private_attributes.envoy_one_attr\n", 3,
+     "aggregator.private_attributes: module 'private_attributes' "),
+    ("  callable_func:\n    template: private_attributes.make_atrs\n", 4,
+     "has no 'make_atrs' (did you mean 'make_attrs'?); define it there, or correct the name"),
+    ("  callable_func:\n    template: private_attributes.aggregator_attrs\n", 4,
+     "'private_attributes.aggregator_attrs' is a dict, not a function"),
+    ("  private_attributes: private_attributes.not_a_dict\n", 3,
+     "is a list; it must be a dict of private attributes, or a function that returns one"),
+    ("  callable_func:\n    template: private_attributes.make_attrs\n"
+     "    settings: {sise: 3}\n", 5,
+     "aggregator.callable_func.settings (given: sise) do not fit "
+     "private_attributes.make_attrs(size, label='x')"),
+    ("  private_attributes: private_attributes.make_attrs\n", 3,
+     "is called without arguments"),
+], ids=["missing-module", "missing-attribute", "did-you-mean", "template-not-callable",
+        "not-a-dict", "wrong-settings", "needs-arguments"])
+def test_the_start_check_names_the_file_the_line_and_the_fix(folder, aggregator, line, message):
+    path = write(folder, "d.yaml", f"settings: {{listen_port: 1}}\naggregator:\n{aggregator}")
+    with pytest.raises(ConfigError) as info:
+        check_director(path)
+    assert str(info.value).startswith(f"{path}:{line}: ")
+    assert message in str(info.value)
+
+
+# -- fx director start / fx envoy start check their config before anything else ------------
+
+DIRECTOR_HEAD = "settings:\n  listen_host: 127.0.0.1\n  listen_port: 0\naggregator:\n"
+
+
+@pytest.mark.parametrize("source, error", [
+    ("nope.attrs", r"names module 'nope', which cannot be imported"),
+    ("private_attributes.nothing", r"module 'private_attributes' \(.*\) has no 'nothing'"),
+], ids=["missing-module", "missing-attribute"])
+def test_a_director_with_a_broken_private_attributes_source_does_not_start(
+        tmp_path, source, error):
+    (tmp_path / "private_attributes.py").write_text(PRIVATE_ATTRIBUTES)
+    config = tmp_path / "director.yaml"
+    config.write_text(f"{DIRECTOR_HEAD}  private_attributes: {source}\n")
+    done = fx(["director", "start", "-c", str(config), "--disable-tls"], tmp_path)
+    assert done.returncode == 1
+    assert re.search(rf"{re.escape(str(config))}:5: aggregator\.private_attributes", done.stderr)
+    assert re.search(error, done.stderr), done.stderr
+    assert "listening" not in done.stdout
+
+
+@pytest.mark.parametrize("template, error", [
+    ("nope.envoy_data", r"names module 'nope', which cannot be imported"),
+    ("private_attributes.envoy_dat", r"has no 'envoy_dat' \(did you mean 'envoy_data'\?\)"),
+], ids=["missing-module", "missing-attribute"])
+def test_an_envoy_with_a_broken_private_attributes_source_does_not_start(
+        tmp_path, template, error):
+    (tmp_path / "private_attributes.py").write_text(PRIVATE_ATTRIBUTES)
+    config = tmp_path / "envoy.yaml"
+    config.write_text(envoy_config("Oslo", 1.0).replace("private_attributes.envoy_data",
+                                                         template))
+    done = fx(["envoy", "start", "-n", "Oslo", "-ec", str(config), "-dh", "127.0.0.1",
+               "-dp", "9", "--disable-tls"], tmp_path)  # it never gets to dial
+    assert done.returncode == 1
+    assert re.search(rf"{re.escape(str(config))}:5: Oslo\.callable_func\.template",
+                     done.stderr), done.stderr
+    assert re.search(error, done.stderr), done.stderr
+    assert "connecting" not in done.stdout
