@@ -1,7 +1,7 @@
 """An envoy: dials the director, waits for work on a stream (no polling), and runs each
-experiment's collaborator in a process of its own. Reconnects by itself when the director
-restarts or is away; stops when retrying cannot help (a certificate refused, TLS on one side
-only)."""
+experiment's collaborator in a process of its own, which dies with the envoy. Reconnects by
+itself when the director restarts or is away; stops when retrying cannot help (a certificate
+refused, TLS on one side only)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import grpc
 
 from fedloom import __version__
 from fedloom.errors import FedloomError
-from fedloom.federation import bulk, handshake, transport
+from fedloom.federation import bulk, handshake, lifeline, transport
 from fedloom.federation.config import EnvoyConfig
 from fedloom.federation.experiment_process import (
     ExperimentSpec,
@@ -291,7 +291,7 @@ class Envoy:
         running.process = ctx.Process(target=collaborator_main,
                                       args=(child, self.config.name, spec), daemon=True,
                                       name=f"fedloom-collaborator-{experiment_id}")
-        running.process.start()
+        lifeline.start(running.process)  # it dies with this envoy, however this one ends
         child.close()
         running.conn = FramePipe(parent)
         with contextlib.suppress(OSError):  # a process that died at once is reported below

@@ -9,18 +9,19 @@ neither side ever unpickles anything but the restricted wire format for flow sta
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from fedloom.engine import ChainResult, CollaboratorSite, FlowEngine
 from fedloom.errors import FedloomError, FlowRunError, TransitionError
-from fedloom.federation import messages, wire
+from fedloom.federation import lifeline, messages, wire
 from fedloom.federation.config import PrivateAttributesSpec
 from fedloom.federation.package import ExperimentPackage, load_package
 from fedloom.federation.pipes import FramePipe
@@ -43,6 +44,8 @@ class ExperimentSpec:
     private: PrivateAttributesSpec
     workdir: str
     checkpoint_root: str = ""  # the folder holding .metaflow; "" is Metaflow's default
+    # The node: the process that makes the spec and starts the process (which dies with it).
+    parent_pid: int = field(default_factory=os.getpid)
 
 
 def send_package(conn: FramePipe, package: bytes) -> None:
@@ -182,6 +185,7 @@ class OutputForwarder:
 
 def aggregator_main(connection: Connection, spec: ExperimentSpec) -> None:
     """Entry point of the aggregator process."""
+    lifeline.bind_to_parent(spec.parent_pid)
     conn = FramePipe(connection)
     try:
         package, job = _load(spec, conn)
@@ -261,6 +265,7 @@ def _resume(package: ExperimentPackage) -> tuple[str, tuple[str, Transition] | N
 
 def collaborator_main(connection: Connection, name: str, spec: ExperimentSpec) -> None:
     """Entry point of a collaborator process on an envoy."""
+    lifeline.bind_to_parent(spec.parent_pid)
     conn = FramePipe(connection)
     try:
         package, job = _load(spec, conn)

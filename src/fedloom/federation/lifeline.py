@@ -1,0 +1,99 @@
+"""Experiment processes die with their node: an aggregator with its director, a collaborator
+with its envoy, also when the node is killed with ``kill -9`` (which runs no clean-up).
+
+Two mechanisms, both set up by :func:`bind_to_parent` first thing in the child:
+
+- The lifeline, which does not depend on which thread started the child: multiprocessing's
+  'spawn' start method gives the child the read end of a pipe whose write end only the parent
+  process holds (``multiprocessing.parent_process().sentinel``); the kernel closes it when the
+  parent dies, however it dies. A daemon thread in the child waits on it and ends the process
+  at once. It needs the interpreter, so a child stuck in C code that holds the GIL is not
+  ended by it.
+- Linux's parent-death signal (``prctl(PR_SET_PDEATHSIG, SIGKILL)``), which the kernel sends
+  even to a child that holds the GIL or is stopped. Linux ties it to the *thread* that forked
+  the child: it fires when that thread ends, even if the parent process lives on. So it is
+  armed only for children started by :func:`start`, which forks them from one thread that
+  lives as long as the node process (whichever thread asks).
+
+After arming the signal the child checks that its parent is still the process that started
+it: one that died before ``prctl`` sent no signal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import multiprocessing
+import os
+import queue
+import signal
+import sys
+import threading
+from concurrent.futures import Future
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
+
+PR_SET_PDEATHSIG = 1
+ORPHANED_EXIT_CODE = 70  # what an orphaned child exits with (it is usually killed first)
+_ARMED = "_fedloom_parent_death_signal"  # on the Process object, which 'spawn' pickles
+
+_requests: queue.SimpleQueue[tuple[BaseProcess, Future[None]]] = queue.SimpleQueue()
+_spawner: threading.Thread | None = None
+_spawner_lock = threading.Lock()
+
+
+def start(process: BaseProcess) -> None:
+    """Start ``process`` (not yet started; its target calls :func:`bind_to_parent` first) from
+    this module's spawner thread, so that its parent-death signal fires only when this process
+    dies. Raises what ``process.start()`` raises."""
+    global _spawner
+    setattr(process, _ARMED, True)
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = threading.Thread(target=_spawn_forever, name="fedloom-spawner",
+                                        daemon=True)
+            _spawner.start()
+    started: Future[None] = Future()
+    _requests.put((process, started))
+    started.result()
+
+
+def _spawn_forever() -> None:
+    while True:  # never returns: its children's parent-death signal is tied to this thread
+        process, started = _requests.get()
+        try:
+            process.start()
+        except BaseException as exc:
+            started.set_exception(exc)
+        else:
+            started.set_result(None)
+
+
+def bind_to_parent(expected_parent: int) -> None:
+    """In a child process, first thing: end this process when its parent (pid
+    ``expected_parent``, the node) dies. Ends it now if the parent is gone already."""
+    me = multiprocessing.current_process()
+    if getattr(me, _ARMED, False):
+        _parent_death_signal(signal.SIGKILL)
+    if os.getppid() != expected_parent:  # it died before the signal was armed
+        os._exit(ORPHANED_EXIT_CODE)
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return  # not started by multiprocessing: the signal (if armed) is all there is
+    sentinel = parent.sentinel
+    if wait([sentinel], timeout=0):
+        os._exit(ORPHANED_EXIT_CODE)
+    threading.Thread(target=_exit_when_ready, args=(sentinel,), daemon=True,
+                     name="fedloom-lifeline").start()
+
+
+def _exit_when_ready(sentinel: int) -> None:
+    wait([sentinel])  # readable (end of file) only once the parent process is gone
+    os._exit(ORPHANED_EXIT_CODE)
+
+
+def _parent_death_signal(signum: int) -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):  # no prctl: the lifeline remains
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)

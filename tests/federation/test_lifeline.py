@@ -1,0 +1,119 @@
+"""Experiment processes never outlive their node (kill -9 included): no orphans."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+
+from fedloom import FedloomError
+from fedloom.federation import lifeline
+from fedloom.runtime.federated import FederatedRuntime
+from tests.federation.flows import FedAvgFlow
+from tests.federation.nodes import Node, experiment_processes, federation, wait_gone
+
+# A node stand-in: starts one child that binds itself to it, from a thread that ends at once
+# (Linux ties the parent-death signal to the thread that forked), prints its pid, and waits.
+PARENT = """
+import multiprocessing, os, re, sys, threading
+from fedloom.federation import lifeline
+
+def child(expected, busy):
+    lifeline.bind_to_parent(expected)
+    if busy:  # stuck in C code that holds the GIL: no thread of this process runs again
+        re.match(r"(a+)+$", "a" * 64 + "b")
+    threading.Event().wait()
+
+if __name__ == "__main__":
+    how, busy = sys.argv[1], sys.argv[2] == "busy"
+    ctx = multiprocessing.get_context("spawn")
+    process = ctx.Process(target=child, args=(os.getpid(), busy), daemon=True)
+    starter = lifeline.start if how == "lifeline" else ctx.Process.start
+    thread = threading.Thread(target=starter, args=(process,))
+    thread.start()
+    thread.join()
+    print("child", process.pid, flush=True)
+    threading.Event().wait()
+"""
+
+
+@pytest.mark.parametrize("how, busy", [("lifeline", "busy"), ("plain", "idle")],
+                         ids=["started-by-lifeline-stuck-with-the-gil", "plain-start-idle"])
+def test_a_child_dies_with_its_parent_process_not_with_the_thread_that_started_it(
+        tmp_path, how, busy):
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    parent = Node([sys.executable, str(script), how, busy], tmp_path,
+                  {"PYTHONPATH": os.pathsep.join(sys.path)})
+    child = int(parent.wait_for(r"child (\d+)").group(1))
+    try:
+        assert not wait_gone(child, 0)  # the thread that asked for it ended; it lives on
+        parent.process.kill()
+        # A busy child is ended by the parent-death signal, an idle one by its lifeline too.
+        assert wait_gone(child, 30), "the child outlived its parent"
+    finally:
+        parent.stop()
+        if not wait_gone(child, 0):
+            os.kill(child, signal.SIGKILL)
+
+
+def _bound(expected: int) -> None:
+    lifeline.bind_to_parent(expected)
+
+
+def test_a_child_whose_parent_is_not_the_expected_one_ends_at_once():
+    ctx = multiprocessing.get_context("spawn")
+    process = ctx.Process(target=_bound, args=(1,))  # "its parent died before it started"
+    process.start()
+    process.join(timeout=60)
+    assert process.exitcode == lifeline.ORPHANED_EXIT_CODE
+
+
+ENVOYS = {"envoy_one": 1.0, "New York": 3.0}
+
+
+@pytest.mark.slow
+def test_a_collaborator_process_dies_with_its_envoy_killed_mid_step(tmp_path):
+    with ThreadPoolExecutor(1) as pool, socket.create_server(("127.0.0.1", 0)) as server, \
+            federation(tmp_path, ENVOYS) as fed:
+        server.settimeout(60)
+        flow = FedAvgFlow(hold_on="New York", hold_port=server.getsockname()[1])
+        flow.runtime = FederatedRuntime(collaborators=list(ENVOYS),
+                                        director=fed.director_info())
+        result = pool.submit(flow.run)
+        held, _ = server.accept()  # New York's collaborator is inside its step
+        with held:
+            envoy = fed.envoys["New York"].process
+            [collaborator] = experiment_processes(envoy.pid)
+            envoy.kill()  # kill -9: no clean-up runs in the envoy
+            assert wait_gone(collaborator, 30), "the collaborator outlived its envoy"
+            with pytest.raises(FedloomError, match="envoy 'New York'"):
+                result.result(timeout=60)
+
+
+@pytest.mark.slow
+def test_an_aggregator_process_dies_with_its_director_killed_mid_step(tmp_path):
+    from tests.federation.blocking_flows import HeldAggregatorFlow
+
+    with socket.create_server(("127.0.0.1", 0)) as server, \
+            federation(tmp_path, {"envoy_one": 1.0}) as fed, \
+            ThreadPoolExecutor(1) as pool:
+        server.settimeout(60)
+        flow = HeldAggregatorFlow(hold_port=server.getsockname()[1])
+        flow.runtime = FederatedRuntime(collaborators=["envoy_one"],
+                                        director=fed.director_info())
+        result = pool.submit(flow.run)
+        held, _ = server.accept()  # the aggregator is inside its start step
+        with held:
+            director = fed.director.process
+            [aggregator] = experiment_processes(director.pid)
+            director.kill()
+            assert wait_gone(aggregator, 30), "the aggregator outlived its director"
+            with pytest.raises((FedloomError, grpc.RpcError)):  # the director is gone
+                result.result(timeout=60)
