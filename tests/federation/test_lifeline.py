@@ -1,4 +1,5 @@
-"""Experiment processes never outlive their node (kill -9 included): no orphans."""
+"""Experiment processes never outlive their node (kill -9 included), and a collaborator
+process that stops answering is found by its envoy: no orphans, no silent hangs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -117,3 +119,34 @@ def test_an_aggregator_process_dies_with_its_director_killed_mid_step(tmp_path):
             assert wait_gone(aggregator, 30), "the aggregator outlived its director"
             with pytest.raises((FedloomError, grpc.RpcError)):  # the director is gone
                 result.result(timeout=60)
+
+
+@pytest.mark.slow
+def test_a_stopped_collaborator_process_fails_the_run_within_three_health_checks(tmp_path):
+    period = 0.5
+    with ThreadPoolExecutor(1) as pool, socket.create_server(("127.0.0.1", 0)) as server, \
+            federation(tmp_path, ENVOYS, health_check_period=period) as fed:
+        server.settimeout(60)
+        flow = FedAvgFlow(hold_on="New York", hold_port=server.getsockname()[1])
+        flow.runtime = FederatedRuntime(collaborators=list(ENVOYS),
+                                        director=fed.director_info())
+        result = pool.submit(flow.run)
+        held, _ = server.accept()  # New York's collaborator is inside its step
+        with held:
+            [collaborator] = experiment_processes(fed.envoys["New York"].process.pid)
+            os.kill(collaborator, signal.SIGSTOP)  # alive, its pipe open, and silent
+            stopped = time.monotonic()
+            try:
+                with pytest.raises(FedloomError, match=(
+                        r"the collaborator process of envoy 'New York' stopped answering "
+                        r"\(silent \d+\.\d s")):
+                    result.result(timeout=60)  # no straggler policy: without the check, never
+                took = time.monotonic() - stopped
+            finally:
+                if not wait_gone(collaborator, 0):
+                    os.kill(collaborator, signal.SIGCONT)
+            # three periods of silence, the period the check waits, and the relay
+            assert took < 3 * period + period + 5.0, took
+            assert wait_gone(collaborator, 30)  # and the envoy killed it
+        fed.envoys["New York"].wait_for(r"stopped answering")
+        assert fed.envoys["New York"].process.poll() is None  # the envoy itself lives on

@@ -1,7 +1,7 @@
 """An envoy: dials the director, waits for work on a stream (no polling), and runs each
-experiment's collaborator in a process of its own, which dies with the envoy. Reconnects by
-itself when the director restarts or is away; stops when retrying cannot help (a certificate
-refused, TLS on one side only)."""
+experiment's collaborator in a process of its own, which dies with the envoy and answers its
+pings. Reconnects by itself when the director restarts or is away; stops when retrying cannot
+help (a certificate refused, TLS on one side only)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import logging
 import multiprocessing
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -39,6 +40,8 @@ from fedloom.federation.review_service import LocalReviewServer
 log = logging.getLogger(__name__)
 
 RECONNECT_SECONDS = (0.5, 1, 2, 5, 10)
+MISSED_ANSWERS = 3  # health-check periods a collaborator process may leave a ping unanswered
+STARTUP_SECONDS = 60.0  # for a new collaborator process to answer at all (Python starts)
 
 
 class EnvoyRefused(FedloomError):
@@ -59,6 +62,16 @@ class RunningExperiment:
     process: BaseProcess | None = None
     conn: FramePipe | None = None
     chains: dict[str, transport.Assembler] = field(default_factory=dict)
+    answered: float = 0.0  # time.monotonic() of the process's last message; 0: none yet
+    ended: threading.Event = field(default_factory=threading.Event)
+    failed: bool = False  # its failure was reported (once)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def report_once(self) -> bool:
+        """True the first time only: a process reported as failed is not reported again."""
+        with self.lock:
+            first, self.failed = not self.failed, True
+            return first
 
 
 class Envoy:
@@ -297,6 +310,8 @@ class Envoy:
         with contextlib.suppress(OSError):  # a process that died at once is reported below
             send_package(running.conn, running.package_bytes)
         threading.Thread(target=self._forward, args=(running,), daemon=True).start()
+        threading.Thread(target=self._watch, args=(running, self._health_period), daemon=True,
+                         name=f"fedloom-watch-{experiment_id}").start()
 
     def _experiment_folder(self, experiment_id: str) -> Path:
         return self._workdir / "experiments" / experiment_id
@@ -353,14 +368,43 @@ class Envoy:
             self._send(iter([pb.Report(session=self._session, experiment=running.id,
                                        failure=pb.Failure(kind="FlowRunError", message=why))]))
 
+    def _watch(self, running: RunningExperiment, period: float) -> None:
+        """The collaborator process's health check: a ping every period, answered by a thread
+        of its own; silent for MISSED_ANSWERS periods (stopped, or stuck in code that never
+        lets that thread run), it is reported as failed and killed."""
+        started = time.monotonic()
+        while not running.ended.wait(period):
+            now = time.monotonic()
+            silent = now - (running.answered or started)
+            allowed = MISSED_ANSWERS * period if running.answered else \
+                max(STARTUP_SECONDS, MISSED_ANSWERS * period)
+            if silent > allowed:
+                if self._experiments.get(running.id) is running and running.report_once():
+                    if running.process is not None:
+                        running.process.kill()
+                    self._report_failure(running, (
+                        f"the collaborator process of envoy '{self.config.name}' stopped "
+                        f"answering (silent {silent:.1f} s; it is checked every {period:g} s)"))
+                return
+            try:
+                assert running.conn is not None
+                running.conn.send(("ping", now))
+            except OSError:
+                return  # gone: _forward reports it
+
     def _process_died(self, running: RunningExperiment) -> None:
+        if not running.report_once():
+            return  # reported already (and killed) as silent
         process = running.process
         code = process.exitcode if process is not None else None
         if process is not None and code is None:
             process.join(timeout=5)
             code = process.exitcode
-        why = (f"the collaborator process of envoy '{self.config.name}' exited unexpectedly "
-               f"(exit code {code})")
+        self._report_failure(running, f"the collaborator process of envoy '{self.config.name}' "
+                                      f"exited unexpectedly (exit code {code})")
+
+    def _report_failure(self, running: RunningExperiment, why: str) -> None:
+        """Its collaborator is gone: the director hears it as this envoy's failure."""
         log.error("%s", why)
         try:
             self._send(iter([pb.Report(session=self._session, experiment=running.id,
@@ -378,6 +422,9 @@ class Envoy:
                 if self._experiments.get(running.id) is running:  # not ended by us: it died
                     self._process_died(running)
                 return
+            running.answered = time.monotonic()
+            if message[0] == "pong":
+                continue
             try:
                 self._report(running.id, message)
             except (grpc.RpcError, FedloomError) as exc:
@@ -417,6 +464,7 @@ class Envoy:
         shutil.rmtree(self._experiment_folder(experiment_id), ignore_errors=True)
         if running is None:
             return
+        running.ended.set()
         if reason:
             log.info("envoy '%s': experiment %s ended: %s", self.config.name, experiment_id,
                      reason)

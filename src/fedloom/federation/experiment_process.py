@@ -24,7 +24,7 @@ from fedloom.errors import FedloomError, FlowRunError, TransitionError
 from fedloom.federation import lifeline, messages, wire
 from fedloom.federation.config import PrivateAttributesSpec
 from fedloom.federation.package import ExperimentPackage, load_package
-from fedloom.federation.pipes import FramePipe
+from fedloom.federation.pipes import AnsweringPipe, FramePipe
 from fedloom.federation.proto import fedloom_pb2 as pb
 from fedloom.spec.flowspec import validate_flow
 from fedloom.state import State, Transition, transition_from_json, uncopyable
@@ -54,7 +54,8 @@ def send_package(conn: FramePipe, package: bytes) -> None:
     conn.send(("package", package))
 
 
-def _load(spec: ExperimentSpec, conn: FramePipe) -> tuple[ExperimentPackage, FlowJob]:
+def _load(spec: ExperimentSpec, conn: FramePipe | AnsweringPipe
+          ) -> tuple[ExperimentPackage, FlowJob]:
     kind, data = conn.recv()
     if kind != "package":
         raise FedloomError(f"expected the experiment package first, got {kind!r}")
@@ -264,9 +265,11 @@ def _resume(package: ExperimentPackage) -> tuple[str, tuple[str, Transition] | N
 # -- collaborator side -------------------------------------------------------------------------
 
 def collaborator_main(connection: Connection, name: str, spec: ExperimentSpec) -> None:
-    """Entry point of a collaborator process on an envoy."""
+    """Entry point of a collaborator process on an envoy. It answers its envoy's pings from
+    a thread of its own, so a process that is stopped or stuck (a step that never lets that
+    thread run) is found by its envoy."""
     lifeline.bind_to_parent(spec.parent_pid)
-    conn = FramePipe(connection)
+    conn = AnsweringPipe(FramePipe(connection))
     try:
         package, job = _load(spec, conn)
         site = CollaboratorSite(name, spec.private.build(), in_process=False)

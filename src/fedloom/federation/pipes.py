@@ -13,8 +13,10 @@ is handed over by its descriptor without any copy; a frame still in pieces
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
+import queue
 import sys
 import threading
 import weakref
@@ -63,8 +65,10 @@ class FramePipe:
         self._lock = threading.Lock()
 
     def send(self, message: tuple[Any, ...]) -> None:
+        """Safe to call from several threads: a message and its frame go together."""
         if not message:
-            self._conn.send(message)
+            with self._lock:
+                self._conn.send(message)
             return
         head, last = message[:-1], message[-1]
         if isinstance(last, MemoryFrame) and last.fd >= 0 and last.size > INLINE_BYTES:
@@ -115,6 +119,42 @@ class FramePipe:
 
     def close(self) -> None:
         self._conn.close()
+
+
+class AnsweringPipe:
+    """The child's end of a pipe whose parent checks that the child is alive: a thread reads
+    every message as it comes, answers ``("ping", x)`` with ``("pong", x)`` at once (also while
+    the main thread is busy inside a step), and queues the rest for :meth:`recv`. A child that
+    stops answering is stopped, or stuck in code that never lets the thread run."""
+
+    def __init__(self, pipe: FramePipe) -> None:
+        self._pipe = pipe
+        self._inbox: queue.SimpleQueue[tuple[Any, ...] | BaseException] = queue.SimpleQueue()
+        threading.Thread(target=self._read, name="fedloom-pipe-reader", daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self._pipe.recv()
+            except (EOFError, OSError) as exc:
+                self._inbox.put(exc if isinstance(exc, EOFError) else EOFError(str(exc)))
+                return
+            if message and message[0] == "ping":
+                with contextlib.suppress(OSError):  # the parent is gone: recv says so
+                    self._pipe.send(("pong", *message[1:]))
+                continue
+            self._inbox.put(message)
+
+    def recv(self) -> tuple[Any, ...]:
+        """The next message that is not a ping; EOFError once the parent closed its end."""
+        message = self._inbox.get()
+        if isinstance(message, BaseException):
+            self._inbox.put(message)  # every later recv ends the same way
+            raise message
+        return message
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        self._pipe.send(message)
 
 
 def _map(fd: int, length: int) -> memoryview:
