@@ -5,10 +5,14 @@ and end, output of any size, and limits that keep one peer from stalling the oth
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
+import socket
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -225,3 +229,73 @@ def test_malformed_messages_are_refused_as_invalid_argument_naming_what(tmp_path
                              (info_bulk, "SubmissionHeader")):
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value
             assert what in caught.value.details()
+
+
+def test_a_user_over_the_queue_limit_is_refused_and_a_director_gone_for_good_is_said(
+        tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import fedloom.runtime.federated as federated
+
+    monkeypatch.setattr(federated, "RECONNECT_SECONDS", 2.0)
+    with federation(tmp_path, {"envoy_one": 1.0}, max_queued_per_user=1,
+                    wait_for_envoys=60) as fed, ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(run, fed, ["envoy_one", "ghost"], rounds=1)
+        fed.director.wait_for(r"waiting for envoys ghost")
+        with pytest.raises(FedloomError, match=r"settings\.max_queued_per_user: 1"):
+            run(fed, ["envoy_one"], rounds=1)
+        fed.director.process.kill()
+        with pytest.raises(FedloomError, match=r"the director at 127\.0\.0\.1:\d+ went away "
+                                               r"while experiment \S+ ran .* did not come back "
+                                               r"within 2 s"):
+            waiting.result(timeout=60)
+
+
+def held_run(fed: LocalFederation, server: socket.socket) -> Future[FedAvgFlow]:
+    """A run whose New York collaborator stays in its step until ``server`` lets it go."""
+    pool = ThreadPoolExecutor(1)
+    future = pool.submit(run, fed, hold_on="New York", hold_port=server.getsockname()[1])
+    pool.shutdown(wait=False)
+    return future
+
+
+def test_a_run_cut_by_a_director_restart_fails_with_that_reason(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as server, federation(tmp_path) as fed:
+        server.settimeout(60)
+        result = held_run(fed, server)
+        held, _ = server.accept()  # New York's collaborator is inside its step
+        with held:
+            restart_director(fed, tmp_path)
+            with pytest.raises(FedloomError, match=r"experiment \S+ failed: the director "
+                                                   r"restarted"):
+                result.result(timeout=120)
+
+
+def test_a_killed_aggregator_is_reported_with_its_exit_code(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as server, federation(tmp_path) as fed:
+        server.settimeout(60)
+        result = held_run(fed, server)
+        held, _ = server.accept()
+        with held:
+            aggregator = next(pid for pid in children(fed.director.process.pid)
+                              if b"multiprocessing.spawn" in cmdline(pid)
+                              and b"resource_tracker" not in cmdline(pid))
+            os.kill(aggregator, signal.SIGKILL)
+            with pytest.raises(FedloomError, match=r"the aggregator process of experiment \S+ "
+                                                   r"died \(exit code -9\)"):
+                result.result(timeout=60)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

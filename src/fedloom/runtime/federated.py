@@ -13,6 +13,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -44,6 +45,7 @@ from fedloom.stragglers import PolicySpec, check_policy_spec, policy_to_json
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 15.0
+RECONNECT_SECONDS = 60.0  # how long a follower waits for a director that went away to return
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,8 @@ class FederatedRuntime:
 
     def __init__(self, collaborators: Sequence[str], director: Mapping[str, Any],
                  notebook_path: str | Path | None = None, tls: bool = True, *,
-                 straggler_policy: PolicySpec = None) -> None:
+                 straggler_policy: PolicySpec = None,
+                 wait_for_envoys: float | None = None) -> None:
         if isinstance(collaborators, str) or not collaborators or \
                 not all(isinstance(c, str) for c in collaborators):
             raise ParticipantError("collaborators= must be a list of envoy names")
@@ -70,6 +73,10 @@ class FederatedRuntime:
             raise ParticipantError(f"collaborator names must be unique; repeated: {repeated} "
                                    "(name each envoy once)")
         self._collaborators = list(collaborators)
+        if wait_for_envoys is not None and not wait_for_envoys > 0:
+            raise ParticipantError(f"wait_for_envoys= must be a number of seconds > 0, got "
+                                   f"{wait_for_envoys!r} (None: the director's setting)")
+        self.wait_for_envoys = wait_for_envoys
         check_policy_spec(straggler_policy)
         self.straggler_policy = straggler_policy
         self.endpoint = transport.Endpoint(str(director.get("director_node_fqdn", "localhost")),
@@ -85,7 +92,7 @@ class FederatedRuntime:
 
     def get_envoys(self) -> list[EnvoyStatus]:
         """The envoys the director knows: name, online, last seen, current experiment."""
-        with self._channel() as channel:
+        with self._channel() as channel, self._rpc_errors("listing the envoys"):
             reply = rpc.DirectorStub(channel).Envoys(pb.EnvoysRequest(), timeout=30)
         return [EnvoyStatus(e.name, e.online, e.last_seen, e.experiment) for e in reply.envoys]
 
@@ -111,7 +118,7 @@ class FederatedRuntime:
                                notebook_path=self.notebook_path, created_by=getpass.getuser(),
                                settings=settings)
         checkpoint = is_checkpointing(flow)
-        with self._channel() as channel:
+        with self._channel() as channel, self._rpc_errors("running the experiment"):
             stub = rpc.DirectorStub(channel)
             reply = self._submit(channel, stub, package, checkpoint)
             experiment = self.last_experiment = reply.experiment
@@ -141,7 +148,8 @@ class FederatedRuntime:
         if not experiment:
             raise ParticipantError("no experiment to fetch: run a flow with this runtime first, "
                                    "or pass experiment=<id>")
-        with self._channel() as channel:
+        with self._channel() as channel, \
+                self._rpc_errors(f"fetching the record of experiment {experiment}"):
             return self._fetch(channel, experiment, datastore_root)
 
     def _fetch(self, channel: grpc.Channel, experiment: str,
@@ -166,7 +174,8 @@ class FederatedRuntime:
                 checkpoint: bool) -> pb.SubmitReply:
         """The package: in chunks on Submit when small, else in raw pieces on Bulk.Submit."""
         header = pb.SubmissionHeader(collaborators=self._collaborators, digest=package.digest,
-                                     checkpoint=checkpoint)
+                                     checkpoint=checkpoint,
+                                     wait_for_envoys=self.wait_for_envoys or 0.0)
         data = package.to_bytes()
         if len(data) > bulk.INLINE_BYTES:
             return bulk.submit(channel, header, data)
@@ -184,7 +193,7 @@ class FederatedRuntime:
         assembler = transport.Assembler("final state")
         frame: bytes | memoryview | None = None
         failure: pb.Failure | None = None
-        for event in stub.Events(pb.EventsRequest(experiment=experiment)):
+        for event in self._events(channel, stub, experiment):
             kind = event.WhichOneof("kind")
             if kind == "output":
                 out = event.output
@@ -215,6 +224,45 @@ class FederatedRuntime:
                            allow_main=True, adopt=True)  # the frame is ours alone
         return dict(state)
 
+    def _events(self, channel: grpc.Channel, stub: rpc.DirectorStub,
+                experiment: str) -> Iterator[pb.Event]:
+        """The experiment's events; when the director goes away, waits for it to return and
+        goes on after the events already seen (a restarted director tells how it ended)."""
+        seen = 0
+        while True:
+            try:
+                for event in stub.Events(pb.EventsRequest(experiment=experiment, after=seen)):
+                    seen += 1
+                    yield event
+                return
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                self._await_director(channel, experiment, exc)
+
+    def _await_director(self, channel: grpc.Channel, experiment: str,
+                        lost: grpc.RpcError) -> None:
+        log.warning("experiment %s: lost the director at %s (%s); waiting up to %g s for it "
+                    "to come back", experiment, self.endpoint.address, lost.details(),
+                    RECONNECT_SECONDS)
+        try:
+            grpc.channel_ready_future(channel).result(timeout=RECONNECT_SECONDS)
+        except grpc.FutureTimeoutError:
+            raise FedloomError(
+                f"the director at {self.endpoint.address} went away while experiment "
+                f"{experiment} ran ({lost.details()}) and did not come back within "
+                f"{RECONNECT_SECONDS:g} s. If it restarts, it marks the experiment failed; a "
+                f"checkpointed run's record can then be fetched with "
+                f"FederatedRuntime(...).fetch_run('{experiment}')") from None
+
+    @contextmanager
+    def _rpc_errors(self, doing: str) -> Iterator[None]:
+        """gRPC's errors as fedloom errors that say what failed and what to do."""
+        try:
+            yield
+        except grpc.RpcError as exc:
+            raise director_error(exc, self.endpoint.address, doing) from None
+
     def _channel(self) -> grpc.Channel:
         channel = transport.open_channel(self.endpoint, self._credentials)
         try:
@@ -224,6 +272,17 @@ class FederatedRuntime:
             channel.close()
             raise
         return channel
+
+
+def director_error(exc: grpc.RpcError, address: str, doing: str) -> FedloomError:
+    """A gRPC error from the director as a fedloom error naming what failed."""
+    code, details = exc.code(), exc.details() or "no details"
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return FedloomError(f"the director at {address} cannot be reached while {doing}: "
+                            f"{details}. Is it running? (fx director start)")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return FedloomError(f"the director at {address} did not answer in time while {doing}")
+    return FedloomError(f"the director at {address} refused {doing}: {details}")
 
 
 def _decision(message: pb.Decision) -> ReviewDecision:
