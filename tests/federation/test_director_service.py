@@ -93,6 +93,31 @@ def test_a_second_director_on_a_port_in_use_is_refused_and_the_first_keeps_servi
         np.testing.assert_allclose(flow.model, [1.0, 1.0, 1.0])
 
 
+def test_a_second_process_under_a_live_envoys_name_is_refused_until_the_first_is_gone(
+        tmp_path):
+    with federation(tmp_path) as fed:
+        twin_folder = tmp_path / "twin"
+        twin_folder.mkdir()
+        twin = Node([*FX, "envoy", "start", "-n", "envoy_one", "-ec",
+                     str(tmp_path / "envoy_envoy_one.yaml"), "-dh", "127.0.0.1", "-dp",
+                     str(fed.port), *fed.tls_args("envoy", "envoy_one")], twin_folder, fed.env)
+        try:
+            twin.wait_for(r"did not register it: envoy 'envoy_one' is already connected from "
+                          r"ipv4:127\.0\.0\.1:\d+")
+            fed.director.wait_for(r"envoy 'envoy_one': another process from "
+                                  r"ipv4:127\.0\.0\.1:\d+ tried to register")
+            fed.envoys["envoy_one"].wait_for(r"another process from ipv4:127\.0\.0\.1:\d+ tried "
+                                             r"to register as envoy 'envoy_one'")
+            flow = run(fed, rounds=1)  # the first one still serves, undisturbed
+            np.testing.assert_allclose(flow.model, [2.0, 2.0, 2.0])
+            fed.envoys["envoy_one"].process.kill()
+            twin.wait_for(r"registered with the director")  # the twin takes over
+            flow = run(fed, rounds=1)
+            np.testing.assert_allclose(flow.model, [2.0, 2.0, 2.0])
+        finally:
+            twin.stop()
+
+
 def test_after_a_restart_ids_go_on_and_a_finished_run_can_still_be_fetched(
         tmp_path, metaflow_client):
     with federation(tmp_path) as fed:

@@ -12,7 +12,7 @@ import threading
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from fedloom.federation import bulk, transport
+from fedloom.federation import bulk, lifeline, transport
 from fedloom.federation.director import Director, Experiment
 from fedloom.federation.experiment_process import ExperimentSpec, aggregator_main, send_package
 from fedloom.federation.pipes import FramePipe
@@ -47,7 +47,7 @@ class AggregatorLink:
                               str(director.checkpoint_root))
         self.process = ctx.Process(target=aggregator_main, args=(child, spec), daemon=True,
                                    name=f"fedloom-aggregator-{exp.id}")
-        self.process.start()
+        lifeline.start(self.process)  # it dies with the director, however the director ends
         child.close()
         self._pipe = FramePipe(parent)
         threading.Thread(target=self._pump, daemon=True,
