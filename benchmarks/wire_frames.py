@@ -19,7 +19,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from fedloom.federation.wire import dumps, loads
+from fedloom.federation.transport.wire import dumps, loads
 
 SIZES_MB = (1, 16, 200)
 

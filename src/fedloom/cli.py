@@ -21,7 +21,7 @@ from rich.logging import RichHandler
 
 from fedloom import __version__
 from fedloom.errors import FedloomError, FlowDefinitionError
-from fedloom.federation.review_cli import director_workdir, envoy_workdir
+from fedloom.federation.review.cli import director_workdir, envoy_workdir
 from fedloom.spec.flowspec import FLSpec, check_flow, flow_picture, flow_warnings, graph_of
 
 console = Console(stderr=False, highlight=False)
@@ -162,7 +162,7 @@ _attach_pki()
 
 
 def _attach_review() -> None:
-    from fedloom.federation.review_cli import director_review, envoy_review
+    from fedloom.federation.review.cli import director_review, envoy_review
 
     director.add_command(director_review)
     envoy.add_command(envoy_review)
@@ -180,8 +180,8 @@ def director() -> None:
 def director_start(config_path: str, disable_tls: bool, root_certificate: str | None,
                    private_key: str | None, certificate: str | None) -> None:
     """Start a director and serve until interrupted."""
-    from fedloom.federation import nodelock
-    from fedloom.federation.director import Director
+    from fedloom.federation.nodes import nodelock
+    from fedloom.federation.nodes.director import Director
     from fedloom.federation.pki import server_credentials
 
     _logging()
@@ -221,12 +221,12 @@ def envoy_start(name: str, config_path: str, director_host: str, director_port: 
                 certificate: str | None) -> None:
     """Start an envoy and serve until interrupted (it reconnects by itself, and stops when
     retrying cannot help: a certificate refused, TLS on one side only)."""
-    from fedloom.federation import nodelock
-    from fedloom.federation.config import load_envoy_config
-    from fedloom.federation.config_check import check_envoy_config
-    from fedloom.federation.envoy import Envoy
+    from fedloom.federation.nodes import nodelock
+    from fedloom.federation.nodes.config import load_envoy_config
+    from fedloom.federation.nodes.config_check import check_envoy_config
+    from fedloom.federation.nodes.envoy import Envoy
     from fedloom.federation.pki import channel_credentials
-    from fedloom.federation.transport import Endpoint
+    from fedloom.federation.transport.channels import Endpoint
 
     _logging()
     _or_exit(lambda: nodelock.acquire(envoy_workdir(name), f"envoy '{name}'"))
@@ -260,15 +260,15 @@ def _interrupt_on_sigterm() -> None:
 def _prompt_on_console(desk: Any) -> None:
     """In a terminal, plans are shown and decided at the prompt (fx ... review works too)."""
     if desk.review and sys.stdin is not None and sys.stdin.isatty():
-        from fedloom.federation.review_console import ConsolePrompter
+        from fedloom.federation.review.console import ConsolePrompter
 
         ConsolePrompter(desk, sys.stdin, sys.stdout).start()
 
 
 def _load_config(path: str) -> Any:
     """The director's config, its private attributes' module and names checked."""
-    from fedloom.federation.config import load_director_config
-    from fedloom.federation.config_check import check_director_config
+    from fedloom.federation.nodes.config import load_director_config
+    from fedloom.federation.nodes.config_check import check_director_config
 
     config = load_director_config(path)
     check_director_config(config)
@@ -310,8 +310,8 @@ def _log_handler(stream: TextIO) -> logging.Handler:
 
 
 class _LineFormatter(logging.Formatter):
-    """``2025-01-31T12:00:00.123+01:00 INFO fedloom.federation.director: message``; line breaks
-    inside a record (a traceback) are written as ``\\n``, so one line is one record."""
+    """``2025-01-31T12:00:00.123+01:00 INFO fedloom.federation.nodes.director: message``; line
+    breaks inside a record (a traceback) are written as ``\\n``, so one line is one record."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")

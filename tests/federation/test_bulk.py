@@ -6,9 +6,9 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from fedloom.federation import bulk, transport
-from fedloom.federation.proto import fedloom_pb2 as pb
-from fedloom.federation.transport import TransportError
+from fedloom.federation import transport
+from fedloom.federation.transport import TransportError, bulk
+from fedloom.federation.transport.proto import fedloom_pb2 as pb
 
 
 @pytest.mark.parametrize("size", [0, 1, bulk.PIECE_BYTES - 1, bulk.PIECE_BYTES,
@@ -54,7 +54,7 @@ def test_the_director_refuses_bulk_calls_that_are_not_in_order(tmp_path) -> None
 
     with federation(tmp_path, {}, tls=False) as fed:
         channel = transport.open_channel(transport.Endpoint("127.0.0.1", fed.public_port), None)
-        from fedloom.federation.proto import fedloom_pb2_grpc as rpc
+        from fedloom.federation.transport.proto import fedloom_pb2_grpc as rpc
 
         session = rpc.DirectorStub(channel).Register(pb.RegisterRequest(name="ghost"),
                                                      timeout=30).session

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fedloom.federation.config import ConfigError, load_director_config, load_envoy_config
+from fedloom.federation.nodes.config import ConfigError, load_director_config, load_envoy_config
 from tests.federation.nodes import PRIVATE_ATTRIBUTES, envoy_config, fx
 
 PRIVATE = """
@@ -131,17 +131,17 @@ def test_review_timeout_is_seconds_or_absent(folder):
             load_envoy_config(path, "site")
 
 
-# -- what a node checks when it starts (fedloom.federation.config_check) ---------------------
+# -- what a node checks when it starts (fedloom.federation.nodes.config_check) ---------------------
 
 
 def check_director(path: Path) -> None:
-    from fedloom.federation.config_check import check_director_config
+    from fedloom.federation.nodes.config_check import check_director_config
 
     check_director_config(load_director_config(path))
 
 
 def test_a_good_config_passes_the_start_check_without_calling_the_function(folder):
-    from fedloom.federation.config_check import check_envoy_config
+    from fedloom.federation.nodes.config_check import check_envoy_config
 
     (folder / "calls.py").write_text("calls = []\ndef make(size):\n    calls.append(size)\n"
                                      "    return {}\n")
@@ -150,7 +150,8 @@ def test_a_good_config_passes_the_start_check_without_calling_the_function(folde
     check_envoy_config(load_envoy_config(path, "site"))
     check_director(write(folder, "d.yaml", "aggregator:\n  private_attributes: "
                                            "private_attributes.aggregator_attrs\n"))
-    [module] = [m for name, m in sys.modules.items() if name.endswith("_calls")]
+    [module] = [m for m in list(sys.modules.values())
+                if getattr(m, "__file__", None) == str(folder / "calls.py")]
     assert module.calls == []  # imported and checked, not called
 
 

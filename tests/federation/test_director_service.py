@@ -186,7 +186,7 @@ class IdleUploads:
 
     async def _main(self) -> None:
         from fedloom.federation.pki import TlsFiles, channel_credentials
-        from fedloom.federation.proto import fedloom_pb2_grpc as rpc
+        from fedloom.federation.transport.proto import fedloom_pb2_grpc as rpc
 
         self._stop = asyncio.Event()
         info = self._fed.director_info(self._user)

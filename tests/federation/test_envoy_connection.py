@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from fedloom.federation.proto import fedloom_pb2_grpc as rpc
+from fedloom.federation.transport.proto import fedloom_pb2_grpc as rpc
 from tests.federation.nodes import federation, lone_envoy, make_certificates, unused_port
 
 
@@ -105,7 +105,7 @@ def files(pki, kind="envoy", name="Oslo", ca=None):  # type: ignore[no-untyped-d
 
 
 def test_the_probe_tells_what_retrying_can_fix_from_what_it_cannot(pkis, director_port):
-    from fedloom.federation.handshake import diagnose
+    from fedloom.federation.transport.handshake import diagnose
 
     ours, theirs = pkis
     server, port = director_port

@@ -6,8 +6,8 @@ import pickle
 
 import numpy as np
 
-from fedloom.federation.experiment_process import _recordable, _task_record
-from fedloom.federation.proto import fedloom_pb2 as pb
+from fedloom.federation.nodes.experiment_process import _recordable, _task_record
+from fedloom.federation.transport.proto import fedloom_pb2 as pb
 from fedloom.tasks import TaskRecord
 
 EVIL = b"cos\nsystem\n(S'echo pwned'\ntR."  # a pickle that would run a shell command

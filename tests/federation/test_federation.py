@@ -97,7 +97,7 @@ def test_a_checkpointed_run_is_kept_by_the_director_and_fetched_for_the_user(
 @pytest.mark.parametrize("director_tls", [True, False], ids=["tls-director", "plain-director"])
 def test_a_client_whose_tls_setting_does_not_match_the_director_is_refused_at_once(
         tmp_path, director_tls):
-    from fedloom.federation.transport import TransportError
+    from fedloom.federation.transport.channels import TransportError
     from tests.federation.nodes import make_certificates
 
     with federation(tmp_path, {"envoy_one": 1.0}, tls=director_tls) as fed:

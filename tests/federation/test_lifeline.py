@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from fedloom import FedloomError
-from fedloom.federation import lifeline
+from fedloom.federation.nodes import lifeline
 from fedloom.runtime.federated import FederatedRuntime
 from tests.federation.flows import FedAvgFlow
 from tests.federation.nodes import Node, experiment_processes, federation, wait_gone
@@ -23,7 +23,7 @@ from tests.federation.nodes import Node, experiment_processes, federation, wait_
 # (Linux ties the parent-death signal to the thread that forked), prints its pid, and waits.
 PARENT = """
 import multiprocessing, os, re, sys, threading
-from fedloom.federation import lifeline
+from fedloom.federation.nodes import lifeline
 
 def child(expected, busy):
     lifeline.bind_to_parent(expected)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from fedloom.federation import nodelock
-from fedloom.federation.review import ReviewDesk
-from fedloom.federation.review_service import (
+from fedloom.federation.nodes import nodelock
+from fedloom.federation.review.desk import ReviewDesk
+from fedloom.federation.review.service import (
     ADDRESS_FILE,
     MAX_SOCKET_PATH,
     SOCKET_FOLDER,
@@ -93,7 +93,7 @@ def test_a_socket_path_too_long_goes_to_a_temporary_folder_that_the_next_start_r
 def test_the_lock_names_the_process_that_holds_it(tmp_path):
     holder = Node([sys.executable, "-c", (
         "import sys, threading\nfrom pathlib import Path\n"
-        "from fedloom.federation import nodelock\n"
+        "from fedloom.federation.nodes import nodelock\n"
         "nodelock.acquire(Path(sys.argv[1]), 'a director')\nprint('locked', flush=True)\n"
         "threading.Event().wait()\n"), str(tmp_path / "node")], tmp_path,
         {"PYTHONPATH": os.pathsep.join(sys.path)})

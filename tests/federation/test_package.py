@@ -33,7 +33,7 @@ from fedloom.federation.package import (
     load_package,
     package_flow,
 )
-from fedloom.federation.review import Plan
+from fedloom.federation.review.desk import Plan
 
 FLOW_SOURCE = textwrap.dedent('''\
     """A tiny flow for packaging tests."""

@@ -7,7 +7,7 @@ import multiprocessing
 
 import pytest
 
-from fedloom.federation.pipes import INLINE_BYTES, FramePipe, MemoryFrame
+from fedloom.federation.transport.pipes import INLINE_BYTES, FramePipe, MemoryFrame
 
 
 def _echo(connection) -> None:  # type: ignore[no-untyped-def]
@@ -50,7 +50,7 @@ def test_frames_and_memory_frames_arrive_whole(echo: FramePipe, size: int) -> No
 def test_a_frame_in_pieces_arrives_as_the_frame(echo: FramePipe, size: int) -> None:
     import numpy as np
 
-    from fedloom.federation import wire
+    from fedloom.federation.transport import wire
 
     state = {"model": np.arange(size, dtype=np.int32), "round": 2}
     parts = wire.dumps_parts(state)

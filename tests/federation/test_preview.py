@@ -9,8 +9,8 @@ import types
 
 import numpy as np
 
-from fedloom.federation import wire
-from fedloom.federation.preview import preview_state
+from fedloom.federation.review.preview import preview_state
+from fedloom.federation.transport import wire
 
 
 def test_arrays_scalars_containers_and_package_objects_are_described(monkeypatch):

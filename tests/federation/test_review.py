@@ -206,8 +206,8 @@ def test_the_user_can_cancel_while_the_plan_awaits_review(tmp_path):
             federation(tmp_path, ENVOYS, director_review=True) as fed:
         result, runtime = submit(fed, pool, rounds=1)
         experiment = awaiting(fed.director)
-        from fedloom.federation.proto import fedloom_pb2 as pb
-        from fedloom.federation.proto import fedloom_pb2_grpc as rpc
+        from fedloom.federation.transport.proto import fedloom_pb2 as pb
+        from fedloom.federation.transport.proto import fedloom_pb2_grpc as rpc
 
         with runtime._channel() as channel:
             rpc.DirectorStub(channel).Cancel(pb.CancelRequest(experiment=experiment), timeout=30)
@@ -226,8 +226,8 @@ class FakeDirector:
 
         import grpc
 
-        from fedloom.federation.proto import fedloom_pb2 as pb
-        from fedloom.federation.proto import fedloom_pb2_grpc as rpc
+        from fedloom.federation.transport.proto import fedloom_pb2 as pb
+        from fedloom.federation.transport.proto import fedloom_pb2_grpc as rpc
 
         self.pb = pb
         self.work: queue.Queue = queue.Queue()
@@ -255,7 +255,7 @@ class FakeDirector:
 
         from types import SimpleNamespace
 
-        from fedloom.federation import bulk
+        from fedloom.federation.transport import bulk
 
         self.bulk = bulk
         self.packages: dict[str, bytes] = {}  # what Bulk.Pull serves, by experiment
@@ -297,9 +297,9 @@ class FakeDirector:
 
 
 def test_an_envoy_runs_only_the_exact_package_it_approved(tmp_path):
-    from fedloom.federation import wire
     from fedloom.federation.localhost import NodeProcess
     from fedloom.federation.package import package_flow
+    from fedloom.federation.transport import wire
     from tests.federation.nodes import FX, PRIVATE_ATTRIBUTES, envoy_config
 
     fake = FakeDirector()

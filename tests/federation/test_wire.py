@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 
 from fedloom.errors import FedloomError
-from fedloom.federation import wire
-from fedloom.federation.wire import Reassembler, WireError, chunk, dumps, loads
+from fedloom.federation.transport import wire
+from fedloom.federation.transport.wire import Reassembler, WireError, chunk, dumps, loads
 
 try:
     import torch
@@ -501,8 +501,8 @@ def hand_made(marker: Path) -> dict[str, tuple[bytes, str]]:
          "torch.nn.functional.handle_torch_function"),
         ("numpy.load", call("numpy", "load", str(marker)), "numpy.load"),
         ("numpy.memmap", call("numpy", "memmap", str(marker), "w+"), "numpy.memmap"),
-        ("wire itself", call("fedloom.federation.wire", "loads", "x"),
-         "fedloom.federation.wire.loads"),
+        ("wire itself", call("fedloom.federation.transport.wire", "loads", "x"),
+         "fedloom.federation.transport.wire.loads"),
         ("copyreg.__newobj__", call("copyreg", "__newobj__", "x"), "copyreg.__newobj__"),
         ("namedtuple factory", call("collections", "namedtuple", "X", "a"),
          "collections.namedtuple"),
@@ -563,8 +563,9 @@ def test_frames_cannot_modify_well_known_classes_or_functions() -> None:
         loads(framed(set_attribute("collections", "Counter", "most_common",
                                    stack_global("builtins", "list"))))
     assert dict(vars(collections.Counter)) == before_counter
-    with pytest.raises(WireError, match=r"changed fedloom\.federation\.wire\._rebuild_tensor"):
-        loads(framed(set_attribute("fedloom.federation.wire", "_rebuild_tensor", "x",
+    with pytest.raises(WireError,
+                       match=r"changed fedloom\.federation\.transport\.wire\._rebuild_tensor"):
+        loads(framed(set_attribute("fedloom.federation.transport.wire", "_rebuild_tensor", "x",
                                    pickle.NONE)))
     assert not vars(wire._rebuild_tensor)
     if HAVE_TORCH:  # (Module classes have __setstate__, which fails on the class itself)
@@ -799,7 +800,7 @@ def test_reassembler_is_single_use_and_checks_the_header_early() -> None:
 
 
 def test_an_adopted_frame_becomes_the_arrays_without_a_copy() -> None:
-    from fedloom.federation.wire import ADOPT_MIN_BYTES
+    from fedloom.federation.transport.wire import ADOPT_MIN_BYTES
 
     model = np.arange(ADOPT_MIN_BYTES // 4, dtype=np.float32)  # large: adopted
     metric = np.ones(3)  # small: copied out, so keeping it does not pin the frame

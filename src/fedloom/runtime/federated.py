@@ -26,10 +26,11 @@ from rich.table import Table
 from fedloom.capture import print_attributed
 from fedloom.checkpoint.transfer import unpack_run
 from fedloom.errors import ExperimentRejected, FedloomError, ParticipantError, ReviewDecision
-from fedloom.federation import bulk, messages, transport, wire
+from fedloom.federation import transport
 from fedloom.federation.package import ExperimentPackage, package_flow
-from fedloom.federation.proto import fedloom_pb2 as pb
-from fedloom.federation.proto import fedloom_pb2_grpc as rpc
+from fedloom.federation.transport import bulk, messages, wire
+from fedloom.federation.transport.proto import fedloom_pb2 as pb
+from fedloom.federation.transport.proto import fedloom_pb2_grpc as rpc
 from fedloom.resume import find_resume_point
 from fedloom.spec.flowspec import (
     FLSpec,

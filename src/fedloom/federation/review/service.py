@@ -5,7 +5,7 @@ running node over a Unix socket in a private (0700) folder, whose address the no
 The folder is ``review-socket`` inside the work folder when the socket's path fits a Unix
 socket address (about 100 bytes); else a temporary folder, which the next start of the same
 node removes if this one could not (it was killed). Leftovers are cleared only by a node that
-holds its work folder's lock (see :mod:`fedloom.federation.nodelock`)."""
+holds its work folder's lock (see :mod:`fedloom.federation.nodes.nodelock`)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from pathlib import Path
 import grpc
 
 from fedloom.errors import FedloomError
-from fedloom.federation import nodelock
-from fedloom.federation.proto import fedloom_pb2 as pb
-from fedloom.federation.proto import fedloom_pb2_grpc as rpc
-from fedloom.federation.review import ReviewDesk, ReviewError
+from fedloom.federation.nodes import nodelock
+from fedloom.federation.review.desk import ReviewDesk, ReviewError
+from fedloom.federation.transport.proto import fedloom_pb2 as pb
+from fedloom.federation.transport.proto import fedloom_pb2_grpc as rpc
 
 ADDRESS_FILE = "review.address"
 SOCKET_FOLDER = "review-socket"

@@ -6,7 +6,7 @@ import traceback
 
 from fedloom.checkpoint.artifacts import Artifact
 from fedloom.errors import FedloomError, FlowRunError, StepFailed, TransitionError
-from fedloom.federation.proto import fedloom_pb2 as pb
+from fedloom.federation.transport.proto import fedloom_pb2 as pb
 from fedloom.tasks import TaskRecord
 
 _RUN_ERRORS: dict[str, type[FlowRunError]] = {

@@ -24,9 +24,9 @@ from typing import Any
 
 import grpc
 
-from fedloom.federation.pipes import MemoryFrame
-from fedloom.federation.proto import fedloom_pb2 as pb
-from fedloom.federation.transport import MAX_FRAME_BYTES, TransportError
+from fedloom.federation.transport.channels import MAX_FRAME_BYTES, TransportError
+from fedloom.federation.transport.pipes import MemoryFrame
+from fedloom.federation.transport.proto import fedloom_pb2 as pb
 
 SERVICE = "fedloom.v1.Bulk"
 PULL = f"/{SERVICE}/Pull"

@@ -17,20 +17,21 @@ from google.protobuf.message import DecodeError
 
 from fedloom.checkpoint.transfer import pack_run
 from fedloom.errors import FedloomError
-from fedloom.federation import bulk, transport
-from fedloom.federation.director import (
+from fedloom.federation import transport
+from fedloom.federation.nodes.director import (
     ENDED_KEPT_SECONDS,
     FINAL,
     Director,
     EnvoyLink,
     Experiment,
 )
-from fedloom.federation.lenient import Collector, lenient
-from fedloom.federation.limits import Hold, LimitExceeded
+from fedloom.federation.nodes.limits import Hold, LimitExceeded
 from fedloom.federation.package import ExperimentPackage
 from fedloom.federation.pki import peer_kind, peer_name
-from fedloom.federation.proto import fedloom_pb2 as pb
-from fedloom.federation.proto import fedloom_pb2_grpc as rpc
+from fedloom.federation.transport import bulk
+from fedloom.federation.transport.lenient import Collector, lenient
+from fedloom.federation.transport.proto import fedloom_pb2 as pb
+from fedloom.federation.transport.proto import fedloom_pb2_grpc as rpc
 
 log = logging.getLogger(__name__)
 

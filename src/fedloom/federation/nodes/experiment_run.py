@@ -12,12 +12,18 @@ import threading
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from fedloom.federation import bulk, lifeline, transport
-from fedloom.federation.director import Director, Experiment
-from fedloom.federation.experiment_process import ExperimentSpec, aggregator_main, send_package
-from fedloom.federation.pipes import FramePipe
-from fedloom.federation.proto import fedloom_pb2 as pb
-from fedloom.federation.review_phase import ReviewPhase, send_plan
+from fedloom.federation import transport
+from fedloom.federation.nodes import lifeline
+from fedloom.federation.nodes.director import Director, Experiment
+from fedloom.federation.nodes.experiment_process import (
+    ExperimentSpec,
+    aggregator_main,
+    send_package,
+)
+from fedloom.federation.review.phase import ReviewPhase, send_plan
+from fedloom.federation.transport import bulk
+from fedloom.federation.transport.pipes import FramePipe
+from fedloom.federation.transport.proto import fedloom_pb2 as pb
 
 log = logging.getLogger(__name__)
 

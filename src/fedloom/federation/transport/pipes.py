@@ -8,7 +8,8 @@ maps it; the kernel frees it when both ends have closed it, so nothing leaks if 
 dies), elsewhere with ``send_bytes``. A lock keeps the parts together when several threads
 send. A :class:`MemoryFrame` (a frame received from the network straight into a memory file)
 is handed over by its descriptor without any copy; a frame still in pieces
-(:class:`~fedloom.federation.wire.FrameParts`) is written into the memory file piece by piece.
+(:class:`~fedloom.federation.transport.wire.FrameParts`) is written into the memory file piece
+by piece.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from typing import Any
 
-from fedloom.federation.wire import FrameParts
+from fedloom.federation.transport.wire import FrameParts
 
 INLINE_BYTES = 64 * 1024  # smaller frames stay inside the pickled tuple
 _FRAME_FOLLOWS = "\x00fedloom-frame-follows"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from fedloom.federation.proto import fedloom_pb2 as pb
+from fedloom.federation.transport.proto import fedloom_pb2 as pb
 
 
 class EventLog:

@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from fedloom.errors import FedloomError
-from fedloom.federation.limits import Limits
+from fedloom.federation.nodes.limits import Limits
 
 
 class ConfigError(FedloomError):

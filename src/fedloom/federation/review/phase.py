@@ -13,9 +13,10 @@ from concurrent.futures import Future
 from typing import Any
 
 from fedloom.errors import FedloomError
-from fedloom.federation import bulk, transport
-from fedloom.federation.proto import fedloom_pb2 as pb
-from fedloom.federation.review import Plan, ReviewDesk
+from fedloom.federation import transport
+from fedloom.federation.review.desk import Plan, ReviewDesk
+from fedloom.federation.transport import bulk
+from fedloom.federation.transport.proto import fedloom_pb2 as pb
 
 DIRECTOR = "director"
 

@@ -22,9 +22,9 @@ from rich.console import Console
 from rich.table import Table
 
 from fedloom.errors import FedloomError
-from fedloom.federation.proto import fedloom_pb2 as pb
-from fedloom.federation.proto import fedloom_pb2_grpc as rpc
-from fedloom.federation.review import ReviewLog
+from fedloom.federation.review.desk import ReviewLog
+from fedloom.federation.transport.proto import fedloom_pb2 as pb
+from fedloom.federation.transport.proto import fedloom_pb2_grpc as rpc
 
 T = TypeVar("T")
 
@@ -40,7 +40,7 @@ def envoy_workdir(name: str, base: Path | None = None) -> Path:
 def _call(workdir: Path, call: Callable[[rpc.ReviewStub], T]) -> T:
     import grpc
 
-    from fedloom.federation.review_service import review_stub
+    from fedloom.federation.review.service import review_stub
 
     try:
         channel, stub = review_stub(workdir)
@@ -112,7 +112,7 @@ def _commands(workdir_of: Callable[[click.Context], Path]) -> list[click.Command
     @click.pass_context
     def history(ctx: click.Context) -> None:
         """Every decision this node made (read from its log; the node need not run)."""
-        from fedloom.federation.review import LOG_FILE
+        from fedloom.federation.review.desk import LOG_FILE
 
         decisions = ReviewLog(workdir_of(ctx) / LOG_FILE).decisions()
         table = Table(title="decisions", title_justify="left")

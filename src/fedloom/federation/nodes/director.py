@@ -21,19 +21,20 @@ from typing import Any
 
 import grpc
 
-from fedloom.federation import bulk, transport
-from fedloom.federation.config import DirectorConfig
-from fedloom.federation.events import EventLog
-from fedloom.federation.limits import PeerCounters
-from fedloom.federation.proto import fedloom_pb2 as pb
-from fedloom.federation.review import ReviewDesk
-from fedloom.federation.review_service import LocalReviewServer
+from fedloom.federation import transport
+from fedloom.federation.nodes.config import DirectorConfig
+from fedloom.federation.nodes.events import EventLog
+from fedloom.federation.nodes.limits import PeerCounters
+from fedloom.federation.review.desk import ReviewDesk
+from fedloom.federation.review.service import LocalReviewServer
 from fedloom.federation.store import (
     DecisionRecord,
     DirectorStore,
     ExperimentRecord,
     SqliteStore,
 )
+from fedloom.federation.transport import bulk
+from fedloom.federation.transport.proto import fedloom_pb2 as pb
 from fedloom.runtime.local.runtime import new_run_id
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ class Director:
             self._stopped.set()
 
     async def _open(self) -> int:
-        from fedloom.federation.director_service import DirectorService
+        from fedloom.federation.nodes.director_service import DirectorService
 
         if self.store is None:
             self.workdir.mkdir(parents=True, exist_ok=True)
@@ -349,7 +350,7 @@ class Director:
         self.end(experiment, "failed", reason)
 
     def _start(self, experiment: Experiment) -> None:
-        from fedloom.federation.experiment_run import ExperimentRun
+        from fedloom.federation.nodes.experiment_run import ExperimentRun
 
         self.set_status(experiment, "reviewing")
         assert self.loop is not None

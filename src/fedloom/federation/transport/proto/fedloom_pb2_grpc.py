@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from fedloom.federation.proto import fedloom_pb2 as fedloom_dot_federation_dot_proto_dot_fedloom__pb2
+from fedloom.federation.transport.proto import fedloom_pb2 as fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in fedloom/federation/proto/fedloom_pb2_grpc.py depends on'
+        + ' but the generated code in fedloom/federation/transport/proto/fedloom_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,43 +36,43 @@ class DirectorStub:
         """
         self.Register = channel.unary_unary(
                 '/fedloom.v1.Director/Register',
-                request_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.RegisterRequest.SerializeToString,
-                response_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.RegisterReply.FromString,
+                request_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.RegisterRequest.SerializeToString,
+                response_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.RegisterReply.FromString,
                 _registered_method=True)
         self.GetWork = channel.unary_stream(
                 '/fedloom.v1.Director/GetWork',
-                request_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.WorkRequest.SerializeToString,
-                response_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Work.FromString,
+                request_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.WorkRequest.SerializeToString,
+                response_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Work.FromString,
                 _registered_method=True)
         self.Heartbeat = channel.unary_unary(
                 '/fedloom.v1.Director/Heartbeat',
-                request_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.WorkRequest.SerializeToString,
-                response_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Ack.FromString,
+                request_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.WorkRequest.SerializeToString,
+                response_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Ack.FromString,
                 _registered_method=True)
         self.SendReport = channel.stream_unary(
                 '/fedloom.v1.Director/SendReport',
-                request_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Report.SerializeToString,
-                response_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Ack.FromString,
+                request_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Report.SerializeToString,
+                response_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Ack.FromString,
                 _registered_method=True)
         self.Submit = channel.stream_unary(
                 '/fedloom.v1.Director/Submit',
-                request_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Submission.SerializeToString,
-                response_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.SubmitReply.FromString,
+                request_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Submission.SerializeToString,
+                response_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.SubmitReply.FromString,
                 _registered_method=True)
         self.Events = channel.unary_stream(
                 '/fedloom.v1.Director/Events',
-                request_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.EventsRequest.SerializeToString,
-                response_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Event.FromString,
+                request_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.EventsRequest.SerializeToString,
+                response_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Event.FromString,
                 _registered_method=True)
         self.Envoys = channel.unary_unary(
                 '/fedloom.v1.Director/Envoys',
-                request_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.EnvoysRequest.SerializeToString,
-                response_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.EnvoysReply.FromString,
+                request_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.EnvoysRequest.SerializeToString,
+                response_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.EnvoysReply.FromString,
                 _registered_method=True)
         self.Cancel = channel.unary_unary(
                 '/fedloom.v1.Director/Cancel',
-                request_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.CancelRequest.SerializeToString,
-                response_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Ack.FromString,
+                request_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.CancelRequest.SerializeToString,
+                response_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Ack.FromString,
                 _registered_method=True)
 
 
@@ -133,43 +133,43 @@ def add_DirectorServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Register': grpc.unary_unary_rpc_method_handler(
                     servicer.Register,
-                    request_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.RegisterRequest.FromString,
-                    response_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.RegisterReply.SerializeToString,
+                    request_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.RegisterRequest.FromString,
+                    response_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.RegisterReply.SerializeToString,
             ),
             'GetWork': grpc.unary_stream_rpc_method_handler(
                     servicer.GetWork,
-                    request_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.WorkRequest.FromString,
-                    response_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Work.SerializeToString,
+                    request_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.WorkRequest.FromString,
+                    response_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Work.SerializeToString,
             ),
             'Heartbeat': grpc.unary_unary_rpc_method_handler(
                     servicer.Heartbeat,
-                    request_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.WorkRequest.FromString,
-                    response_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Ack.SerializeToString,
+                    request_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.WorkRequest.FromString,
+                    response_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Ack.SerializeToString,
             ),
             'SendReport': grpc.stream_unary_rpc_method_handler(
                     servicer.SendReport,
-                    request_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Report.FromString,
-                    response_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Ack.SerializeToString,
+                    request_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Report.FromString,
+                    response_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Ack.SerializeToString,
             ),
             'Submit': grpc.stream_unary_rpc_method_handler(
                     servicer.Submit,
-                    request_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Submission.FromString,
-                    response_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.SubmitReply.SerializeToString,
+                    request_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Submission.FromString,
+                    response_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.SubmitReply.SerializeToString,
             ),
             'Events': grpc.unary_stream_rpc_method_handler(
                     servicer.Events,
-                    request_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.EventsRequest.FromString,
-                    response_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Event.SerializeToString,
+                    request_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.EventsRequest.FromString,
+                    response_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Event.SerializeToString,
             ),
             'Envoys': grpc.unary_unary_rpc_method_handler(
                     servicer.Envoys,
-                    request_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.EnvoysRequest.FromString,
-                    response_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.EnvoysReply.SerializeToString,
+                    request_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.EnvoysRequest.FromString,
+                    response_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.EnvoysReply.SerializeToString,
             ),
             'Cancel': grpc.unary_unary_rpc_method_handler(
                     servicer.Cancel,
-                    request_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.CancelRequest.FromString,
-                    response_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Ack.SerializeToString,
+                    request_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.CancelRequest.FromString,
+                    response_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Ack.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -197,8 +197,8 @@ class Director:
             request,
             target,
             '/fedloom.v1.Director/Register',
-            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.RegisterRequest.SerializeToString,
-            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.RegisterReply.FromString,
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.RegisterRequest.SerializeToString,
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.RegisterReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -224,8 +224,8 @@ class Director:
             request,
             target,
             '/fedloom.v1.Director/GetWork',
-            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.WorkRequest.SerializeToString,
-            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Work.FromString,
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.WorkRequest.SerializeToString,
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Work.FromString,
             options,
             channel_credentials,
             insecure,
@@ -251,8 +251,8 @@ class Director:
             request,
             target,
             '/fedloom.v1.Director/Heartbeat',
-            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.WorkRequest.SerializeToString,
-            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Ack.FromString,
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.WorkRequest.SerializeToString,
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Ack.FromString,
             options,
             channel_credentials,
             insecure,
@@ -278,8 +278,8 @@ class Director:
             request_iterator,
             target,
             '/fedloom.v1.Director/SendReport',
-            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Report.SerializeToString,
-            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Ack.FromString,
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Report.SerializeToString,
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Ack.FromString,
             options,
             channel_credentials,
             insecure,
@@ -305,8 +305,8 @@ class Director:
             request_iterator,
             target,
             '/fedloom.v1.Director/Submit',
-            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Submission.SerializeToString,
-            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.SubmitReply.FromString,
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Submission.SerializeToString,
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.SubmitReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -332,8 +332,8 @@ class Director:
             request,
             target,
             '/fedloom.v1.Director/Events',
-            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.EventsRequest.SerializeToString,
-            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Event.FromString,
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.EventsRequest.SerializeToString,
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Event.FromString,
             options,
             channel_credentials,
             insecure,
@@ -359,8 +359,8 @@ class Director:
             request,
             target,
             '/fedloom.v1.Director/Envoys',
-            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.EnvoysRequest.SerializeToString,
-            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.EnvoysReply.FromString,
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.EnvoysRequest.SerializeToString,
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.EnvoysReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -386,8 +386,8 @@ class Director:
             request,
             target,
             '/fedloom.v1.Director/Cancel',
-            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.CancelRequest.SerializeToString,
-            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Ack.FromString,
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.CancelRequest.SerializeToString,
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Ack.FromString,
             options,
             channel_credentials,
             insecure,
@@ -410,23 +410,23 @@ class ReviewStub:
         """
         self.Pending = channel.unary_unary(
                 '/fedloom.v1.Review/Pending',
-                request_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.PendingRequest.SerializeToString,
-                response_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.PendingReply.FromString,
+                request_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.PendingRequest.SerializeToString,
+                response_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.PendingReply.FromString,
                 _registered_method=True)
         self.Show = channel.unary_unary(
                 '/fedloom.v1.Review/Show',
-                request_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.ShowRequest.SerializeToString,
-                response_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.ShowReply.FromString,
+                request_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.ShowRequest.SerializeToString,
+                response_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.ShowReply.FromString,
                 _registered_method=True)
         self.Decide = channel.unary_unary(
                 '/fedloom.v1.Review/Decide',
-                request_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.DecideRequest.SerializeToString,
-                response_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Decision.FromString,
+                request_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.DecideRequest.SerializeToString,
+                response_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Decision.FromString,
                 _registered_method=True)
         self.History = channel.unary_unary(
                 '/fedloom.v1.Review/History',
-                request_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.HistoryRequest.SerializeToString,
-                response_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.HistoryReply.FromString,
+                request_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.HistoryRequest.SerializeToString,
+                response_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.HistoryReply.FromString,
                 _registered_method=True)
 
 
@@ -462,23 +462,23 @@ def add_ReviewServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Pending': grpc.unary_unary_rpc_method_handler(
                     servicer.Pending,
-                    request_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.PendingRequest.FromString,
-                    response_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.PendingReply.SerializeToString,
+                    request_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.PendingRequest.FromString,
+                    response_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.PendingReply.SerializeToString,
             ),
             'Show': grpc.unary_unary_rpc_method_handler(
                     servicer.Show,
-                    request_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.ShowRequest.FromString,
-                    response_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.ShowReply.SerializeToString,
+                    request_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.ShowRequest.FromString,
+                    response_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.ShowReply.SerializeToString,
             ),
             'Decide': grpc.unary_unary_rpc_method_handler(
                     servicer.Decide,
-                    request_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.DecideRequest.FromString,
-                    response_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Decision.SerializeToString,
+                    request_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.DecideRequest.FromString,
+                    response_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Decision.SerializeToString,
             ),
             'History': grpc.unary_unary_rpc_method_handler(
                     servicer.History,
-                    request_deserializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.HistoryRequest.FromString,
-                    response_serializer=fedloom_dot_federation_dot_proto_dot_fedloom__pb2.HistoryReply.SerializeToString,
+                    request_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.HistoryRequest.FromString,
+                    response_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.HistoryReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -506,8 +506,8 @@ class Review:
             request,
             target,
             '/fedloom.v1.Review/Pending',
-            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.PendingRequest.SerializeToString,
-            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.PendingReply.FromString,
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.PendingRequest.SerializeToString,
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.PendingReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -533,8 +533,8 @@ class Review:
             request,
             target,
             '/fedloom.v1.Review/Show',
-            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.ShowRequest.SerializeToString,
-            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.ShowReply.FromString,
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.ShowRequest.SerializeToString,
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.ShowReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -560,8 +560,8 @@ class Review:
             request,
             target,
             '/fedloom.v1.Review/Decide',
-            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.DecideRequest.SerializeToString,
-            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.Decision.FromString,
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.DecideRequest.SerializeToString,
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Decision.FromString,
             options,
             channel_credentials,
             insecure,
@@ -587,8 +587,8 @@ class Review:
             request,
             target,
             '/fedloom.v1.Review/History',
-            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.HistoryRequest.SerializeToString,
-            fedloom_dot_federation_dot_proto_dot_fedloom__pb2.HistoryReply.FromString,
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.HistoryRequest.SerializeToString,
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.HistoryReply.FromString,
             options,
             channel_credentials,
             insecure,

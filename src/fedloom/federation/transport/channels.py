@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import grpc
 
 from fedloom.errors import FedloomError
-from fedloom.federation.proto import fedloom_pb2 as pb
+from fedloom.federation.transport.proto import fedloom_pb2 as pb
 
 log = logging.getLogger(__name__)
 

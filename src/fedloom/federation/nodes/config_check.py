@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from fedloom.federation.config import (
+from fedloom.federation.nodes.config import (
     ConfigError,
     DirectorConfig,
     EnvoyConfig,

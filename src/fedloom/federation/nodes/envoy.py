@@ -23,19 +23,21 @@ import grpc
 
 from fedloom import __version__
 from fedloom.errors import FedloomError
-from fedloom.federation import bulk, handshake, lifeline, transport
-from fedloom.federation.config import EnvoyConfig
-from fedloom.federation.experiment_process import (
+from fedloom.federation import transport
+from fedloom.federation.nodes import lifeline
+from fedloom.federation.nodes.config import EnvoyConfig
+from fedloom.federation.nodes.experiment_process import (
     ExperimentSpec,
     collaborator_main,
     send_package,
 )
-from fedloom.federation.pipes import FramePipe, MemoryFrame
 from fedloom.federation.pki import TlsFiles
-from fedloom.federation.proto import fedloom_pb2 as pb
-from fedloom.federation.proto import fedloom_pb2_grpc as rpc
-from fedloom.federation.review import Plan, ReviewDesk
-from fedloom.federation.review_service import LocalReviewServer
+from fedloom.federation.review.desk import Plan, ReviewDesk
+from fedloom.federation.review.service import LocalReviewServer
+from fedloom.federation.transport import bulk, handshake
+from fedloom.federation.transport.pipes import FramePipe, MemoryFrame
+from fedloom.federation.transport.proto import fedloom_pb2 as pb
+from fedloom.federation.transport.proto import fedloom_pb2_grpc as rpc
 
 log = logging.getLogger(__name__)
 

@@ -21,11 +21,12 @@ from typing import Any
 
 from fedloom.engine import ChainResult, CollaboratorSite, FlowEngine
 from fedloom.errors import FedloomError, FlowRunError, TransitionError
-from fedloom.federation import lifeline, messages, wire
-from fedloom.federation.config import PrivateAttributesSpec
+from fedloom.federation.nodes import lifeline
+from fedloom.federation.nodes.config import PrivateAttributesSpec
 from fedloom.federation.package import ExperimentPackage, load_package
-from fedloom.federation.pipes import AnsweringPipe, FramePipe
-from fedloom.federation.proto import fedloom_pb2 as pb
+from fedloom.federation.transport import messages, wire
+from fedloom.federation.transport.pipes import AnsweringPipe, FramePipe
+from fedloom.federation.transport.proto import fedloom_pb2 as pb
 from fedloom.spec.flowspec import validate_flow
 from fedloom.state import State, Transition, transition_from_json, uncopyable
 from fedloom.stragglers import Dropped, dropped_for_failure, policy_from_json

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from fedloom.federation import wire
+from fedloom.federation.transport import wire
 
 MAX_DEPTH = 6
 MAX_VALUE_TEXT = 60

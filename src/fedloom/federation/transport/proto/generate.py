@@ -9,7 +9,7 @@ from grpc_tools import protoc
 
 def main() -> None:
     here = Path(__file__).resolve().parent
-    root = here.parents[2]  # src/, so generated imports read fedloom.federation.proto....
+    root = here.parents[3]  # src/, so generated imports read fedloom.federation.transport.proto....
     code = protoc.main(["protoc", f"-I{root}", f"--python_out={root}", f"--pyi_out={root}",
                         f"--grpc_python_out={root}", str(here / "fedloom.proto")])
     if code != 0:

@@ -27,8 +27,8 @@ from google.protobuf import json_format
 
 from fedloom.errors import FedloomError
 from fedloom.federation.package import ExperimentPackage, describe_package
-from fedloom.federation.preview import StateEntry, preview_state
-from fedloom.federation.proto import fedloom_pb2 as pb
+from fedloom.federation.review.preview import StateEntry, preview_state
+from fedloom.federation.transport.proto import fedloom_pb2 as pb
 
 log = logging.getLogger(__name__)
 

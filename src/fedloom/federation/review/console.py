@@ -10,7 +10,7 @@ import queue
 import threading
 from typing import TextIO
 
-from fedloom.federation.review import Pending, ReviewDesk, ReviewError
+from fedloom.federation.review.desk import Pending, ReviewDesk, ReviewError
 
 APPROVE = {"y", "yes", "a", "approve"}
 REJECT = {"n", "no", "r", "reject"}
