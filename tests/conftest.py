@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,25 @@ def make_runtime(names: Sequence[str] = NAMES, *, agg_private: dict[str, Any] | 
             functools.partial(collab_private, i, name) if collab_private else None))
         for i, name in enumerate(names)]
     return LocalRuntime(aggregator=agg, collaborators=collaborators, backend=backend, **options)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_temp_folder() -> Iterator[Path]:
+    """Every temporary file of the session — this process's and the nodes' it starts (a node
+    killed with -9 cannot clean up its review socket's folder) — in one folder, removed at the
+    end: the suite leaves nothing in the machine's temp folder."""
+    folder = Path(tempfile.mkdtemp(prefix="fedloom-tests-"))
+    saved_env, saved_dir = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = str(folder), str(folder)
+    try:
+        yield folder
+    finally:
+        tempfile.tempdir = saved_dir
+        if saved_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_env
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
