@@ -169,6 +169,8 @@ class IdleUploads:
         self._fed, self._user, self._count = fed, user, count
         self.refusals: list[str] = []
         self.refused_enough = threading.Event()
+        self.ended: list[tuple[grpc.StatusCode, str]] = []  # every call that ended, and how
+        self.all_ended = threading.Event()
         self._loop = asyncio.new_event_loop()
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._loop.run_until_complete,
@@ -212,6 +214,9 @@ class IdleUploads:
         try:
             await call
         except grpc.aio.AioRpcError as exc:
+            self.ended.append((exc.code(), exc.details() or ""))
+            if len(self.ended) == self._count:
+                self.all_ended.set()
             if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 self.refusals.append(exc.details() or "")
                 if len(self.refusals) >= self._count - 8:
@@ -324,3 +329,11 @@ def cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def test_an_upload_that_never_sends_its_first_message_is_ended_at_the_deadline(tmp_path):
+    with federation(tmp_path, {"envoy_one": 1.0}, first_message_timeout=1) as fed, \
+            IdleUploads(fed, "mallory", 3) as idle:
+        assert idle.all_ended.wait(60)
+    assert [code for code, _ in idle.ended] == [grpc.StatusCode.DEADLINE_EXCEEDED] * 3
+    assert all("(settings.first_message_timeout)" in details for _, details in idle.ended)
