@@ -242,6 +242,7 @@ class Sampler:
         self.pid = pid
         self.every = every
         self.peak = 0.0
+        self.load = 0.0  # the 1-minute load average, at its highest
         self.child_peak: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -257,6 +258,8 @@ class Sampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, rss_mb(self.pid))
+            with contextlib.suppress(OSError, ValueError):
+                self.load = max(self.load, float(Path("/proc/loadavg").read_text().split()[0]))
             for child, kind in children(self.pid).items():
                 self.child_peak[kind] = max(self.child_peak.get(kind, 0.0), rss_mb(child))
             self._stop.wait(self.every)
@@ -282,9 +285,12 @@ def director_info(certs: Certs, port: int, user: str = "alice") -> dict[str, obj
             "api_private_key": str(key)}
 
 
-def online(info: dict[str, object]) -> tuple[int, int]:
-    """(online, known) envoys, as the director tells a user."""
+def online(info: dict[str, object], among: Sequence[str] | None = None) -> tuple[int, int]:
+    """(online, known) envoys (of ``among``), as the director tells a user."""
     envoys = FederatedRuntime(collaborators=["-"], director=info).get_envoys()
+    if among is not None:
+        wanted = set(among)
+        envoys = [e for e in envoys if e.name in wanted]
     return sum(e.online for e in envoys), len(envoys)
 
 
@@ -379,8 +385,9 @@ class SimFleet:
     """``sim_envoys.py`` processes; :meth:`poll` reads their stats lines."""
 
     def __init__(self, procs: Processes, folder: Path, pki: Path, names: Sequence[str],
-                 processes: int, port: int) -> None:
+                 processes: int, port: int, extra: Sequence[str] = ()) -> None:
         self.procs = procs
+        self.extra = list(extra)
         self.folder = folder
         self.pki = pki
         self.names = list(names)
@@ -403,7 +410,7 @@ class SimFleet:
             self.nodes.append(self.procs.start(
                 [sys.executable, str(SIM), "--address", f"127.0.0.1:{self.port}",
                  "--pki", str(self.pki), "--names", str(names_file),
-                 "--go", str(self.go_file)], self.folder))
+                 "--go", str(self.go_file), *self.extra], self.folder))
         for node in self.nodes:
             node.wait_for(r"^ready \d+", timeout)
         return time.perf_counter() - started
@@ -462,22 +469,23 @@ class SimFleet:
 
 # -- part 1: real envoys ------------------------------------------------------------------------
 
-def part_real(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: type
-              ) -> None:
+def part_real(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: type,
+              period: float, note: str = "") -> bool:
+    """Part 1 with the director's health check every ``period`` s; False if a flow failed."""
     n = args.real_envoys
-    folder = root / "real"
+    folder = root / f"real-{period:g}"
     folder.mkdir()
     (folder / "private_data.py").write_text(PRIVATE_SOURCE)
     names = [f"site_{i:03d}" for i in range(n)]
-    certs, cert_seconds = certificates(folder / "pki", names, ("alice",))
+    probes = [f"probe_{i}" for i in range(args.probes)]
+    certs, cert_seconds = certificates(folder / "pki", names + probes, ("alice",))
     director, port = start_director(procs, folder, certs, {
-        "envoy_health_check_period": args.real_health_period, "review_experiment": False},
-        args.start_timeout)
+        "envoy_health_check_period": period, "review_experiment": False}, args.start_timeout)
     fed = LocalFederation(folder, port, certs, director)
     info = director_info(certs, port)
     table = Table(title=f"part 1: {n} real `fx envoy` processes + `fx director start` (health "
-                        f"check every {args.real_health_period:g} s, review off), mutual TLS, "
-                        "127.0.0.1", title_justify="left")
+                        f"check every {period:g} s, review off), mutual TLS, 127.0.0.1{note}",
+                  title_justify="left")
     for column in ("measure", "value", "target / note"):
         table.add_column(column)
     table.add_row("certificates: CA, director, user and the envoys'", f"{cert_seconds:.2f} s", "")
@@ -490,7 +498,7 @@ def part_real(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: 
     launched = time.perf_counter() - started
     registered = wait_registered(director, fed, names, started, args.start_timeout)
     all_in = max(registered.values())
-    up, known = online(info)
+    up, known = online(info, names)
     envoy_pids = [node.process.pid for node in fed.envoys.values()]
     envoy_cpu = [cpu_seconds(pid) for pid in envoy_pids]
     envoy_rss = sum(rss_mb(pid) for pid in envoy_pids)
@@ -505,15 +513,31 @@ def part_real(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: 
     idle_rss = rss_mb(director.process.pid)
     table.add_row(f"director RSS, idle with {n} envoys", f"{idle_rss:.0f} MB",
                   f"the {n} envoy processes: {envoy_rss:.0f} MB in all")
+    # Probes: simulated envoys outside the experiments that heartbeat through it all and do
+    # not give up after a slow one, to show how long the director takes to answer meanwhile.
+    fleet = SimFleet(procs, folder, folder / "pki", probes, 1, port, ["--keep-beating"])
+    if probes:
+        fleet.start(args.start_timeout)
+        fleet.go()
+        fleet.wait(lambda: fleet.total("online") >= len(probes), 60, "the probes registered")
+        fleet.sleep(2)
     before = len(director.seen)
+    ok = True
     with Sampler(director.process.pid) as sampler:
-        one = run_flow(flow_cls, info, names, 1, args.features, args.flow_timeout)
-        table.add_row(f"1-round flow over all {n}, run() to return",
-                      f"{one.seconds:.1f} s" if not one.error else f"FAILED ({one.error})",
-                      f"joined {one.contributors} results; starts {n} collaborator processes"
-                      if not one.error else "")
-        several = run_flow(flow_cls, info, names, args.rounds, args.features,
-                           args.flow_timeout)
+        flows = []
+        for rounds in (1, args.rounds):
+            fail0 = fleet.total("hb_fail")
+            began = time.monotonic()
+            flow = run_flow(flow_cls, info, names, rounds, args.features, args.flow_timeout)
+            fleet.poll()
+            flows.append((flow, fleet.window(began, time.monotonic() + 1),
+                          fleet.total("hb_fail") - fail0))
+            ok = ok and not flow.error
+    (one, one_beats, one_failed), (several, several_beats, several_failed) = flows
+    table.add_row(f"1-round flow over all {n}, run() to return",
+                  f"{one.seconds:.1f} s" if not one.error else f"FAILED ({one.error})",
+                  f"joined {one.contributors} results; starts {n} collaborator processes"
+                  if not one.error else "")
     if several.error:
         table.add_row(f"{args.rounds}-round flow", f"FAILED ({several.error})", "")
     else:
@@ -527,6 +551,16 @@ def part_real(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: 
                       f"median {ms(float(np.median(later)))}",
                       f"min {ms(float(later.min()))}, max {ms(float(later.max()))}; first round "
                       f"(start to join) {ms(float(gaps[0]))}; target < 200 ms")
+    if probes:
+        for label, beats, failed in (("1-round", one_beats, one_failed),
+                                     (f"{args.rounds}-round", several_beats, several_failed)):
+            table.add_row(f"heartbeat round trip during the {label} run ({len(probes)} probes)",
+                          f"p50 {pct(beats, 50):.0f} ms, p99 {pct(beats, 99):.0f} ms",
+                          f"max {max(beats, default=float('nan')):.0f} ms; {failed} of "
+                          f"{len(beats)} failed (deadline {period:g} s: fx envoy stops "
+                          "heartbeating after one)")
+    table.add_row("load average (1 min), peak during the flows", f"{sampler.load:.0f}",
+                  f"{os.cpu_count()} cores")
     table.add_row("director RSS, peak (VmHWM) / sampled during the flows",
                   f"{rss_mb(director.process.pid, 'VmHWM'):.0f} MB",
                   f"sampled peak {sampler.peak:.0f} MB; idle {idle_rss:.0f} MB")
@@ -534,11 +568,17 @@ def part_real(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: 
         table.add_row(f"director's child: {kind}, RSS peak", f"{peak:.0f} MB", "")
     missed = log_lines(director, MISSED)
     trouble = problems(director, before)
-    table.add_row(f"'{MISSED}' in the director's log", str(len(missed)), excerpt(missed))
+    table.add_row(f"'{MISSED}' in the director's log", str(len(missed)), excerpt(missed, 2))
     table.add_row("director WARNING/ERROR lines during the flows", str(len(trouble)),
-                  excerpt(trouble))
-    keep_log(args, "part1-director.log", director)
-    procs.stop([*fed.envoys.values(), director])
+                  excerpt(trouble, 2))
+    keep_log(args, f"part1-{period:g}s-director.log", director)
+    if args.log_dir:
+        lines = []
+        for name, node in fed.envoys.items():
+            drain(node)
+            lines += [f"[{name}] {line}" for line in node.seen]
+        (Path(args.log_dir) / f"part1-{period:g}s-envoys.log").write_text("\n".join(lines))
+    procs.stop([*fleet.nodes, *fed.envoys.values(), director])
     console.print(table)
     console.print(
         f"[bold]What limits these figures[/bold]: {os.cpu_count()} CPU cores shared by the "
@@ -549,6 +589,7 @@ def part_real(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: 
         "process start-up on 2 cores; a round's latency by the director relaying "
         f"{n} small states each way through Python gRPC (grpc.aio {grpc.__version__}) and the "
         "aggregator decoding them one by one.\n")
+    return ok
 
 
 def wait_registered(director: NodeProcess, fed: LocalFederation, names: list[str],
@@ -585,20 +626,23 @@ def wait_registered(director: NodeProcess, fed: LocalFederation, names: list[str
 
 # -- part 2: simulated envoys -------------------------------------------------------------------
 
-def part_sim(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: type) -> None:
+def part_sim(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: type,
+             period: float, soak: float, note: str = "") -> bool:
+    """Part 2 with the director's health check every ``period`` s and a soak of ``soak`` s;
+    False if envoys were lost or the flow failed."""
     n = args.sim_envoys
-    folder = root / "sim"
+    folder = root / f"sim-{period:g}"
     folder.mkdir()
     names = [f"sim_{i:04d}" for i in range(n)]
     certs, cert_seconds = certificates(folder / "pki", names, ("alice",))
     director, port = start_director(procs, folder, certs, {
-        "envoy_health_check_period": 1, "review_experiment": False}, args.start_timeout)
+        "envoy_health_check_period": period, "review_experiment": False}, args.start_timeout)
     info = director_info(certs, port)
     pid = director.process.pid
     fleet = SimFleet(procs, folder, folder / "pki", names, args.sim_procs, port)
     table = Table(title=f"part 2: {n} simulated envoys ({fleet.count} processes, one asyncio "
                         "loop each, one TLS channel and certificate per envoy) + `fx director "
-                        "start` (health check every 1 s, review off), 127.0.0.1",
+                        f"start` (health check every {period:g} s, review off), 127.0.0.1{note}",
                   title_justify="left")
     for column in ("measure", "value", "target / note"):
         table.add_column(column)
@@ -624,7 +668,8 @@ def part_sim(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: t
     cpu0, sims0 = cpu_seconds(pid), [cpu_seconds(p) for p in fleet.pids()]
     hb0, fail0, ends0 = fleet.total("hb_ok"), fleet.total("hb_fail"), fleet.total("stream_ends")
     soak_start = time.monotonic()
-    fleet.sleep(args.soak)
+    regs0 = fleet.total("registrations")
+    fleet.sleep(soak)
     soak_end = time.monotonic()
     cpu = cpu_seconds(pid) - cpu0
     sims_cpu = sum(cpu_seconds(p) for p in fleet.pids()) - sum(sims0)
@@ -632,22 +677,25 @@ def part_sim(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: t
     beats = fleet.total("hb_ok") - hb0
     failed = fleet.total("hb_fail") - fail0
     ends = fleet.total("stream_ends") - ends0
+    regs = fleet.total("registrations") - regs0
     missed = log_lines(director, MISSED)[missed_before:]
     lat = fleet.window(soak_start, soak_end)
     soak_rss = rss_mb(pid)
-    table.add_row(f"soak {args.soak:g} s: online before -> after (the Envoys call)",
+    table.add_row(f"soak {soak:g} s: online before -> after (the Envoys call)",
                   f"{up_before}/{known} -> {up_after}/{known_after}",
                   "all stay online" if up_before == up_after == n and not missed else
                   "ENVOYS LOST")
     table.add_row(f"soak: '{MISSED}' lines in the director's log", str(len(missed)),
                   excerpt(missed))
-    table.add_row("soak: work streams ended / heartbeats failed (simulator side)",
-                  f"{ends} / {failed}", excerpt(sorted(fleet.errors, key=fleet.errors.get,
-                                                       reverse=True), 2))
+    table.add_row("soak: work streams ended / re-registrations / heartbeats failed "
+                  "(simulator side)", f"{ends} / {regs} / {failed}",
+                  excerpt([f"{count} x {error}" for error, count in fleet.errors.most_common(2)],
+                          2))
     table.add_row("soak: heartbeat round trip", f"p50 {pct(lat, 50):.1f} ms, p99 "
                   f"{pct(lat, 99):.1f} ms", f"max {max(lat, default=float('nan')):.1f} ms; "
-                  f"{beats:,} heartbeats ({beats / args.soak:,.0f}/s)")
-    table.add_row("soak: director CPU", f"{cpu:.1f} s ({cpu / args.soak:.0%} of a core)",
+                  f"{beats:,} heartbeats answered ({beats / soak:,.0f}/s; {2 * n / period:,.0f}/s "
+                  "are due)")
+    table.add_row("soak: director CPU", f"{cpu:.1f} s ({cpu / soak:.0%} of a core)",
                   f"{cpu / max(beats, 1) * 1e6:.0f} µs per heartbeat; the simulators used "
                   f"{sims_cpu:.1f} CPU-s")
     table.add_row("director RSS: registered / after the soak",
@@ -681,11 +729,13 @@ def part_sim(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: t
     console.print(
         f"[bold]What limits these figures[/bold]: {os.cpu_count()} CPU cores shared by the "
         f"director and the {fleet.count} simulator processes ({sim_rss:.0f} MB in all), which "
-        f"themselves used {sims_cpu / args.soak:.0%} of a core over the soak; "
-        f"{n} envoys heartbeat twice a second ({2 * n:,} unary calls/s through Python "
+        f"themselves used {sims_cpu / soak:.0%} of a core over the soak; "
+        f"{n} envoys heartbeat every {period / 2:g} s ({2 * n / period:,.0f} unary calls/s "
+        "through Python "
         f"grpc.aio {grpc.__version__} on one event loop in the director, each with its "
         "certificate checked); registration is bound by the TLS handshakes of "
         f"{n} connections at once and by the simulators' own CPU.\n")
+    return up_before == up_after == n and not missed and not flow.error
 
 
 # -- part 3: idle streams -----------------------------------------------------------------------
@@ -819,6 +869,12 @@ def main() -> None:
     parser.add_argument("--real-envoys", type=int, default=100, help="part 1: fx envoys (100)")
     parser.add_argument("--real-health-period", type=float, default=5.0,
                         help="part 1: the director's envoy_health_check_period (5)")
+    parser.add_argument("--probes", type=int, default=3,
+                        help="part 1: simulated envoys outside the flows that time heartbeats "
+                             "meanwhile (3)")
+    parser.add_argument("--retry-period", type=float, default=60.0,
+                        help="part 1: if a flow fails, run part 1 again with this health-check "
+                             "period (60; 0: don't)")
     parser.add_argument("--rounds", type=int, default=5, help="part 1: rounds of the timed "
                         "run (5)")
     parser.add_argument("--rows", type=int, default=200, help="rows of each envoy's data (200)")
@@ -828,6 +884,11 @@ def main() -> None:
     parser.add_argument("--sim-procs", type=int, default=4,
                         help="part 2: processes they run in (4)")
     parser.add_argument("--soak", type=float, default=300.0, help="part 2: seconds (300)")
+    parser.add_argument("--sim-retry-period", type=float, default=5.0,
+                        help="part 2: if envoys were lost or the flow failed, run part 2 again "
+                             "with this health-check period (5; 0: don't)")
+    parser.add_argument("--retry-soak", type=float, default=60.0,
+                        help="part 2: the soak of that second run, seconds (60)")
     parser.add_argument("--idle", default="64,500", help="part 3: idle calls (64,500)")
     parser.add_argument("--idle-envoys", type=int, default=20,
                         help="part 3: heartbeating envoys (20)")
@@ -858,8 +919,24 @@ def main() -> None:
     failed = False
     try:
         flow_cls = load_flow(root)
-        for part, run in (("1", lambda: part_real(args, root, procs, flow_cls)),
-                          ("2", lambda: part_sim(args, root, procs, flow_cls)),
+        def real() -> None:
+            if not part_real(args, root, procs, flow_cls, args.real_health_period) and \
+                    args.retry_period:
+                procs.stop_all()
+                part_real(args, root, procs, flow_cls, args.retry_period,
+                          f" — again, with a longer health-check period, for the figures "
+                          f"the run with {args.real_health_period:g} s could not give")
+
+        def sim() -> None:
+            if not part_sim(args, root, procs, flow_cls, 1.0, args.soak) and \
+                    args.sim_retry_period:
+                procs.stop_all()
+                part_sim(args, root, procs, flow_cls, args.sim_retry_period, args.retry_soak,
+                         " — again, with a longer health-check period, for the figures the "
+                         "run with 1 s could not give")
+
+        for part, run in (("1", real),
+                          ("2", sim),
                           ("3", lambda: part_idle(args, root, procs))):
             if part not in parts:
                 continue

@@ -4,8 +4,9 @@ Each simulated envoy has its own certificate and its own grpc.aio channel (the d
 session to the name on the certificate), all on one asyncio loop. Like ``fx envoy`` it
 registers, opens its work stream, sends a heartbeat every half health-check period (and, as the
 real envoy does, stops sending them after one fails: the work stream notices the loss), and
-reconnects with the envoy's back-off when its stream ends. It answers work without running any
-code:
+reconnects with the envoy's back-off when its stream ends (``--keep-beating``: a probe that
+goes on heartbeating after a failure, to watch the director while it is slow). It answers
+work without running any code:
 
 - ``review``: the package (inline chunks, or pulled on Bulk when announced with bulk_bytes) is
   approved at once (``decided_by="sim"``);
@@ -92,8 +93,9 @@ class Stats:
 
 class SimEnvoy:
     def __init__(self, name: str, address: str, credentials: grpc.ChannelCredentials,
-                 join_step: str, stats: Stats) -> None:
+                 join_step: str, stats: Stats, keep_beating: bool = False) -> None:
         self.name = name
+        self.keep_beating = keep_beating  # a probe: go on after a failed heartbeat
         self.address = address
         self.credentials = credentials
         self.join_step = join_step
@@ -161,7 +163,10 @@ class SimEnvoy:
             except grpc.aio.AioRpcError as exc:
                 self.stats.hb_fail += 1
                 self.stats.error("Heartbeat", exc)
-                return
+                if not self.keep_beating:
+                    return
+                self.stats.latencies.append((time.perf_counter() - started) * 1e3)
+                continue
             self.stats.hb_ok += 1
             self.stats.latencies.append((time.perf_counter() - started) * 1e3)
 
@@ -256,7 +261,8 @@ async def main_async(args: argparse.Namespace) -> None:
         stem = f"envoy-{safe_filename(name)}"
         credentials = channel_credentials(TlsFiles(pki / "ca.crt", pki / f"{stem}.crt",
                                                    pki / f"{stem}.key"))
-        envoys.append(SimEnvoy(name, args.address, credentials, args.join_step, stats))
+        envoys.append(SimEnvoy(name, args.address, credentials, args.join_step, stats,
+                               args.keep_beating))
     print(f"ready {len(envoys)}", flush=True)
     go = Path(args.go)
     while not go.exists():
@@ -288,6 +294,9 @@ def main() -> None:
     parser.add_argument("--go", required=True, help="start connecting once this file exists")
     parser.add_argument("--join-step", default="join", help="the flow's join step (join)")
     parser.add_argument("--report-every", type=float, default=1.0, help="seconds (1)")
+    parser.add_argument("--keep-beating", action="store_true",
+                        help="probes: go on heartbeating after a failed heartbeat (its time "
+                             "counts as a latency), unlike fx envoy")
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main_async(args))
