@@ -12,14 +12,24 @@ from __future__ import annotations
 import gc
 import logging
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fedloom.errors import FlowRunError, StepFailed, TransitionError
-from fedloom.state import State, Transition, copy_state, select
+from fedloom.state import (
+    Given,
+    LeakCheck,
+    State,
+    StateCopier,
+    Transition,
+    copy_state,
+    owners_reached,
+    select,
+)
 from fedloom.stragglers import (
+    NO_FAULT,
     Dropped,
     Fault,
     Inputs,
@@ -46,10 +56,13 @@ class ChainResult:
 
 
 def run_chain_with_fault(site: CollaboratorSite, job: FlowJob, step: str, received: State,
-                         fault: Fault, fan_out: int, tolerant: bool) -> ChainResult | Dropped:
+                         fault: Fault, fan_out: int, tolerant: bool,
+                         given: Given | None = None) -> ChainResult | Dropped:
     """``site.run_chain``, with a simulated disconnect or failure applied first (delays are
     the backend's: simulated time or a real wait). When ``tolerant`` a failure comes back as
     :class:`Dropped`; otherwise it is raised, as a real one would be."""
+    if fault is NO_FAULT and not tolerant:
+        return site.run_chain(job, step, received, given)  # most chains: nothing to simulate
     if fault.disconnect:
         if not tolerant:
             raise FlowRunError(f"collaborator '{site.name}' disconnected (simulated by Faults)",
@@ -58,11 +71,24 @@ def run_chain_with_fault(site: CollaboratorSite, job: FlowJob, step: str, receiv
     try:
         if fault.fail:
             raise simulated_failure(step, site.name, fan_out)
-        return site.run_chain(job, step, received)
+        return site.run_chain(job, step, received, given)
     except FlowRunError as err:
         if not tolerant:
             raise
         return dropped_for_failure(site.name, err)
+
+
+def copies_for(sites: Mapping[str, CollaboratorSite], job: FlowJob, names: Sequence[str],
+               sent: State) -> tuple[StateCopier, dict[str, Given | None]]:
+    """A copier of ``sent`` for the named sites, and what each one's first step may assume
+    about its copy: the copies share immutable values with ``sent``, so where ``sent`` reaches
+    a site's private object (through a shared value, say) that first step is checked in full.
+    One walk of ``sent`` for all of them, instead of one per collaborator."""
+    copier = StateCopier(sent)
+    suspects = owners_reached(sent, {name: sites[name].private for name in names},
+                              job.public_texts, texts_only=copier.shares_only_immutables)
+    given = copier.given()
+    return copier, {name: None if name in suspects else given for name in names}
 
 
 def keep_finished_tasks(err: FlowRunError, finished: Sequence[ChainResult]) -> None:
@@ -102,16 +128,26 @@ class CollaboratorSite:
         # serialisation already separates what is sent from what is kept.
         self.in_process = in_process
         self.kept: State = {}
+        self._leaks: tuple[FlowJob, LeakCheck] | None = None
 
     def start_run(self) -> None:
         self.kept = {}
 
-    def run_chain(self, job: FlowJob, step: str, received: State) -> ChainResult:
+    def _leak_check(self, job: FlowJob) -> LeakCheck:
+        """This site's leak check for ``job`` (kept between tasks: see LeakCheck)."""
+        if self._leaks is None or self._leaks[0] is not job:
+            self._leaks = (job, LeakCheck(self.name, job.public_texts))
+        return self._leaks[1]
+
+    def run_chain(self, job: FlowJob, step: str, received: State,
+                  given: Given | None = None) -> ChainResult:
         """Run ``step`` and the collaborator steps after it on ``received`` (this site's own
-        copy) until a transition leads to an aggregator step."""
+        copy) until a transition leads to an aggregator step. ``given``: what the leak check
+        may assume about ``received`` (see :func:`copies_for`); ``None`` checks it all."""
         state = self.kept
         self.kept = {}
         state.update(received)
+        leaks = self._leak_check(job)
         records: list[TaskRecord] = []
         held_back: State = {}  # filtered out between collaborator steps: stays with us
         try:
@@ -119,7 +155,14 @@ class CollaboratorSite:
                 # Every step of the chain knows whose it is, whatever include=/exclude= (or the
                 # step itself) did to 'input' on the way.
                 state["input"] = self.name
-                state, transition, record = self._attempts(job, step, state, records)
+                if step in job.retries:
+                    state, transition, record = self._attempts(job, step, state, records, given,
+                                                               leaks)
+                else:
+                    state, transition, record = run_task(job, step, state, self.private,
+                                                         self.name, live=self.in_process,
+                                                         given=given, leaks=leaks)
+                given = given or Given()  # what one step leaves was checked
                 if record is not None:
                     records.append(record)
                 target = job.graph.steps.get(transition.step)
@@ -135,8 +178,9 @@ class CollaboratorSite:
                                   private=self.private)
                     held_back.update((k, v) for k, v in state.items() if k not in sent)
                 if target.role == "aggregator":
-                    kept = {k: v for k, v in held_back.items() if k not in sent}
-                    self.kept = self._keep(kept)
+                    if held_back:
+                        self.kept = self._keep({k: v for k, v in held_back.items()
+                                                if k not in sent})
                     sent["input"] = self.name  # a join can always tell who sent what
                     return ChainResult(self.name, transition.step, sent, records)
                 state, step = sent, transition.step
@@ -144,20 +188,22 @@ class CollaboratorSite:
             err.tasks[:0] = records  # the chain's finished tasks are kept with the failure
             raise
 
-    def _attempts(self, job: FlowJob, step: str, state: State,
-                  records: list[TaskRecord]) -> tuple[State, Transition, TaskRecord | None]:
-        """Run ``step``; with ``@collaborator(retries=n)`` run it again, on a copy of the state
-        it was given, when it raises (failed attempts go to ``records``)."""
-        node = job.graph.steps.get(step)
-        retries = node.placement.retries if node is not None and node.placement else 0
-        if not retries:
-            return run_task(job, step, state, self.private, self.name, live=self.in_process)
+    def _attempts(self, job: FlowJob, step: str, state: State, records: list[TaskRecord],
+                  given: Given | None,
+                  leaks: LeakCheck) -> tuple[State, Transition, TaskRecord | None]:
+        """Run ``step`` (a ``@collaborator(retries=n)`` one) and run it again, on a copy of the
+        state it was given, when it raises (failed attempts go to ``records``)."""
+        retries = job.retries[step]
         pristine = copy_state(state)
         for attempt in range(retries + 1):
-            given = state if attempt == 0 else copy_state(pristine)
+            # A failed attempt may have rebound private attributes, unchecked: check it all.
+            attempt_state, attempt_given = (state, given) if attempt == 0 else \
+                (copy_state(pristine), None)
             try:
-                new_state, transition, record = run_task(job, step, given, self.private,
-                                                         self.name, live=self.in_process)
+                new_state, transition, record = run_task(job, step, attempt_state,
+                                                         self.private, self.name,
+                                                         live=self.in_process,
+                                                         given=attempt_given, leaks=leaks)
             except StepFailed as err:
                 for task in err.tasks:
                     task.attempt = attempt
@@ -238,6 +284,8 @@ class FlowEngine:
         step, inputs = "start", None
         self.last_state = dict(state)
         pending = resume_at
+        given: Given | None = None  # the state the run starts from is checked in full, once
+        leaks = LeakCheck(self.aggregator_name, self.job.public_texts)
         while True:
             # On failure the flow keeps the state as the failing step left it.
             self.last_state = dict(state)
@@ -246,7 +294,9 @@ class FlowEngine:
             else:
                 state, transition, record = run_task(self.job, step, self.last_state,
                                                      self.private, self.aggregator_name,
-                                                     inputs, live=self.live_output)
+                                                     inputs, live=self.live_output, given=given,
+                                                     leaks=leaks)
+                given = Given()  # from here on, the state is what checked steps left
                 inputs = None  # the join is done: let the collaborators' copies go
                 if record is not None:
                     self._record([record])

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import types
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,10 +94,44 @@ class StateCopier:
 
     def __init__(self, state: Mapping[str, Any]) -> None:
         self._plan = [(name, value, _copier_for(value)) for name, value in state.items()]
+        # Without deep copies, a copy is a few C calls per attribute (a fan-out makes one per
+        # collaborator): each entry is a shared value, a copy method, or the name it aliases.
+        self._quick: list[tuple[str, Any, Callable[[], Any] | None, str | None]] | None = None
+        if all(copier is not copy.deepcopy for _, _, copier in self._plan):
+            first: dict[int, str] = {}
+            self._quick = []
+            for name, value, copier in self._plan:
+                alias = first.setdefault(id(value), name)
+                self._quick.append((name, value, None if copier is None or alias != name
+                                    else value.copy, None if alias == name else alias))
+        self._given = Given(
+            flat={name: value for name, value, copier in self._plan if copier is _copy_flat},
+            shared={name: value for name, value, copier in self._plan
+                    if copier is None and type(value) not in _ATOM_TYPES})
+
+    @property
+    def shares_only_immutables(self) -> bool:
+        """Whether copies share nothing but immutable values with the original (no deep copy:
+        what ``copy.deepcopy`` keeps is up to each type)."""
+        return self._quick is not None
+
+    def given(self) -> Given:
+        """What a collaborator's first step may assume about its copy, if the original reaches
+        none of its private objects (see :func:`owners_reached`)."""
+        return self._given
 
     def copy(self) -> State:
-        memo: dict[int, Any] = {}
         out: State = {}
+        if self._quick is not None:
+            for name, value, copy_method, alias in self._quick:
+                if alias is not None:
+                    out[name] = out[alias]
+                elif copy_method is not None:
+                    out[name] = copy_method()
+                else:
+                    out[name] = value
+            return out
+        memo: dict[int, Any] = {}
         for name, value, copier in self._plan:
             if copier is None:
                 out[name] = value
@@ -147,11 +182,11 @@ def _copier_for(value: Any) -> Copier | None:
     if _is_immutable(value):
         return None
     if _is_plain_ndarray(value):
-        return _copy_method
+        return _copy_array
     if isinstance(value, list | dict | set) and type(value) in (list, dict, set):
         items = value.values() if isinstance(value, dict) else value
         if all(_is_immutable(v) for v in items):
-            return _copy_method  # e.g. the list of collaborator names: no deepcopy per element
+            return _copy_flat  # e.g. the list of collaborator names: no deepcopy per element
     return copy.deepcopy
 
 
@@ -161,13 +196,24 @@ def _is_immutable(value: Any) -> bool:
     return isinstance(value, _IMMUTABLE_TYPES)
 
 
-def _copy_method(value: Any, memo: dict[int, Any]) -> Any:
-    return value.copy()  # ndarray, or a flat list/dict/set of immutable values
+def _copy_array(value: Any, memo: dict[int, Any]) -> Any:
+    return value.copy()
+
+
+def _copy_flat(value: Any, memo: dict[int, Any]) -> Any:
+    return value.copy()  # a flat list/dict/set of immutable values
 
 
 def _is_plain_ndarray(value: Any) -> bool:
     kind = type(value)
-    return kind.__module__ == "numpy" and kind.__name__ == "ndarray" and value.dtype.kind != "O"
+    if kind is not _ndarray[0]:
+        if kind.__module__ != "numpy" or kind.__name__ != "ndarray":
+            return False
+        _ndarray[0] = kind  # numpy is imported only by flows that use it
+    return bool(value.dtype.kind != "O")
+
+
+_ndarray: list[type | None] = [None]
 
 
 def check_no_collision(private_names: Collection[str], state: Mapping[str, Any], *,
@@ -184,61 +230,333 @@ def check_no_collision(private_names: Collection[str], state: Mapping[str, Any],
             step=step, participant=participant)
 
 
+# -- private objects never become public --------------------------------------------------------
+#
+# The rule: no public value may reach a private object (be it, hold it, have it as an attribute,
+# be a view of it). Walking the whole public state after every task would cost O(state) per
+# task, and a fan-out's state holds O(N) things (the N collaborator names): O(N^2) a round. So a
+# task whose given state is known to reach no private object (a Given) looks only at what its
+# step could have changed: values that are new or rebound, and given ones it may have mutated.
+# Skipped: text and numbers, plain arrays (their chain of bases is fixed when they are made),
+# immutable values the fan-out shared, and flat containers the fan-out copied that still hold
+# exactly what they were copied from (compared in C).
+
+
+class Given:
+    """What a task's leak check may assume about the public state the task is given: that it
+    reaches none of the participant's private objects (it comes from a checked task, or from a
+    fan-out that found it clean).
+
+    ``flat``: attribute -> the flat container of immutable values its copy was made from;
+    ``shared``: attribute -> the immutable value a fan-out shared as is. Both hold for the whole
+    chain, whatever the steps rebind: the first is compared by content, the second by identity.
+    """
+
+    __slots__ = ("_texts", "flat", "shared")
+
+    def __init__(self, flat: Mapping[str, Any] | None = None,
+                 shared: Mapping[str, Any] | None = None) -> None:
+        self.flat: Mapping[str, Any] = flat or {}
+        self.shared: Mapping[str, Any] = shared or {}
+        self._texts: dict[str, frozenset[Any]] = {}
+
+    def texts_in(self, name: str) -> frozenset[Any]:
+        """The text and bytes values inside flat attribute ``name``'s original (found once)."""
+        found = self._texts.get(name)
+        if found is None:
+            found = self._texts[name] = frozenset(_texts_within(self.flat[name]))
+        return found
+
+
+class LeakCheck:
+    """The private-attribute leak check of one participant's tasks: :meth:`before` each step,
+    with what the task is given (``None``: nothing is known, so everything public is walked
+    after the step), and :meth:`after` it, once the private attributes are back with their
+    owner. What it works out about the private attributes (which objects to look for) is kept
+    from one task to the next, and worked out again only when a step rebinds one."""
+
+    __slots__ = ("_before", "_counts", "_given", "_ids", "_participant", "_public", "_targets")
+
+    def __init__(self, participant: str, public_texts: Collection[str] = ()) -> None:
+        self._participant = participant
+        self._public = public_texts
+        self._before: dict[str, Any] = {}  # holds the objects, so that their ids stay theirs
+        self._ids: list[int] = []
+        self._targets = _Targets()
+        self._given: Given | None = None
+        self._counts: list[int] | None = None
+
+    def before(self, private: Mapping[str, Any], given: Given | None) -> None:
+        self._given = given
+        # The same objects (the snapshot holds them, so no other object has their ids) under
+        # the same names: a step can only rebind or delete private attributes, never add one.
+        if list(map(id, private.values())) != self._ids:
+            self._remember(private)
+        # A private object the step puts into a given flat container in place of a value equal
+        # to it passes the content comparison; the container then holds one more reference to
+        # it. Counted here and after the step by the same expression, with no local variable
+        # holding one of them, so the counts compare.
+        self._counts = list(map(sys.getrefcount, self._targets.objects)) \
+            if given is not None and given.flat else None
+
+    def _remember(self, private: Mapping[str, Any]) -> None:
+        self._before = dict(private)
+        self._ids = list(map(id, self._before.values()))
+        self._targets = _targets_of(self._before, self._participant, self._public)
+
+    def after(self, private: Mapping[str, Any], state: Mapping[str, Any], *, step: str) -> None:
+        # First, before this frame holds a private object itself.
+        counts = list(map(sys.getrefcount, self._targets.objects)) \
+            if self._counts is not None else None
+        new_references = counts is not None and counts != self._counts and any(
+            now > then for now, then in zip(counts, self._counts or (), strict=True))
+        targets: _Targets = self._targets
+        rebound: list[str] = []
+        if list(map(id, private.values())) != self._ids:
+            targets, rebound = self._rebound(private)  # the step rebound or deleted some
+            self._remember(private)  # where the next task starts
+        if not targets.ids:
+            return
+        if self._given is None:
+            found = next(_walk(state.items(), targets), None)
+        else:
+            found = self._changed(self._given, private, state, targets, rebound,
+                                  new_references)
+        if found is not None:
+            name, owner = found[0], targets.ids[found[1]]
+            raise PrivateAttributeError(
+                f"public attribute '{name}' holds (or is) the private attribute '{owner}'; it "
+                f"would leave '{self._participant}'. Keep private data in '{owner}' and store "
+                "only results (e.g. a metric) in public attributes, or, to share it on purpose, "
+                f"a copy: self.{name} = fedloom.share(self.{owner}).",
+                step=step, participant=self._participant)
+
+    def _rebound(self, private: Mapping[str, Any]) -> tuple[_Targets, list[str]]:
+        """The targets after a step that rebound (or deleted) private attributes, and the names
+        of those now bound to another tracked object."""
+        targets, rebound = _Targets(), []
+        for name, value in private.items():
+            if value is self._before.get(name, _NOTHING):
+                if id(value) in self._targets.ids:
+                    targets.add(value, name)
+            elif _is_tracked(value, self._participant, self._public):
+                targets.add(value, name)
+                rebound.append(name)
+        return targets, rebound
+
+    def _changed(self, given: Given, private: Mapping[str, Any], state: Mapping[str, Any],
+                 targets: _Targets, rebound: list[str],
+                 new_references: bool) -> tuple[str, int] | None:
+        """The first hit, looking only where the step could have made one."""
+        ids, texts = targets.ids, targets.text_values
+        flat, shared = given.flat, given.shared
+        atoms, nothing = _ATOM_TYPES, _NOTHING
+        walk: list[tuple[str, Any]] = []
+        skipped: list[tuple[str, Any]] = []  # only needed for rebound private attributes
+        for name, value in state.items():  # once per task: kept lean
+            kind = type(value)
+            if kind in atoms:
+                if texts and id(value) in ids:
+                    return name, id(value)
+                continue  # nothing inside; as a rebound target it was just looked at
+            if id(value) in ids:
+                return name, id(value)
+            original = flat.get(name, nothing)
+            if original is not nothing:
+                unchanged = not new_references and _same_flat(value, original) and not (
+                    texts and any(text in given.texts_in(name) for text in texts))
+            else:
+                unchanged = shared.get(name, nothing) is value or (
+                    kind.__name__ == "ndarray" and _inert_array(value, ids))
+            if not unchanged:
+                walk.append((name, value))
+            elif rebound:
+                skipped.append((name, value))
+        found = next(_walk(walk, targets), None) if walk else None
+        if found is not None or not rebound:
+            return found
+        # A private attribute the step bound to another object may be one that the skipped
+        # values held (their top level and arrays' bases were looked at already): only text,
+        # or an object equal to text or a number, can hide among what they hold.
+        hiding = _Targets()
+        for name in rebound:
+            if _may_pass_for_immutable(private[name]):
+                hiding.add(private[name], name)
+        return next(_walk(skipped, hiding), None) if hiding.ids and skipped else None
+
+
+def owners_reached(state: Mapping[str, Any], privates: Mapping[str, Mapping[str, Any]],
+                   public_texts: Collection[str] = (), *, texts_only: bool = False) -> set[str]:
+    """The participants (``privates``: name -> private attributes) some of whose private
+    objects ``state`` reaches: one walk for all of them. Made for a fan-out's state before it
+    is copied to each collaborator (the copies share immutable values with it): those not
+    named get a clean copy. ``texts_only``: only text and bytes can be shared (no deep
+    copies), so only those private attributes are looked for."""
+    targets = _Targets()
+    owners: dict[int, list[str]] = {}
+    for owner, private in privates.items():
+        for name, value in private.items():
+            if (not texts_only or isinstance(value, str | bytes)) and \
+                    _is_tracked(value, owner, public_texts):
+                targets.add(value, name)
+                owners.setdefault(id(value), []).append(owner)
+    if not targets.ids:
+        return set()
+    return {owner for _, key in _walk(state.items(), targets) for owner in owners[key]}
+
+
 def check_no_leak(private: Mapping[str, Any], state: Mapping[str, Any], *, step: str,
                   participant: str, public_texts: Collection[str] = ()) -> None:
     """No public attribute may reach a private object — itself, inside a container, as an
     attribute of another object, or as the base of an array view — or private data would leave
-    its owner (sent, copied, checkpointed)."""
-    if not private:
-        return
-    public = frozenset(public_texts)  # e.g. participant names: public, whoever holds them
-    private_ids = {id(v): k for k, v in private.items()
-                   if _trackable(v) and not (isinstance(v, str) and v in public)}
-    if not private_ids:
-        return
-    found = _reaching(state, private_ids)
-    if found is not None:
-        name, owner = found
-        raise PrivateAttributeError(
-            f"public attribute '{name}' holds (or is) the private attribute '{owner}'; it would "
-            f"leave '{participant}'. Keep private data in '{owner}' and store only results "
-            "(e.g. a metric) in public attributes, or, to share it on purpose, a copy: "
-            f"self.{name} = fedloom.share(self.{owner}).",
-            step=step, participant=participant)
+    its owner (sent, copied, checkpointed). This checks all of ``state``; a task checks what
+    its step changed with :class:`LeakCheck`."""
+    check = LeakCheck(participant, public_texts)
+    check.before(private, None)
+    check.after(private, state, step=step)
 
 
+class _Targets:
+    """The private objects a walk looks for, by id (-> their private name); text and bytes
+    among them separately, since they can hide among immutable values."""
+
+    __slots__ = ("ids", "objects", "text_values", "texts")
+
+    def __init__(self) -> None:
+        self.ids: dict[int, str] = {}
+        self.objects: list[Any] = []
+        # Made on first use: most private attributes are not text (a task makes a few of these).
+        self.texts: set[int] | None = None
+        self.text_values: list[Any] | None = None
+
+    def add(self, value: Any, name: str) -> None:
+        self.ids[id(value)] = name
+        self.objects.append(value)
+        if isinstance(value, str | bytes):
+            if self.texts is None or self.text_values is None:
+                self.texts, self.text_values = set(), []
+            self.texts.add(id(value))
+            self.text_values.append(value)
+
+
+def _targets_of(private: Mapping[str, Any], participant: str,
+                public_texts: Collection[str]) -> _Targets:
+    targets = _Targets()
+    for name, value in private.items():
+        if _is_tracked(value, participant, public_texts):
+            targets.add(value, name)
+    return targets
+
+
+def _is_tracked(value: Any, participant: str, public_texts: Collection[str]) -> bool:
+    """Whether a private attribute's object must not become public."""
+    by_type = _TRACKED_BY_TYPE.get(type(value))
+    if by_type is not None:  # checked for every private attribute of every task: keep it quick
+        return by_type
+    if not isinstance(value, str | bytes | tuple | frozenset):
+        # Otherwise it depends on the type only (see _trackable).
+        if len(_TRACKED_BY_TYPE) < 1000:
+            _TRACKED_BY_TYPE[type(value)] = _trackable(value)
+        return _trackable(value)
+    # Participant names are public, whoever holds them.
+    return _trackable(value) and not (isinstance(value, str) and (
+        value == participant or value in public_texts))
+
+
+_TRACKED_BY_TYPE: dict[type, bool] = {}
+
+
+_NOTHING: Any = object()
 _WALK_BUDGET = 200_000  # objects visited per check: a bound on time, never on correctness
+# Exactly these types (no subclasses): a flat group of them is looked at in C.
+_ATOM_TYPES = frozenset({int, float, complex, bool, str, bytes, type(None), range})
 
 
-def _reaching(state: Mapping[str, Any], targets: Mapping[int, str]) -> tuple[str, str] | None:
-    """(public name, private name) for the first public value that reaches a target object."""
+def _walk(items: Iterable[tuple[str, Any]], targets: _Targets) -> Iterator[tuple[str, int]]:
+    """(public name, id of the private object) for every target that a public value reaches;
+    each object is looked into once."""
+    ids, texts = targets.ids, targets.texts
     seen: set[int] = set()
     budget = _WALK_BUDGET
-    for name, value in state.items():
+    for name, value in items:
         stack = [value]
         while stack and budget > 0:
             obj = stack.pop()
             budget -= 1
-            owner = targets.get(id(obj))
-            if owner is not None:
-                return name, owner
+            if id(obj) in ids:
+                yield name, id(obj)
+                continue
             if id(obj) in seen or _is_leaf(obj):
                 continue
             seen.add(id(obj))
-            stack.extend(_children(obj))
-    return None
+            for group in _child_groups(obj):
+                # A group of only text and numbers (e.g. the N names) can only *be* a target,
+                # and only a text one: tested in C instead of one object at a time.
+                if not _ATOM_TYPES.issuperset(map(type, group)) or \
+                        (texts and not texts.isdisjoint(map(id, group))):
+                    stack.extend(group)
 
 
-def _children(obj: Any) -> list[Any]:
+def _child_groups(obj: Any) -> tuple[Collection[Any], ...]:
     if isinstance(obj, dict):
-        return [*obj.keys(), *obj.values()]
+        return obj.keys(), obj.values()
     if isinstance(obj, list | tuple | set | frozenset):
-        return list(obj)
+        return (obj,)
     base = getattr(obj, "base", None) if _is_plain_ndarray(obj) else None
     if base is not None:
-        return [base]  # a view of a private array is that array's data
+        return ([base],)  # a view of a private array is that array's data
     attributes = getattr(obj, "__dict__", None)
-    return list(attributes.values()) if isinstance(attributes, dict) else []
+    return (attributes.values(),) if isinstance(attributes, dict) else ()
+
+
+def _inert_array(value: Any, targets: Mapping[int, str]) -> bool:
+    """A plain array reaches only its chain of bases, which nothing can change later: it is
+    inert unless that chain holds a target or ends in an object with attributes."""
+    if not _is_plain_ndarray(value):
+        return False
+    base = value.base
+    while base is not None:
+        if id(base) in targets:
+            return False
+        if not _is_plain_ndarray(base):
+            return getattr(base, "__dict__", None) is None and \
+                not isinstance(base, dict | list | tuple | set | frozenset)
+        base = base.base
+    return True
+
+
+def _same_flat(value: Any, original: Any) -> bool:
+    """Whether a flat copy holds what it was copied from. ``==`` compares each element's
+    identity first (so this runs in C); what it cannot tell apart is an element replaced by
+    another object equal to it, which LeakCheck rules out separately."""
+    if type(value) is not type(original) or len(value) != len(original):
+        return False
+    try:
+        return bool(value == original)
+    except Exception:  # e.g. an array put in it: comparing it has no single truth value
+        return False
+
+
+def _texts_within(value: Any) -> Iterator[Any]:
+    items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+    for item in items:
+        if isinstance(item, str | bytes):
+            yield item
+        elif isinstance(item, tuple | frozenset):
+            yield from _texts_within(item)
+
+
+def _may_pass_for_immutable(value: Any) -> bool:
+    """Whether ``value`` may compare equal to text, a number or a tuple of them (and so sit in
+    a flat container unnoticed by ``==``)."""
+    if isinstance(value, str | bytes):
+        return True
+    if type(value).__eq__ is _IDENTITY_EQ or type(value) in (list, dict):
+        return False
+    return not (_is_plain_ndarray(value) and value.size != 1)  # else == has no truth value
+
+
+_IDENTITY_EQ: Any = object.__eq__
 
 
 _GLOBAL_TYPES = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType)

@@ -19,10 +19,11 @@ from fedloom.errors import FlowRunError, StepFailed, TransitionError
 from fedloom.spec.flowspec import FLSpec, StepContext, StepRuntimeView
 from fedloom.spec.graph import FlowGraph
 from fedloom.state import (
+    Given,
+    LeakCheck,
     State,
     Transition,
     check_no_collision,
-    check_no_leak,
     transition_to_json,
 )
 
@@ -50,6 +51,17 @@ class FlowJob:
     def step_names(self) -> frozenset[str]:
         return frozenset(self.graph.steps)
 
+    @cached_property
+    def retries(self) -> dict[str, int]:
+        """Step name -> how many times it runs again when it raises (``retries=``)."""
+        return {name: node.placement.retries for name, node in self.graph.steps.items()
+                if node.placement is not None and node.placement.retries}
+
+    @cached_property
+    def public_texts(self) -> frozenset[str]:
+        """Text that is public whoever holds it: the participants' names."""
+        return frozenset(self.collaborators)
+
     def instance(self, state: State) -> FLSpec:
         """An instance of the flow class whose attributes *are* ``state`` (no copy)."""
         obj = self.flow_cls.__new__(self.flow_cls)
@@ -58,10 +70,19 @@ class FlowJob:
 
 
 def execute_step(job: FlowJob, step: str, state: State, private: dict[str, Any],
-                 participant: str, inputs: list[Any] | None = None) -> tuple[State, Transition]:
+                 participant: str, inputs: list[Any] | None = None, *,
+                 given: Given | None = None,
+                 leaks: LeakCheck | None = None) -> tuple[State, Transition]:
     """Run one step on ``state`` (owned by the caller, modified in place) with ``private``
-    attached; returns the public state after the step and where it goes next."""
-    check_no_collision(private, state, step=step, participant=participant)
+    attached; returns the public state after the step and where it goes next. ``given``: what
+    is known of ``state`` (that it reaches no private object of ``participant``), so that the
+    leak check after the step looks only at what the step changed; ``None`` checks it all.
+    ``leaks``: the participant's own leak check, kept between its tasks."""
+    if not private.keys().isdisjoint(state.keys()):
+        check_no_collision(private, state, step=step, participant=participant)
+    if leaks is None:
+        leaks = LeakCheck(participant, job.public_texts)
+    leaks.before(private, given)  # before the private attributes join the state
     ctx = StepContext(step, participant, job.runtime_view, job.step_names)
     state.update(private)
     state[_STEP_KEY] = ctx
@@ -82,8 +103,7 @@ def execute_step(job: FlowJob, step: str, state: State, private: dict[str, Any],
     finally:
         state.pop(_STEP_KEY, None)
         _take_back_private(private, state)
-    check_no_leak(private, state, step=step, participant=participant,
-                  public_texts=(*job.collaborators, participant))
+    leaks.after(private, state, step=step)
     if ctx.transition is None and step != "end":
         raise TransitionError("the step finished without calling self.next(); end it with "
                               "self.next(self.<next step>)", step=step, participant=participant)
@@ -129,17 +149,19 @@ class TaskRecorder(Protocol):
 
 
 def run_task(job: FlowJob, step: str, state: State, private: dict[str, Any], participant: str,
-             inputs: list[Any] | None = None, *,
-             live: bool = True) -> tuple[State, Transition, TaskRecord | None]:
+             inputs: list[Any] | None = None, *, live: bool = True, given: Given | None = None,
+             leaks: LeakCheck | None = None) -> tuple[State, Transition, TaskRecord | None]:
     """:func:`execute_step`, plus a :class:`TaskRecord` when output must be captured (checkpoint
     on, or ``live=False`` where the console is far away). A failing task's record is attached
     to the error (``err.tasks``) so it is kept too."""
     if live and not job.record_tasks:
-        return (*execute_step(job, step, state, private, participant, inputs), None)
+        return (*execute_step(job, step, state, private, participant, inputs, given=given,
+                              leaks=leaks), None)
     started = time.time()
     try:
         with capture_output(passthrough=live) as out:
-            state, transition = execute_step(job, step, state, private, participant, inputs)
+            state, transition = execute_step(job, step, state, private, participant, inputs,
+                                             given=given, leaks=leaks)
     except FlowRunError as err:
         trace = getattr(err, "traceback_text", "") or str(err)
         err.tasks.append(TaskRecord(step, participant, started, time.time(), out.stdout,

@@ -437,3 +437,391 @@ def test_private_attributes_stay_off_the_flow_after_a_failed_step():
     assert "agg_secret" not in vars(flow)
     assert secret == ["touched"]  # the private object itself, not a copy
     assert flow.runtime is runtime
+
+
+# -- mutated containers: the leak check looks where the step could have changed something -------
+
+PUBLIC_TOKENS = ["".join(["tok/", str(i), "-", "x" * 12]) for i in range(3)]  # made at run time
+SHARED_TOKEN = "".join(["tok/shared-", "y" * 12])
+LABEL_TOKEN = "".join(["tok/label-", "z" * 12])
+
+
+class Holder:
+    def __init__(self):
+        self.things = []
+
+
+def _append_to_names(self):
+    self.collaborators.append(self.data)
+
+
+def _into_given_dict(self):
+    self.config["data"] = self.data
+
+
+def _replace_a_name(self):
+    self.collaborators[0] = self.data
+
+
+def _replace_a_name_with_an_equal_private_object(self):
+    self.collaborators[0] = self.same_name  # == says equal: it is another object all the same
+
+
+def _replace_a_token_with_an_equal_private_one(self):
+    self.tokens[0] = self.token_copy
+
+
+def _deep_in_a_given_structure(self):
+    self.nested["inner"].append(self.data)
+
+
+def _as_an_attribute_of_a_given_object(self):
+    self.holder.things.append(self.data)
+
+
+def _private_rebound_to_a_given_array(self):
+    self.data = self.model
+
+
+def _private_text_rebound_to_a_given_token(self):
+    self.token_copy = self.tokens[1]
+
+
+def _a_view_of_private_data(self):
+    self.view = self.data[1:]
+
+
+def _rebind_and_replace_with_an_equal_object(self):
+    self.same_name = np.array([self.collaborators[0]])  # a new private object...
+    self.collaborators[0] = self.same_name  # ...that == takes for the name it replaces
+
+
+def _private_text_rebound_into_a_shared_tuple(self):
+    self.token_copy = self.labels[1]  # the tuple is shared as is by every copy
+
+
+MUTATIONS = {  # how -> (what the step does, the public attribute named, the private one)
+    "append": (_append_to_names, "collaborators", "data"),
+    "dict": (_into_given_dict, "config", "data"),
+    "replace": (_replace_a_name, "collaborators", "data"),
+    "replace_equal": (_replace_a_name_with_an_equal_private_object, "collaborators",
+                      "same_name"),
+    "token_equal": (_replace_a_token_with_an_equal_private_one, "tokens", "token_copy"),
+    "deep": (_deep_in_a_given_structure, "nested", "data"),
+    "attribute": (_as_an_attribute_of_a_given_object, "holder", "data"),
+    "rebound": (_private_rebound_to_a_given_array, "model", "data"),
+    "rebound_text": (_private_text_rebound_to_a_given_token, "tokens", "token_copy"),
+    "view": (_a_view_of_private_data, "view", "data"),
+    "rebound_equal": (_rebind_and_replace_with_an_equal_object, "collaborators", "same_name"),
+    "rebound_tuple": (_private_text_rebound_into_a_shared_tuple, "labels", "token_copy"),
+}
+
+
+def _innocent(self):
+    self.collaborators.append("someone")  # public changes to given containers are fine
+    self.collaborators = list(self.collaborators)
+    self.tokens[0] = fedloom.share(self.token_copy)
+    self.config["seen"] = float(self.data.sum())
+    self.nested["inner"].append(len(self.same_name))
+    self.holder.things.append(fedloom.share(self.data))
+
+
+class MutationFlow(FLSpec):
+    """The fan-out gives each collaborator flat and nested containers; in round ``when`` its
+    ``touch`` step (or the step after it) does what its private ``how`` says."""
+
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.tokens = list(PUBLIC_TOKENS)
+        self.config = {"lr": 0.1, "name": "run"}
+        self.nested = {"inner": [1, 2]}
+        self.holder = Holder()
+        self.labels = ("label", LABEL_TOKEN)
+        self.model = np.zeros(3)
+        self.round = 0
+        self.next(self.touch, foreach="collaborators")
+
+    @collaborator
+    def touch(self):
+        if self.round == self.when and self.where == "first":
+            self._mutate()
+        self.next(self.then)
+
+    @collaborator
+    def then(self):
+        if self.round == self.when and self.where == "second":
+            self._mutate()
+        self.next(self.join)
+
+    def _mutate(self):
+        if self.how == "innocent":
+            _innocent(self)
+        else:
+            MUTATIONS[self.how][0](self)
+
+    @aggregator
+    def join(self, inputs):
+        self.round += 1
+        if self.round < 2:
+            self.next(self.touch, foreach="collaborators")
+        else:
+            self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+def mutation_private(index, how, when=0, where="first"):
+    return {"data": np.arange(4.0) + index, "same_name": np.array([NAMES[0]]),
+            "token_copy": "".join(["tok/0-", "x" * 12]), "how": how, "when": when,
+            "where": where}
+
+
+def run_mutation(how, backend="single_process", **where):
+    collabs = [Collaborator(name=n, private_attributes_callable=mutation_private, index=i,
+                            how=how, **where) for i, n in enumerate(NAMES)]
+    flow = MutationFlow()
+    flow.runtime = LocalRuntime(aggregator=Aggregator(), collaborators=collabs,
+                                backend=backend)
+    try:
+        flow.run()
+    finally:
+        flow.runtime.shutdown()
+    return flow
+
+
+@pytest.mark.parametrize("how", sorted(MUTATIONS))
+@pytest.mark.parametrize("when", [0, 1], ids=["round 1", "round 2"])
+@pytest.mark.parametrize("where", ["first", "second"], ids=["first step", "second step"])
+def test_private_object_put_into_what_the_step_was_given_is_refused(how, when, where):
+    _, public, private = MUTATIONS[how]
+    with pytest.raises(fedloom.PrivateAttributeError,
+                       match=rf"'{public}' holds \(or is\) the private attribute '{private}'"):
+        run_mutation(how, when=when, where=where)
+
+
+@pytest.mark.parametrize("how", ["append", "dict", "replace_equal", "rebound_text"])
+def test_private_object_put_into_what_the_step_was_given_is_refused_on_ray(how, ray_cluster):
+    _, public, private = MUTATIONS[how]
+    with pytest.raises(fedloom.PrivateAttributeError,
+                       match=rf"'{public}' holds \(or is\) the private attribute '{private}'"):
+        run_mutation(how, backend="ray", when=1, where="second")
+
+
+def test_public_changes_to_given_containers_are_not_mistaken_for_leaks(backend):
+    flow = run_mutation("innocent", backend=backend, when=0)
+    assert flow.round == 2
+
+
+class KeepsAList(FLSpec):
+    """Each collaborator keeps ``mine`` across rounds (never sent back); in round 2 it puts its
+    private data there, and in round 3 it would send it."""
+
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.round = 0
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        if not hasattr(self, "mine"):
+            self.mine = []
+        if self.round == 1:
+            self.mine.append(self.data)
+        self.next(self.join, exclude=["mine"])
+
+    @aggregator
+    def join(self, inputs):
+        self.round += 1
+        if self.round < 3:
+            self.next(self.train, foreach="collaborators")
+        else:
+            self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+def test_private_object_put_into_what_a_collaborator_kept_is_refused():
+    flow = KeepsAList()
+    flow.runtime = LocalRuntime(aggregator=Aggregator(), collaborators=[
+        Collaborator(name=n, private_attributes_callable=lambda: {"data": np.ones(3)})
+        for n in NAMES])
+    with pytest.raises(fedloom.PrivateAttributeError, match="'mine' holds") as info:
+        flow.run()
+    assert info.value.step == "train"
+
+
+class AggregatorAppends(FLSpec):
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.round = 0
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        self.next(self.join)
+
+    @aggregator
+    def join(self, inputs):
+        self.round += 1
+        if self.round == 2:
+            self.collaborators.append(self.agg_data)  # its own list, given to every task
+        if self.round < 3:
+            self.next(self.train, foreach="collaborators")
+        else:
+            self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+class AggregatorRebindsToABase(AggregatorAppends):
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.view = np.arange(6.0)[2:]  # its base is nowhere else in the state
+        self.round = 0
+        self.next(self.train, foreach="collaborators")
+
+    @aggregator
+    def join(self, inputs):
+        self.round += 1
+        if self.round == 2:
+            self.agg_data = self.view.base  # the private attribute is now the view's data
+        if self.round < 3:
+            self.next(self.train, foreach="collaborators")
+        else:
+            self.next(self.end)
+
+
+def test_aggregator_private_object_put_into_its_own_list_is_refused():
+    agg = Aggregator()
+    agg.private_attributes = {"agg_data": np.ones(3)}
+    flow = AggregatorAppends()
+    flow.runtime = LocalRuntime(aggregator=agg, collaborators=[Collaborator(name=n)
+                                                               for n in NAMES])
+    with pytest.raises(fedloom.PrivateAttributeError,
+                       match=r"'collaborators' holds .* 'agg_data'") as info:
+        flow.run()
+    assert info.value.step == "join"
+
+
+def test_aggregator_private_attribute_rebound_to_the_base_of_a_public_view_is_refused():
+    agg = Aggregator()
+    agg.private_attributes = {"agg_data": np.ones(3)}
+    flow = AggregatorRebindsToABase()
+    flow.runtime = LocalRuntime(aggregator=agg, collaborators=[Collaborator(name=n)
+                                                               for n in NAMES])
+    with pytest.raises(fedloom.PrivateAttributeError, match=r"'view' holds .* 'agg_data'"):
+        flow.run()
+
+
+class SharesAToken(FLSpec):
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.settings = ("label", SHARED_TOKEN)  # the very object a collaborator holds privately
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        self.next(self.join)
+
+    @aggregator
+    def join(self, inputs):
+        self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+def test_a_fan_out_that_gives_a_collaborator_its_own_private_object_is_refused():
+    # In one process the fan-out shares immutable values with every copy: the collaborator's
+    # copy is its private token, though the step did nothing.
+    collabs = [Collaborator(name=n) for n in NAMES]
+    collabs[1].private_attributes = {"key": SHARED_TOKEN}
+    flow = SharesAToken()
+    flow.runtime = LocalRuntime(aggregator=Aggregator(), collaborators=collabs)
+    with pytest.raises(fedloom.PrivateAttributeError,
+                       match=r"'settings' holds .* 'key'") as info:
+        flow.run()
+    assert info.value.participant == NAMES[1]
+
+
+class RetriedRebinding(FLSpec):
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.tokens = list(PUBLIC_TOKENS)
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator(retries=1)
+    def train(self):
+        if not self.failed:
+            self.failed = [True]
+            self.token_copy = self.tokens[2]  # rebinds a private attribute, then fails
+            raise RuntimeError("first attempt fails")
+        self.next(self.join)
+
+    @aggregator
+    def join(self, inputs):
+        self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+def test_a_failed_attempt_that_rebound_a_private_attribute_is_checked_on_retry():
+    # The retry gets a copy of what the first attempt was given, sharing its tokens: one of
+    # them is now the private 'token_copy'.
+    flow = RetriedRebinding()
+    flow.runtime = LocalRuntime(aggregator=Aggregator(), collaborators=[
+        Collaborator(name=n, private_attributes_callable=lambda: {"failed": [],
+                                                                  "token_copy": "unused-x"})
+        for n in NAMES])
+    with pytest.raises(fedloom.PrivateAttributeError, match=r"'tokens' holds .* 'token_copy'"):
+        flow.run()
+
+
+class StartsWithIt(FLSpec):
+    def __init__(self, model, **kwargs):
+        super().__init__(**kwargs)
+        self.model = model
+
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators  # the step does nothing to 'model'
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        self.next(self.join)
+
+    @aggregator
+    def join(self, inputs):
+        self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+def test_a_run_whose_initial_state_holds_a_private_object_is_refused_at_its_first_step():
+    secret = np.ones(3)
+    agg = Aggregator()
+    agg.private_attributes = {"weights": secret}
+    flow = StartsWithIt(secret)
+    flow.runtime = LocalRuntime(aggregator=agg, collaborators=[Collaborator(name=n)
+                                                               for n in NAMES])
+    with pytest.raises(fedloom.PrivateAttributeError, match=r"'model' holds .* 'weights'") as info:
+        flow.run()
+    assert info.value.step == "start"

@@ -276,6 +276,11 @@ def _transition(ctx: StepContext, step: Any, foreach: Any, include: Any,
     name = getattr(step, "__name__", None)
     if getattr(step, "__self__", None) is None or name not in ctx.step_names:
         raise fail(f"self.next() needs a step of the flow such as self.end, got {step!r}")
+    if foreach is None and include is None and exclude is None:
+        plain = _PLAIN_TRANSITIONS.get(name)  # the common case, once per task of a large round
+        if plain is None:
+            plain = _PLAIN_TRANSITIONS[name] = Transition(name)
+        return plain
     if foreach is not None and not isinstance(foreach, str):
         raise fail(f"foreach= names an attribute holding collaborator names "
                    f"(e.g. foreach='collaborators'), got {foreach!r}")
@@ -287,3 +292,6 @@ def _transition(ctx: StepContext, step: Any, foreach: Any, include: Any,
     if inc is not None and exc is not None:
         raise fail("self.next() was given both include= and exclude=; keep one")
     return Transition(name, foreach, inc, exc)
+
+
+_PLAIN_TRANSITIONS: dict[str, Transition] = {}  # step name -> Transition(step): immutable

@@ -23,13 +23,14 @@ from fedloom.capture import print_attributed
 from fedloom.engine import (
     ChainResult,
     CollaboratorSite,
+    copies_for,
     keep_finished_tasks,
     run_chain_with_fault,
 )
 from fedloom.errors import FedloomError, FlowRunError
 from fedloom.participants import Aggregator, Collaborator
 from fedloom.runtime.local.ray_placement import ActorPlan, NodeResources, check_fits, plan_actors
-from fedloom.state import State, StateCopier, uncopyable
+from fedloom.state import Given, State, StateCopier, uncopyable
 from fedloom.stragglers import NO_FAULT, Dropped, Faults
 from fedloom.tasks import FlowJob, TaskRecord
 
@@ -88,12 +89,12 @@ class CollaboratorGroup:
         ``tolerant``, a failing chain is reported as dropped and the others go on."""
         assert self._job is not None, "start_run() comes first"
         # Arrays in ``sent`` are read-only views of shared memory: one copy per collaborator.
-        copier = StateCopier(sent.state)
+        copier, given = copies_for(self._sites, self._job, names, sent.state)
         batch: list[ChainResult | Dropped] = []
         flushed = time.monotonic()
         for name in names:
             try:
-                batch.append(self._chain(step, name, copier, fan_out, tolerant))
+                batch.append(self._chain(step, name, copier, given[name], fan_out, tolerant))
             except FedloomError as err:
                 if batch:
                     yield batch
@@ -105,14 +106,14 @@ class CollaboratorGroup:
         if batch:
             yield batch
 
-    def _chain(self, step: str, name: str, copier: StateCopier, fan_out: int,
-               tolerant: bool) -> ChainResult | Dropped:
+    def _chain(self, step: str, name: str, copier: StateCopier, given: Given | None,
+               fan_out: int, tolerant: bool) -> ChainResult | Dropped:
         assert self._job is not None
         fault = self._faults.for_chain(name, fan_out) if self._faults else NO_FAULT
         if fault.delay and not fault.disconnect:
             time.sleep(fault.delay)  # collaborators run side by side here: a real delay
         return run_chain_with_fault(self._sites[name], self._job, step, copier.copy(), fault,
-                                    fan_out, tolerant)
+                                    fan_out, tolerant, given)
 
 
 class RayBackend:

@@ -15,12 +15,13 @@ from collections.abc import Sequence
 from fedloom.engine import (
     ChainResult,
     CollaboratorSite,
+    copies_for,
     keep_finished_tasks,
     run_chain_with_fault,
 )
 from fedloom.errors import FlowRunError
 from fedloom.participants import Collaborator
-from fedloom.state import State, StateCopier, uncopyable
+from fedloom.state import Given, State, uncopyable
 from fedloom.stragglers import NO_FAULT, Dropped, Fault, Faults, SimulatedClock
 from fedloom.tasks import FlowJob
 
@@ -57,7 +58,7 @@ class SerialBackend:
         fan_out, self._fan_outs = self._fan_outs, self._fan_outs + 1
         began = self._clock.begin_fan_out()
         # One copy per collaborator: the floor for isolation.
-        copier = StateCopier(sent)
+        copier, given = copies_for(self._sites, self._job, names, sent)
         outcomes: list[ChainResult | Dropped] = []
         last = began  # when the last chain ended (simulated)
         try:
@@ -67,8 +68,8 @@ class SerialBackend:
                     received = copier.copy()
                 except Exception as exc:  # e.g. a lock in a public attribute
                     raise uncopyable(sent, step, exc) from exc
-                outcome, ended = self._chain(step, name, received, fault, fan_out, began,
-                                             deadline, tolerant)
+                outcome, ended = self._chain(step, name, received, given[name], fault,
+                                             fan_out, began, deadline, tolerant)
                 outcomes.append(outcome)
                 last = max(last, ended)
         except FlowRunError as err:
@@ -78,14 +79,14 @@ class SerialBackend:
         self._clock.end_fan_out(last if deadline is None else min(last, began + deadline))
         return outcomes
 
-    def _chain(self, step: str, name: str, received: State, fault: Fault, fan_out: int,
-               began: float, deadline: float | None,
+    def _chain(self, step: str, name: str, received: State, given: Given | None, fault: Fault,
+               fan_out: int, began: float, deadline: float | None,
                tolerant: bool) -> tuple[ChainResult | Dropped, float]:
         """The chain's outcome, and when it ended in simulated time."""
         assert self._job is not None
         started = time.perf_counter()
         result = run_chain_with_fault(self._sites[name], self._job, step, received, fault,
-                                      fan_out, tolerant)
+                                      fan_out, tolerant, given)
         # A disconnected collaborator does nothing (its delay never happens), as on Ray.
         took = 0.0 if fault.disconnect else time.perf_counter() - started + fault.delay
         start, ended = self._clock.run(name, began, took)
