@@ -153,9 +153,11 @@ def _tls_files(disable_tls: bool, root: str | None, key: str | None,
 
 
 def _attach_pki() -> None:
+    from fedloom.federation.experiment_cli import experiment
     from fedloom.federation.pki_cli import pki
 
     main.add_command(pki)
+    main.add_command(experiment)
 
 
 _attach_pki()

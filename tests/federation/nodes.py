@@ -38,11 +38,13 @@ def envoy_data(value):
 
 
 def director_config(review: bool | None = False, review_timeout: float | None = None,
-                    health_check_period: float = 1) -> str:
+                    health_check_period: float = 1,
+                    settings: dict[str, object] | None = None) -> str:
     """Review is off unless asked for (None: the key is left out, so the default applies)."""
     flag = "" if review is None else f"  review_experiment: {str(review).lower()}\n"
     if review_timeout is not None:
         flag += f"  review_timeout: {review_timeout}\n"
+    flag += "".join(f"  {key}: {value}\n" for key, value in (settings or {}).items())
     return ("settings:\n  listen_host: 127.0.0.1\n  listen_port: 0\n"
             f"  envoy_health_check_period: {health_check_period:g}\n{flag}"
             "aggregator:\n  private_attributes: private_attributes.aggregator_attrs\n")
@@ -58,14 +60,16 @@ def envoy_config(name: str, value: float, review: bool = False) -> str:
 def federation(folder: Path, envoys: dict[str, float], tls: bool = True,
                director_review: bool | None = False, reviewing_envoys: Collection[str] = (),
                terminal: bool = False, review_timeout: float | None = None,
-               health_check_period: float = 1) -> Iterator[LocalFederation]:
+               health_check_period: float = 1,
+               settings: dict[str, object] | None = None) -> Iterator[LocalFederation]:
     """A director and envoys (name -> the value of its private data), all registered; plans
-    are reviewed by the director if ``director_review`` and by ``reviewing_envoys``."""
+    are reviewed by the director if ``director_review`` and by ``reviewing_envoys``; more of
+    the director's ``settings`` if given."""
     pythonpath = f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
     with local_federation(folder, {name: envoy_config(name, value, name in reviewing_envoys)
                                    for name, value in envoys.items()},
                           director_config(director_review, review_timeout,
-                                          health_check_period),
+                                          health_check_period, settings),
                           files={"private_attributes.py": PRIVATE_ATTRIBUTES},
                           tls=tls, users=("alice", "mallory"),
                           env={"PYTHONPATH": pythonpath}, director_terminal=terminal) as fed:

@@ -59,8 +59,9 @@ def test_scenario_c_all_approve_with_review_commands_and_review_on_by_default(tm
         result, runtime = submit(fed, pool, rounds=1, model=np.array([5.0, 0.0, 0.0]))
         experiment = awaiting(fed.director)
         assert experiment in fx(tmp_path, "director", "review", "list")
-        busy = {e.name: e.experiment for e in runtime.get_envoys()}  # the director serves on
-        assert busy == {name: experiment for name in ENVOYS}
+        # the director serves on; the submitter sees who reviews
+        assert {e.name for e in runtime.get_envoys() if e.online} == set(ENVOYS)
+        assert runtime.experiment(experiment).reviewers == ("director",)
         plan = fx(tmp_path, "director", "review", "show", experiment)
         for shown in ("submitted by 'alice'", "flow FedAvgFlow", "train", "collaborator",
                       "start -> train", "model", "numpy.ndarray", "def join(self, inputs):",

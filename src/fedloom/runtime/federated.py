@@ -13,8 +13,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from fedloom.capture import print_attributed
 from fedloom.checkpoint.transfer import unpack_run
 from fedloom.errors import ExperimentRejected, FedloomError, ParticipantError, ReviewDecision
 from fedloom.federation import transport
+from fedloom.federation.overview import EnvoyStatus, ExperimentStatus, TaskOutput
 from fedloom.federation.package import ExperimentPackage, package_flow
 from fedloom.federation.transport import bulk, messages, wire
 from fedloom.federation.transport.proto import fedloom_pb2 as pb
@@ -49,25 +49,27 @@ CONNECT_TIMEOUT = 15.0
 RECONNECT_SECONDS = 60.0  # how long a follower waits for a director that went away to return
 
 
-@dataclass(frozen=True)
-class EnvoyStatus:
-    name: str
-    online: bool
-    last_seen: float
-    experiment: str
+__all__ = ["EnvoyStatus", "ExperimentStatus", "FederatedRuntime", "TaskOutput"]
 
 
 class FederatedRuntime:
     """Runs a flow across a federation. ``director`` is the spec's dict:
-    ``{director_node_fqdn, director_port, cert_chain, api_cert, api_private_key}``."""
+    ``{director_node_fqdn, director_port, cert_chain, api_cert, api_private_key}``.
 
-    def __init__(self, collaborators: Sequence[str], director: Mapping[str, Any],
+    Without ``collaborators`` it runs nothing, but sees and controls your experiments:
+    :meth:`experiments`, :meth:`experiment`, :meth:`logs`, :meth:`cancel`, :meth:`get_envoys`."""
+
+    def __init__(self, collaborators: Sequence[str] = (), director: Mapping[str, Any] | None = None,
                  notebook_path: str | Path | None = None, tls: bool = True, *,
                  straggler_policy: PolicySpec = None,
                  wait_for_envoys: float | None = None) -> None:
-        if isinstance(collaborators, str) or not collaborators or \
+        if isinstance(collaborators, str) or \
                 not all(isinstance(c, str) for c in collaborators):
             raise ParticipantError("collaborators= must be a list of envoy names")
+        if director is None:
+            raise ParticipantError("director= is required: {'director_node_fqdn': HOST, "
+                                   "'director_port': PORT, 'cert_chain': CA, 'api_cert': CERT, "
+                                   "'api_private_key': KEY}")
         # As LocalRuntime: a name twice would be one envoy asked to review and run twice.
         repeated = sorted(name for name, count in Counter(collaborators).items() if count > 1)
         if repeated:
@@ -92,14 +94,62 @@ class FederatedRuntime:
         return list(self._collaborators)
 
     def get_envoys(self) -> list[EnvoyStatus]:
-        """The envoys the director knows: name, online, last seen, current experiment."""
+        """The envoys the director knows, as much as its ``visibility`` setting shows: the
+        name, whether it is online (by default), when it was last seen and whether it is busy
+        (with your experiment: which)."""
         with self._channel() as channel, self._rpc_errors("listing the envoys"):
             reply = rpc.DirectorStub(channel).Envoys(pb.EnvoysRequest(), timeout=30)
-        return [EnvoyStatus(e.name, e.online, e.last_seen, e.experiment) for e in reply.envoys]
+        return [EnvoyStatus.from_message(e, reply.visibility) for e in reply.envoys]
+
+    def experiments(self, limit: int = 0) -> list[ExperimentStatus]:
+        """Your experiments on the director, newest first (``limit``: only that many): those
+        queued, in review, running, and those that ended (also before a restart)."""
+        with self._channel() as channel, self._rpc_errors("listing your experiments"):
+            reply = rpc.DirectorStub(channel).ListExperiments(
+                pb.ExperimentsRequest(limit=limit), timeout=30)
+        return [ExperimentStatus.from_message(e) for e in reply.experiments]
+
+    def experiment(self, experiment: str) -> ExperimentStatus:
+        """One of your experiments: its phase (who reviews it, which envoys it waits for, the
+        step and round it runs), times, participants, and why it ended so."""
+        with self._channel() as channel, \
+                self._rpc_errors(f"showing experiment {experiment}"):
+            info = rpc.DirectorStub(channel).ShowExperiment(
+                pb.ExperimentRequest(experiment=experiment), timeout=30)
+        return ExperimentStatus.from_message(info)
+
+    def logs(self, experiment: str, follow: bool = False) -> Iterator[TaskOutput]:
+        """The output of each task of one of your experiments, from the start (the director
+        keeps it while it holds the experiment: while it runs, and 10 minutes after its end);
+        with ``follow``, then each as it comes, until the experiment ends. Leaving early
+        cancels nothing. A failed experiment ends the iteration with its error."""
+        with self._channel() as channel, \
+                self._rpc_errors(f"reading the output of experiment {experiment}"):
+            request = pb.EventsRequest(experiment=experiment, watch=True, follow=follow)
+            failure: pb.Failure | None = None
+            for event in rpc.DirectorStub(channel).Events(request):
+                kind = event.WhichOneof("kind")
+                if kind == "output":
+                    yield TaskOutput.from_message(event.output)
+                elif kind == "failure":
+                    failure = event.failure
+            if failure is not None and follow:
+                raise messages.error(failure)
+
+    def cancel(self, experiment: str) -> None:
+        """Cancel one of your experiments, wherever it is (queued, in review, running)."""
+        with self._channel() as channel, \
+                self._rpc_errors(f"cancelling experiment {experiment}"):
+            rpc.DirectorStub(channel).Cancel(pb.CancelRequest(experiment=experiment),
+                                             timeout=30)
 
     def execute(self, flow: FLSpec, resume: str | None = None) -> None:
         """Called by ``flow.run()``. ``resume``: the id of a checkpointed run in the local
         Metaflow datastore (runs are fetched there at their end) to go on from."""
+        if not self._collaborators:
+            raise ParticipantError("this FederatedRuntime names no collaborators: "
+                                   "FederatedRuntime(collaborators=[envoy names], ...) to run a "
+                                   "flow")
         graph = validate_flow(type(flow))
         point = find_resume_point(graph, resume) if resume else None
         settings = {}
@@ -128,7 +178,8 @@ class FederatedRuntime:
             try:
                 final = self._follow(channel, stub, experiment, package, type(flow))
             except KeyboardInterrupt:
-                stub.Cancel(pb.CancelRequest(experiment=experiment), timeout=30)
+                with suppress(grpc.RpcError):  # it may have ended meanwhile
+                    stub.Cancel(pb.CancelRequest(experiment=experiment), timeout=30)
                 raise
             except ExperimentRejected:
                 raise  # nothing ran, so nothing was recorded

@@ -75,6 +75,7 @@ class DirectorConfig:
     review_timeout: float | None = None  # seconds a plan may wait for a decision; None: no limit
     wait_for_envoys: float = 60.0  # seconds an experiment waits for offline envoys
     limits: Limits = field(default_factory=Limits)
+    visibility: str = "online"  # what users see of envoys: one of VISIBILITY
 
 
 @dataclass(frozen=True)
@@ -85,9 +86,14 @@ class EnvoyConfig:
     review_timeout: float | None = None
 
 
+# What users see of envoys (settings.visibility): their names; and whether each is online
+# (the default); and when each was last seen and whether it is busy (the experiment only when it
+# is the user's own). Never other users' experiments.
+VISIBILITY = ("names", "online", "activity")
+
 DIRECTOR_SETTINGS: dict[str, tuple[type, ...]] = {
     "listen_host": (str,), "listen_port": (int,), "envoy_health_check_period": (int, float),
-    "review_experiment": (bool,), "review_timeout": (int, float),
+    "review_experiment": (bool,), "review_timeout": (int, float), "visibility": (str,),
     "wait_for_envoys": (int, float), "first_message_timeout": (int, float),
     "upload_idle_timeout": (int, float),
     **{name: (int,) for name in ("max_streams_per_peer", "max_uploads_per_peer",
@@ -106,6 +112,10 @@ def load_director_config(path: str | Path) -> DirectorConfig:
         if key in settings and (not isinstance(value, kinds) or wrong_bool):
             names = " or ".join(k.__name__ for k in kinds)
             raise ConfigError(f"{file}: settings.{key} must be {names}, got {value!r}")
+    visibility = settings.get("visibility", "online")
+    if visibility not in VISIBILITY:
+        raise ConfigError(f"{file}: settings.visibility must be one of {', '.join(VISIBILITY)} "
+                          f"(what users see of envoys), got {visibility!r}")
     period = float(settings.get("envoy_health_check_period", 5))
     if period <= 0:
         raise ConfigError(f"{file}: settings.envoy_health_check_period must be > 0 seconds")
@@ -119,6 +129,7 @@ def load_director_config(path: str | Path) -> DirectorConfig:
         wait_for_envoys=_positive(file, settings, "wait_for_envoys", 60.0),
         limits=Limits.from_settings({name: _positive(file, settings, name, 1)
                                      for name in Limits.names() if name in settings}),
+        visibility=visibility,
     )
 
 

@@ -82,6 +82,10 @@ class Experiment:
     missing_since: float | None = None  # when envoys it needs were first seen offline
     deadline: asyncio.TimerHandle | None = None
     result: Any = None  # a large final state, until its submitter takes it (Bulk.Result)
+    reviewers: set[str] = field(default_factory=set)  # reviewing: who has yet to decide
+    step: str = ""  # running: the step last sent to the envoys, how often, and when
+    round: int = 0
+    step_at: float = 0.0
 
 
 class Director:
@@ -311,6 +315,7 @@ class Director:
     def _tell_waiting(self, experiment: Experiment) -> None:
         missing = [n for n in experiment.collaborators
                    if (link := self.envoys.get(n)) is None or not link.online]
+        others: list[str] = []  # the experiments its envoys are busy with (for the log)
         if missing:
             if experiment.missing_since is None:
                 experiment.missing_since = time.time()
@@ -321,13 +326,15 @@ class Director:
             text = f"waiting for envoys {', '.join(missing)} (offline) since {since}"
         else:
             self._clear_deadline(experiment)
-            busy = sorted({self.envoys[n].experiment for n in experiment.collaborators
-                           if self.envoys[n].experiment})
-            text = f"queued: its envoys are busy with experiment(s) {', '.join(busy)}"
+            busy = [n for n in experiment.collaborators if self.envoys[n].experiment]
+            # its submitter is told which envoys are busy, not with whose experiments
+            text = f"queued: envoys {', '.join(busy)} are busy"
+            others = sorted({self.envoys[n].experiment for n in busy})
         if text != experiment.waiting:
             experiment.waiting = text
             experiment.events.status(text)
-            log.info("experiment %s: %s", experiment.id, text)
+            log.info("experiment %s: %s%s", experiment.id, text,
+                     f" with experiment(s) {', '.join(others)}" if others else "")
 
     def _clear_deadline(self, experiment: Experiment) -> None:
         if experiment.deadline is not None:

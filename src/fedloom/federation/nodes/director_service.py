@@ -26,8 +26,10 @@ from fedloom.federation.nodes.director import (
     Experiment,
 )
 from fedloom.federation.nodes.limits import Hold, LimitExceeded
+from fedloom.federation.nodes.views import experiment_info
 from fedloom.federation.package import ExperimentPackage
 from fedloom.federation.pki import peer_kind, peer_name
+from fedloom.federation.store import ExperimentRecord
 from fedloom.federation.transport import bulk
 from fedloom.federation.transport.lenient import Collector, lenient
 from fedloom.federation.transport.proto import fedloom_pb2 as pb
@@ -237,6 +239,11 @@ class DirectorService(rpc.DirectorServicer):
                 yield event
             return
         await self._own(experiment.submitter, user, experiment.id, context)
+        if request.watch:
+            with await self._held(context, user):
+                async for event in self._watched(experiment, request):
+                    yield event
+            return
         log.info("experiment %s: following it for '%s'", experiment.id, user)
         ended = False
         with await self._held(context, user):
@@ -250,6 +257,24 @@ class DirectorService(rpc.DirectorServicer):
                     log.info("experiment %s: its submitter disconnected; cancelling it",
                              experiment.id)
                     self.d.cancel(experiment, "cancelled: its submitter disconnected")
+
+    @staticmethod
+    async def _watched(experiment: Experiment, request: pb.EventsRequest
+                       ) -> AsyncIterator[pb.Event]:
+        """A watcher's events (fx experiment logs): all but the final state (its submitter's
+        to take), the events so far or, following, to the end; ``after`` counts the events a
+        watcher is sent. Its leaving cancels nothing."""
+        if request.follow:
+            events: AsyncIterator[pb.Event] = experiment.events.follow()
+        else:
+            events = _aiter(experiment.events.so_far())
+        sent = 0
+        async for event in events:
+            if event.WhichOneof("kind") in ("final_state", "final_state_bulk"):
+                continue
+            sent += 1
+            if sent > request.after:
+                yield event
 
     async def _recorded_end(self, experiment_id: str, user: str,
                             context: Context) -> list[pb.Event]:
@@ -266,21 +291,60 @@ class DirectorService(rpc.DirectorServicer):
         return events
 
     async def Envoys(self, request: pb.EnvoysRequest, context: Context) -> pb.EnvoysReply:
-        await self._authenticate(context, None, "user")
-        return pb.EnvoysReply(envoys=[
-            pb.EnvoyInfo(name=link.name, online=link.online, last_seen=link.last_seen,
-                         experiment=link.experiment)
-            for link in sorted(self.d.envoys.values(), key=lambda link: link.name)])
+        """The envoys, as much as settings.visibility lets users see; never another user's
+        experiment."""
+        user = await self._authenticate(context, None, "user")
+        visibility = self.d.config.visibility
+        reply = pb.EnvoysReply(visibility=visibility)
+        for link in sorted(self.d.envoys.values(), key=lambda link: link.name):
+            info = reply.envoys.add(name=link.name)
+            if visibility != "names":
+                info.online = link.online
+            if visibility == "activity":
+                info.last_seen, info.busy = link.last_seen, bool(link.experiment)
+                running = self.d.experiments.get(link.experiment)
+                if running is not None and running.submitter == user:
+                    info.experiment = running.id
+        return reply
+
+    async def ListExperiments(self, request: pb.ExperimentsRequest,
+                              context: Context) -> pb.ExperimentsReply:
+        """The caller's own experiments, newest first: those running and those recorded."""
+        user = await self._authenticate(context, None, "user")
+        assert self.d.store is not None
+        records = self.d.store.experiments(submitter=user)
+        if request.limit:
+            records = records[:request.limit]
+        return pb.ExperimentsReply(experiments=[experiment_info(self.d, r) for r in records])
+
+    async def ShowExperiment(self, request: pb.ExperimentRequest,
+                             context: Context) -> pb.ExperimentInfo:
+        user = await self._authenticate(context, None, "user")
+        record = await self._record(request.experiment, user, context)
+        return experiment_info(self.d, record)
 
     async def Cancel(self, request: pb.CancelRequest, context: Context) -> pb.Ack:
         user = await self._authenticate(context, None, "user")
+        record = await self._record(request.experiment, user, context)
         experiment = self.d.experiments.get(request.experiment)
-        if experiment is None:
-            await _abort(context, grpc.StatusCode.NOT_FOUND,
-                         f"no running experiment {request.experiment}")
-        await self._own(experiment.submitter, user, experiment.id, context)
+        if experiment is None or experiment.status in FINAL:
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
+                         f"experiment {record.id} has ended already ({record.state}"
+                         f"{f': {record.reason}' if record.reason else ''}); nothing to cancel")
+        log.info("experiment %s: cancelled by '%s'", experiment.id, user)
         self.d.cancel(experiment, "cancelled by the user")
         return pb.Ack(note="cancelling")
+
+    async def _record(self, experiment_id: str, user: str,
+                      context: Context) -> ExperimentRecord:
+        """The record of ``experiment_id``, which must be ``user``'s."""
+        assert self.d.store is not None
+        record = self.d.store.get_experiment(experiment_id)
+        if record is None:
+            await _abort(context, grpc.StatusCode.NOT_FOUND,
+                         f"no experiment {experiment_id} on this director")
+        await self._own(record.submitter, user, experiment_id, context)
+        return record
 
     async def final_state(self, request: pb.EventsRequest, context: Context
                           ) -> AsyncIterator[bytes]:
@@ -385,7 +449,8 @@ class DirectorService(rpc.DirectorServicer):
                    context: Context) -> None:
         if submitter != user:
             await _abort(context, grpc.StatusCode.PERMISSION_DENIED,
-                         f"experiment {experiment_id} belongs to another user")
+                         f"experiment {experiment_id} belongs to another user: '{user}' may "
+                         "see, follow and cancel only their own experiments")
 
     async def _authenticate(self, context: Context, claimed: str | None, kind: str) -> str:
         """The caller's name: the certificate's, which must match what it claims. Without TLS
@@ -405,6 +470,11 @@ class DirectorService(rpc.DirectorServicer):
                          f"envoy '{claimed}' presented the certificate of '{name}'; start it "
                          f"with -n '{name}' or issue a certificate for '{claimed}'")
         return str(name)
+
+
+async def _aiter(items: list[T]) -> AsyncIterator[T]:
+    for item in items:
+        yield item
 
 
 async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:

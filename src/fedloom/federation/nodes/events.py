@@ -35,6 +35,9 @@ class EventLog:
         self._closed = True
         self._wake()
 
+    def so_far(self) -> list[pb.Event]:
+        return list(self._events)
+
     @property
     def closed(self) -> bool:
         return self._closed

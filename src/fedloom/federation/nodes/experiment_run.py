@@ -9,6 +9,8 @@ import logging
 import multiprocessing
 import queue
 import threading
+import time
+from collections import Counter
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -110,6 +112,7 @@ class ExperimentRun:
         self.director = director
         self.experiment = experiment
         self.rejoining: set[str] = set()  # envoys back after being lost, not yet ready
+        self.fanouts: Counter[str] = Counter()  # step -> times sent out: its round
         self._failure_sent = False
         self._aggregator: AggregatorLink | None = None
 
@@ -247,6 +250,8 @@ class ExperimentRun:
         and pulled by each envoy (Bulk) from one copy held here."""
         exp = self.experiment
         size = len(frame)
+        self.fanouts[step] += 1
+        exp.step, exp.round, exp.step_at = step, self.fanouts[step], time.time()
         log.info("experiment %s: step '%s' sent to %d envoy(s)", exp.id, step, len(names))
         if size <= bulk.INLINE_BYTES:
             parts = list(transport.chunks(frame))

@@ -95,6 +95,7 @@ class ReviewPhase:
     async def _collect(self, waiting: set[str]) -> str:
         """Waits for the decisions of ``waiting``; stops early at a rejection. Returns why the
         experiment cannot go on for another reason (cancelled, an envoy lost), else ''."""
+        self.experiment.reviewers = waiting  # who has yet to decide, as they do
         while waiting:
             message = await self.experiment.inbox.get()
             kind = message[0]

@@ -237,12 +237,16 @@ class SubmitReply(_message.Message):
     def __init__(self, experiment: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class EventsRequest(_message.Message):
-    __slots__ = ("experiment", "after")
+    __slots__ = ("experiment", "after", "watch", "follow")
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     AFTER_FIELD_NUMBER: _ClassVar[int]
+    WATCH_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
     experiment: str
     after: int
-    def __init__(self, experiment: _Optional[str] = ..., after: _Optional[int] = ...) -> None: ...
+    watch: bool
+    follow: bool
+    def __init__(self, experiment: _Optional[str] = ..., after: _Optional[int] = ..., watch: _Optional[bool] = ..., follow: _Optional[bool] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("output", "status", "final_state", "failure", "review", "final_state_bulk")
@@ -265,22 +269,84 @@ class EnvoysRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class EnvoyInfo(_message.Message):
-    __slots__ = ("name", "online", "last_seen", "experiment")
+    __slots__ = ("name", "online", "last_seen", "experiment", "busy")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ONLINE_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    BUSY_FIELD_NUMBER: _ClassVar[int]
     name: str
     online: bool
     last_seen: float
     experiment: str
-    def __init__(self, name: _Optional[str] = ..., online: _Optional[bool] = ..., last_seen: _Optional[float] = ..., experiment: _Optional[str] = ...) -> None: ...
+    busy: bool
+    def __init__(self, name: _Optional[str] = ..., online: _Optional[bool] = ..., last_seen: _Optional[float] = ..., experiment: _Optional[str] = ..., busy: _Optional[bool] = ...) -> None: ...
 
 class EnvoysReply(_message.Message):
-    __slots__ = ("envoys",)
+    __slots__ = ("envoys", "visibility")
     ENVOYS_FIELD_NUMBER: _ClassVar[int]
+    VISIBILITY_FIELD_NUMBER: _ClassVar[int]
     envoys: _containers.RepeatedCompositeFieldContainer[EnvoyInfo]
-    def __init__(self, envoys: _Optional[_Iterable[_Union[EnvoyInfo, _Mapping]]] = ...) -> None: ...
+    visibility: str
+    def __init__(self, envoys: _Optional[_Iterable[_Union[EnvoyInfo, _Mapping]]] = ..., visibility: _Optional[str] = ...) -> None: ...
+
+class ExperimentsRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class ExperimentRequest(_message.Message):
+    __slots__ = ("experiment",)
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    experiment: str
+    def __init__(self, experiment: _Optional[str] = ...) -> None: ...
+
+class ExperimentInfo(_message.Message):
+    __slots__ = ("id", "submitter", "flow", "digest", "phase", "detail", "reviewers", "waiting_for", "step", "round", "submitted_at", "started_at", "ended_at", "participants", "reason", "run_id", "checkpoint", "step_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTER_FIELD_NUMBER: _ClassVar[int]
+    FLOW_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    REVIEWERS_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FOR_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_AT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    STEP_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    submitter: str
+    flow: str
+    digest: str
+    phase: str
+    detail: str
+    reviewers: _containers.RepeatedScalarFieldContainer[str]
+    waiting_for: _containers.RepeatedScalarFieldContainer[str]
+    step: str
+    round: int
+    submitted_at: float
+    started_at: float
+    ended_at: float
+    participants: _containers.RepeatedScalarFieldContainer[str]
+    reason: str
+    run_id: str
+    checkpoint: bool
+    step_at: float
+    def __init__(self, id: _Optional[str] = ..., submitter: _Optional[str] = ..., flow: _Optional[str] = ..., digest: _Optional[str] = ..., phase: _Optional[str] = ..., detail: _Optional[str] = ..., reviewers: _Optional[_Iterable[str]] = ..., waiting_for: _Optional[_Iterable[str]] = ..., step: _Optional[str] = ..., round: _Optional[int] = ..., submitted_at: _Optional[float] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., participants: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., run_id: _Optional[str] = ..., checkpoint: _Optional[bool] = ..., step_at: _Optional[float] = ...) -> None: ...
+
+class ExperimentsReply(_message.Message):
+    __slots__ = ("experiments",)
+    EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
+    experiments: _containers.RepeatedCompositeFieldContainer[ExperimentInfo]
+    def __init__(self, experiments: _Optional[_Iterable[_Union[ExperimentInfo, _Mapping]]] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
     __slots__ = ("experiment",)

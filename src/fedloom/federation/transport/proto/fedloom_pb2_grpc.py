@@ -74,6 +74,16 @@ class DirectorStub:
                 request_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.CancelRequest.SerializeToString,
                 response_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Ack.FromString,
                 _registered_method=True)
+        self.ListExperiments = channel.unary_unary(
+                '/fedloom.v1.Director/ListExperiments',
+                request_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.ExperimentsRequest.SerializeToString,
+                response_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.ExperimentsReply.FromString,
+                _registered_method=True)
+        self.ShowExperiment = channel.unary_unary(
+                '/fedloom.v1.Director/ShowExperiment',
+                request_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.ExperimentRequest.SerializeToString,
+                response_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.ExperimentInfo.FromString,
+                _registered_method=True)
 
 
 class DirectorServicer:
@@ -128,6 +138,18 @@ class DirectorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListExperiments(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShowExperiment(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DirectorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -170,6 +192,16 @@ def add_DirectorServicer_to_server(servicer, server):
                     servicer.Cancel,
                     request_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.CancelRequest.FromString,
                     response_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Ack.SerializeToString,
+            ),
+            'ListExperiments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListExperiments,
+                    request_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.ExperimentsRequest.FromString,
+                    response_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.ExperimentsReply.SerializeToString,
+            ),
+            'ShowExperiment': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShowExperiment,
+                    request_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.ExperimentRequest.FromString,
+                    response_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.ExperimentInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -388,6 +420,60 @@ class Director:
             '/fedloom.v1.Director/Cancel',
             fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.CancelRequest.SerializeToString,
             fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListExperiments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedloom.v1.Director/ListExperiments',
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.ExperimentsRequest.SerializeToString,
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.ExperimentsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShowExperiment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedloom.v1.Director/ShowExperiment',
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.ExperimentRequest.SerializeToString,
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.ExperimentInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,184 @@
+"""Operating a federation, with real processes: a data scientist sees, follows and cancels their
+own experiments (``fx experiment``, FederatedRuntime) and nobody else's."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedloom import FedloomError
+from fedloom.federation.localhost import LocalFederation
+from fedloom.runtime.federated import FederatedRuntime
+from tests.federation.flows import FedAvgFlow
+from tests.federation.nodes import ENV, FX, Node, federation, fx
+
+pytestmark = pytest.mark.slow
+
+
+def as_user(fed: LocalFederation, user: str = "alice") -> list[str]:
+    """``-dh/-dp/-rc/-pk/-oc`` for ``user``."""
+    info = fed.director_info(user)
+    return ["-dh", "127.0.0.1", "-dp", str(fed.port), "-rc", str(info["cert_chain"]),
+            "-pk", str(info["api_private_key"]), "-oc", str(info["api_cert"])]
+
+
+def fx_user(fed: LocalFederation, *args: str, user: str = "alice"
+            ) -> subprocess.CompletedProcess[str]:
+    return fx([*args, *as_user(fed, user)], fed.folder)
+
+
+def fx_json(fed: LocalFederation, *args: str, user: str = "alice") -> Any:
+    done = fx_user(fed, *args, "--json", user=user)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def submit(pool: ThreadPoolExecutor, fed: LocalFederation, collaborators: list[str],
+           **flow_args: object) -> tuple[Future[FedAvgFlow], str]:
+    """A flow run in the background, and its experiment's id (from the director's log)."""
+
+    def run() -> FedAvgFlow:
+        flow = FedAvgFlow(**flow_args)
+        flow.runtime = FederatedRuntime(collaborators, director=fed.director_info("alice"))
+        flow.run()
+        return flow
+
+    future = pool.submit(run)
+    names = re.escape(repr(collaborators))
+    found = fed.director.wait_for(rf"experiment (\S+) submitted by 'alice' for {names}")
+    return future, found.group(1)
+
+
+def test_a_user_sees_follows_and_cancels_their_experiments_and_nobody_elses(tmp_path: Path):
+    envoys = {"envoy_one": 1.0, "New York": 3.0, "Oslo": 2.0}
+    with socket.create_server(("127.0.0.1", 0)) as server, ThreadPoolExecutor(4) as pool, \
+            federation(tmp_path, envoys, reviewing_envoys=["Oslo"], health_check_period=3,
+                       settings={"visibility": "activity"}) as fed:
+        server.settimeout(60)
+        alice = FederatedRuntime(director=fed.director_info("alice"))
+        mallory = FederatedRuntime(director=fed.director_info("mallory"))
+        finished, done_id = submit(pool, fed, ["envoy_one"], rounds=1)
+        finished.result(timeout=60)
+        held, running_id = submit(pool, fed, ["New York"], rounds=1, hold_on="New York",
+                                  hold_port=server.getsockname()[1])
+        hold, _ = server.accept()  # New York's collaborator is inside 'train'
+        reviewed, review_id = submit(pool, fed, ["Oslo"], rounds=1)
+        fed.envoys["Oslo"].wait_for(rf"experiment {re.escape(review_id)} from 'alice' awaits")
+        waiting, waiting_id = submit(pool, fed, ["envoy_one", "ghost"], rounds=1)
+        fed.director.wait_for(rf"experiment {re.escape(waiting_id)}: waiting for envoys ghost")
+
+        listed = fx_json(fed, "experiment", "list")["experiments"]
+        by_id = {e["id"]: e for e in listed}
+        assert [e["id"] for e in listed] == [waiting_id, review_id, running_id, done_id]
+        assert {i: e["phase"] for i, e in by_id.items()} == {
+            done_id: "done", running_id: "running", review_id: "reviewing",
+            waiting_id: "waiting"}
+        assert by_id[review_id]["reviewers"] == ["Oslo"]
+        assert by_id[review_id]["detail"] == "in review by Oslo"
+        assert by_id[waiting_id]["waiting_for"] == ["ghost"]
+        assert (by_id[running_id]["step"], by_id[running_id]["round"]) == ("train", 1)
+        done = by_id[done_id]
+        assert done["submitter"] == "alice" and done["flow"] == "FedAvgFlow"
+        assert done["participants"] == ["envoy_one"] and len(done["digest"]) == 64
+        assert done["submitted_at"] <= done["started_at"] <= done["ended_at"]
+        assert done["duration"] == pytest.approx(done["ended_at"] - done["submitted_at"],
+                                                 abs=0.01)
+        assert by_id[waiting_id]["started_at"] is None and by_id[waiting_id]["step"] is None
+        # envoys: busy or not, and the experiment only to its submitter
+        seen = {e.name: e for e in alice.get_envoys()}
+        assert (seen["New York"].busy, seen["New York"].experiment) == (True, running_id)
+        assert seen["New York"].online and seen["New York"].last_seen > 0
+        assert {(e.name, e.busy, e.experiment) for e in mallory.get_envoys()} == {
+            ("envoy_one", False, ""), ("New York", True, ""), ("Oslo", True, "")}
+        table = fx_user(fed, "experiment", "list").stdout
+        assert all(i in table for i in by_id) and "in review by Oslo" in table
+        shown = fx_json(fed, "experiment", "show", running_id)
+        assert shown == {**by_id[running_id], "duration": shown["duration"]}
+        text = fx_user(fed, "experiment", "show", running_id).stdout
+        assert "step          train (round 1, since" in text
+
+        # the finished run's output, attributed; a follower of the running one
+        logs = fx_user(fed, "experiment", "logs", done_id)
+        assert logs.returncode == 0
+        assert "[train @ envoy_one] envoy_one trained round 0" in logs.stdout
+        assert "[end @ aggregator] done" in logs.stdout
+        records = [json.loads(line) for line in
+                   fx_user(fed, "experiment", "logs", done_id, "--json").stdout.splitlines()]
+        assert {(r["step"], r["participant"]) for r in records} >= {
+            ("start", "aggregator"), ("train", "envoy_one"), ("end", "aggregator")}
+        follower = Node([*FX, "experiment", "logs", running_id, "--follow",
+                         *as_user(fed)], tmp_path, ENV)
+        leaver = Node([*FX, "experiment", "logs", running_id, "--follow",
+                       *as_user(fed)], tmp_path, ENV)
+        for node in (follower, leaver):
+            node.wait_for(r"\[start @ aggregator\] starting with \['New York'\]")
+        leaver.process.kill()  # a watcher that leaves cancels nothing
+
+        # cancel: by fx and from Python; nobody else can
+        cancelled = fx_user(fed, "experiment", "cancel", waiting_id)
+        assert cancelled.returncode == 0, cancelled.stderr
+        with pytest.raises(FedloomError, match="cancelled by the user"):
+            waiting.result(timeout=60)
+        assert alice.experiment(waiting_id).phase == "cancelled"
+        again = fx_user(fed, "experiment", "cancel", waiting_id)
+        assert again.returncode == 1 and "has ended already (cancelled" in again.stderr
+        assert fx_json(fed, "experiment", "list", user="mallory") == {"experiments": []}
+        assert mallory.experiments() == []
+        for command in ("show", "cancel", "logs"):
+            refused = fx_user(fed, "experiment", command, review_id, user="mallory")
+            assert refused.returncode == 1
+            assert f"experiment {review_id} belongs to another user" in refused.stderr
+        with pytest.raises(FedloomError, match="belongs to another user"):
+            mallory.experiment(review_id)
+        with pytest.raises(FedloomError, match="belongs to another user"):
+            mallory.cancel(review_id)
+        with pytest.raises(FedloomError, match="belongs to another user"):
+            list(mallory.logs(running_id))
+        with pytest.raises(FedloomError, match="no experiment 999-0 on this director"):
+            alice.experiment("999-0")
+        alice.cancel(review_id)
+        with pytest.raises(FedloomError, match="cancelled by the user"):
+            reviewed.result(timeout=60)
+
+        hold.close()  # the running one completes; its follower ends with it
+        np.testing.assert_allclose(held.result(timeout=60).model, [3.0, 3.0, 3.0])
+        lines = follower.read_all(timeout=60)
+        assert follower.process.returncode == 0
+        assert "[train @ New York] New York trained round 0" in lines
+        assert lines[-1] == "[end @ aggregator] done"
+        assert alice.experiment(running_id).phase == "done"
+        assert [t.step for t in alice.logs(running_id)] == ["start", "train", "join", "end"]
+
+
+def test_visibility_is_a_checked_setting(tmp_path: Path):
+    from fedloom.federation.nodes.config import ConfigError, load_director_config
+
+    config = tmp_path / "director.yaml"
+    config.write_text("settings:\n  visibility: everything\n")
+    with pytest.raises(ConfigError, match=r"settings\.visibility must be one of names, online, "
+                                          r"activity \(what users see of envoys\), got "
+                                          r"'everything'"):
+        load_director_config(config)
+    config.write_text("settings: {}\n")
+    assert load_director_config(config).visibility == "online"
+
+
+def test_exit_codes_unreachable_is_1_usage_is_2(tmp_path: Path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+        unreachable = fx(["experiment", "list", "-dh", "127.0.0.1", "-dp", port,
+                          "--disable-tls"], tmp_path)
+    assert unreachable.returncode == 1
+    assert "cannot connect to the director at 127.0.0.1:" in unreachable.stderr
+    no_files = fx(["experiment", "list", "-dh", "127.0.0.1", "-dp", port], tmp_path)
+    assert no_files.returncode == 2 and "TLS is the default" in no_files.stderr
+    assert fx(["experiment", "show"], tmp_path).returncode == 2
