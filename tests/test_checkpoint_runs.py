@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from pathlib import Path
@@ -162,6 +163,13 @@ def test_run_report_page_and_fx_run_show(metaflow_client):
         assert step in result.output
     missing = CliRunner().invoke(main, ["run", "show", "NoSuchFlow"])
     assert missing.exit_code != 0 and "NoSuchFlow" in missing.output
+    as_json = CliRunner().invoke(main, ["run", "show", "CheckpointedFlow", "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    shown = json.loads(as_json.output)
+    assert (shown["flow"], shown["run_id"], shown["status"]) == (
+        "CheckpointedFlow", flow._run_id, "successful")
+    assert len(shown["tasks"]) == 1 + 2 * len(NAMES) + 2 + 1  # start, trains, joins, end
+    assert all(t["ok"] and t["finished_at"] >= t["started_at"] for t in shown["tasks"])
 
 
 def test_fx_run_show_reports_how_long_tasks_ran_and_its_page_has_the_graph(metaflow_client):

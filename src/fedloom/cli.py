@@ -80,9 +80,12 @@ def run() -> None:
 @click.argument("target")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False),
               help="Also write the run's report page to this file.")
-def run_show(target: str, html_path: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (schema: docs/operating.md).")
+def run_show(target: str, html_path: str | None, as_json: bool) -> None:
     """Summarise a run: TARGET is FLOW (its latest run) or FLOW/RUN_ID. Reads the store the
     Metaflow client finds from here (or METAFLOW_DATASTORE_SYSROOT_LOCAL)."""
+    import json
+
     from fedloom.checkpoint.report import report_from_metaflow
 
     flow_name, _, run_id = target.partition("/")
@@ -93,9 +96,18 @@ def run_show(target: str, html_path: str | None) -> None:
     except Exception as exc:  # the Metaflow client's own "not found" errors
         raise click.ClickException(f"cannot read {target}: {exc}") from exc
     out = _stdout()
-    out.print(report.table())
     if html_path:
         Path(html_path).write_text(report.to_html(), encoding="utf-8")
+    if as_json:
+        click.echo(json.dumps({
+            "flow": report.flow_name, "run_id": report.run_id, "status": report.status,
+            "tasks": [{"step": t.step, "task_id": t.task_id, "participant": t.participant,
+                       "ok": t.ok, "started_at": t.started_at, "finished_at": t.finished_at,
+                       "seconds": round(t.seconds, 6)} for t in report.tasks]},
+            indent=2, ensure_ascii=False))
+        return
+    out.print(report.table())
+    if html_path:
         out.print(f"report written to {html_path}", markup=False)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import stat
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -406,6 +408,12 @@ def test_cli_init_issue_show(tmp_path: Path) -> None:
         assert expected in out, out
     code, out = _run("show", str(folder / "ca.crt"))
     assert code == 0 and "federation CA" in out, out
+    code, out = _run("show", str(cert), "--json")
+    assert code == 0, out
+    shown = json.loads(out)
+    assert (shown["name"], shown["kind"], shown["expired"]) == ("intel@lab_5", "envoy", False)
+    assert shown["not_before"] < time.time() < shown["not_after"]
+    assert "URI:fedloom:envoy:intel%40lab_5" in shown["sans"]
 
 
 def test_cli_refuses_to_overwrite_without_force(tmp_path: Path) -> None:

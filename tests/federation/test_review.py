@@ -4,6 +4,7 @@ through the console prompt in a pseudo-terminal; defaults, mixed flags, the revi
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -59,6 +60,11 @@ def test_scenario_c_all_approve_with_review_commands_and_review_on_by_default(tm
         result, runtime = submit(fed, pool, rounds=1, model=np.array([5.0, 0.0, 0.0]))
         experiment = awaiting(fed.director)
         assert experiment in fx(tmp_path, "director", "review", "list")
+        [pending] = json.loads(fx(tmp_path, "director", "review", "list", "--json"))["pending"]
+        assert (pending["experiment"], pending["submitter"], pending["flow"]) == (
+            experiment, "alice", "FedAvgFlow")
+        shown = json.loads(fx(tmp_path, "director", "review", "show", experiment, "--json"))
+        assert shown["digest"] == pending["digest"] and "def join(self, inputs):" in shown["plan"]
         # the director serves on; the submitter sees who reviews
         assert {e.name for e in runtime.get_envoys() if e.online} == set(ENVOYS)
         assert runtime.experiment(experiment).reviewers == ("director",)
@@ -82,6 +88,9 @@ def test_scenario_c_all_approve_with_review_commands_and_review_on_by_default(tm
         ("New York", "approved", "fx review")]
     logged = fx(tmp_path, "director", "review", "log")  # kept on disk, the node need not run
     assert experiment in logged and "approved" in logged
+    [decision] = json.loads(fx(tmp_path, "director", "review", "log", "--json"))["decisions"]
+    assert (decision["experiment"], decision["approved"], decision["decided_by"]) == (
+        experiment, True, "fx review")
 
 
 def test_scenario_a_the_director_rejects_and_nothing_reaches_the_envoys(tmp_path):

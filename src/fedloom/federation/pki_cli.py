@@ -5,6 +5,7 @@ Attach with ``main.add_command(pki)``; the group is usable on its own too.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -89,11 +90,21 @@ def issue(directory: str, kind: str, name: str, hosts: tuple[str, ...], days: in
 
 @pki.command("show")
 @click.argument("file", type=click.Path(dir_okay=False))
-def show(file: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (schema: docs/operating.md).")
+def show(file: str, as_json: bool) -> None:
     """Print a certificate's name, kind, subject, issuer, validity and alternative names."""
     path = Path(file)
     info = _or_fail(lambda: lib.describe_certificate_file(path))
     now = datetime.now(timezone.utc)
+    if as_json:
+        click.echo(json.dumps({
+            "path": str(path), "name": info.name, "kind": "ca" if info.is_ca else info.kind,
+            "subject": info.subject, "issuer": info.issuer,
+            "not_before": info.not_before.timestamp(), "not_after": info.not_after.timestamp(),
+            "expired": info.not_after <= now, "sans": list(info.sans),
+            "serial": f"{info.serial:x}", "sha256": info.fingerprint_sha256}, indent=2,
+            ensure_ascii=False))
+        return
     kind = "federation CA" if info.is_ca else info.kind or "unknown (not issued by fx pki)"
     if info.not_after <= now:
         status = Text("EXPIRED", style="red")

@@ -12,6 +12,7 @@ node running as a service (no terminal), from the node's own machine.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -59,14 +60,39 @@ def _when(at: float) -> str:
     return datetime.fromtimestamp(at).isoformat(sep=" ", timespec="seconds") if at else ""
 
 
+def _json_option(f: Callable[..., None]) -> Callable[..., None]:
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print JSON (schema: docs/operating.md).")(f)
+
+
+def _echo_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _pending_json(p: pb.PendingReview) -> dict[str, object]:
+    return {"experiment": p.experiment, "submitter": p.submitter, "flow": p.flow_class,
+            "digest": p.digest, "since": p.since}
+
+
+def decision_json(d: pb.Decision) -> dict[str, object]:
+    """A review decision as JSON (``fx ... review log --json``)."""
+    return {"at": d.at or None, "experiment": d.experiment, "submitter": d.submitter,
+            "participant": d.participant, "approved": d.approved, "decided_by": d.decided_by,
+            "reason": d.reason, "digest": d.digest}
+
+
 def _commands(workdir_of: Callable[[click.Context], Path]) -> list[click.Command]:
     """The review subcommands, for a node whose work folder ``workdir_of`` finds."""
 
     @click.command("list")
+    @_json_option
     @click.pass_context
-    def list_pending(ctx: click.Context) -> None:
+    def list_pending(ctx: click.Context, as_json: bool) -> None:
         """Experiments waiting for this node's decision."""
         reply = _call(workdir_of(ctx), lambda s: s.Pending(pb.PendingRequest(), timeout=10))
+        if as_json:
+            _echo_json({"pending": [_pending_json(p) for p in reply.pending]})
+            return
         table = Table(title="awaiting review", title_justify="left")
         for column in ("experiment", "submitter", "flow", "package sha256", "since"):
             table.add_column(column)
@@ -76,12 +102,22 @@ def _commands(workdir_of: Callable[[click.Context], Path]) -> list[click.Command
 
     @click.command("show")
     @click.argument("experiment")
+    @_json_option
     @click.pass_context
-    def show(ctx: click.Context, experiment: str) -> None:
+    def show(ctx: click.Context, experiment: str, as_json: bool) -> None:
         """The plan of EXPERIMENT: steps, what is sent, initial state, source, requirements."""
-        reply = _call(workdir_of(ctx),
-                      lambda s: s.Show(pb.ShowRequest(experiment=experiment), timeout=10))
-        click.echo(reply.text)
+
+        def plan(stub: rpc.ReviewStub) -> tuple[pb.ShowReply, pb.PendingReply]:
+            return (stub.Show(pb.ShowRequest(experiment=experiment), timeout=10),
+                    stub.Pending(pb.PendingRequest(), timeout=10))
+
+        reply, pending = _call(workdir_of(ctx), plan)
+        if as_json:
+            found = [p for p in pending.pending if p.experiment == experiment]
+            head = _pending_json(found[0]) if found else {"experiment": experiment}
+            _echo_json({**head, "plan": reply.text})
+        else:
+            click.echo(reply.text)
 
     def decide(ctx: click.Context, experiment: str, approve: bool, reason: str,
                digest: str) -> None:
@@ -109,12 +145,16 @@ def _commands(workdir_of: Callable[[click.Context], Path]) -> list[click.Command
         decide(ctx, experiment, False, reason, "")
 
     @click.command("log")
+    @_json_option
     @click.pass_context
-    def history(ctx: click.Context) -> None:
+    def history(ctx: click.Context, as_json: bool) -> None:
         """Every decision this node made (read from its log; the node need not run)."""
         from fedloom.federation.review.desk import LOG_FILE
 
         decisions = ReviewLog(workdir_of(ctx) / LOG_FILE).decisions()
+        if as_json:
+            _echo_json({"decisions": [decision_json(d) for d in decisions]})
+            return
         table = Table(title="decisions", title_justify="left")
         for column in ("at", "experiment", "submitter", "decision", "by", "reason", "package"):
             table.add_column(column)
