@@ -176,10 +176,13 @@ _attach_pki()
 
 
 def _attach_review() -> None:
+    from fedloom.federation.node_cli import director_status, envoy_status
     from fedloom.federation.review.cli import director_review, envoy_review
 
     director.add_command(director_review)
     envoy.add_command(envoy_review)
+    director.add_command(director_status)
+    envoy.add_command(envoy_status)
 
 
 @main.group()

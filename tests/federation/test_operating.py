@@ -7,6 +7,7 @@ import json
 import re
 import socket
 import subprocess
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,17 @@ from fedloom import FedloomError
 from fedloom.federation.localhost import LocalFederation
 from fedloom.runtime.federated import FederatedRuntime
 from tests.federation.flows import FedAvgFlow
-from tests.federation.nodes import ENV, FX, Node, federation, fx
+from tests.federation.nodes import (
+    ENV,
+    FX,
+    Node,
+    envoy_config,
+    experiment_processes,
+    federation,
+    fx,
+    lone_envoy,
+    unused_port,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -42,18 +53,18 @@ def fx_json(fed: LocalFederation, *args: str, user: str = "alice") -> Any:
 
 
 def submit(pool: ThreadPoolExecutor, fed: LocalFederation, collaborators: list[str],
-           **flow_args: object) -> tuple[Future[FedAvgFlow], str]:
+           user: str = "alice", **flow_args: object) -> tuple[Future[FedAvgFlow], str]:
     """A flow run in the background, and its experiment's id (from the director's log)."""
 
     def run() -> FedAvgFlow:
         flow = FedAvgFlow(**flow_args)
-        flow.runtime = FederatedRuntime(collaborators, director=fed.director_info("alice"))
+        flow.runtime = FederatedRuntime(collaborators, director=fed.director_info(user))
         flow.run()
         return flow
 
     future = pool.submit(run)
     names = re.escape(repr(collaborators))
-    found = fed.director.wait_for(rf"experiment (\S+) submitted by 'alice' for {names}")
+    found = fed.director.wait_for(rf"experiment (\S+) submitted by '{user}' for {names}")
     return future, found.group(1)
 
 
@@ -182,3 +193,78 @@ def test_exit_codes_unreachable_is_1_usage_is_2(tmp_path: Path):
     no_files = fx(["experiment", "list", "-dh", "127.0.0.1", "-dp", port], tmp_path)
     assert no_files.returncode == 2 and "TLS is the default" in no_files.stderr
     assert fx(["experiment", "show"], tmp_path).returncode == 2
+
+
+def test_the_admins_see_what_their_nodes_run(tmp_path: Path):
+    from fedloom.federation.pki import describe_certificate_file
+
+    with socket.create_server(("127.0.0.1", 0)) as server, ThreadPoolExecutor(2) as pool, \
+            federation(tmp_path, {"envoy_one": 1.0, "New York": 3.0},
+                       health_check_period=3) as fed:
+        server.settimeout(60)
+        held, running_id = submit(pool, fed, ["New York"], rounds=1, hold_on="New York",
+                                  hold_port=server.getsockname()[1])
+        hold, _ = server.accept()
+        waiting, waiting_id = submit(pool, fed, ["ghost"], user="mallory", rounds=1)
+        fed.director.wait_for(rf"experiment {re.escape(waiting_id)}: waiting for envoys ghost")
+
+        status = json.loads(fx(["director", "status", "--json"], tmp_path).stdout)
+        assert (status["role"], status["running"]) == ("director", True)
+        assert status["pid"] == fed.director.process.pid
+        assert status["address"] == f"127.0.0.1:{fed.port}"
+        envoys = {e["name"]: e for e in status["envoys"]}
+        new_york = envoys["New York"]
+        assert new_york["online"] and new_york["experiment"] == running_id
+        assert new_york["address"].startswith("ipv4:127.0.0.1:")
+        assert time.time() - new_york["last_seen"] < 30
+        assert new_york["since"] <= new_york["last_seen"]
+        cert = describe_certificate_file(fed.certs[("envoy", "New York")][0])
+        assert new_york["cert_expiry"] == pytest.approx(cert.not_after.timestamp())
+        assert envoys["envoy_one"]["experiment"] == ""
+        phases = {e["id"]: (e["submitter"], e["phase"]) for e in status["experiments"]}
+        assert phases == {running_id: ("alice", "running"), waiting_id: ("mallory", "waiting")}
+        assert status["settings"]["max_queued_per_user"] == 32
+        assert status["settings"]["envoy_health_check_period"] == 3
+        assert status["settings"]["review_timeout"] is None
+        text = fx(["director", "status"], tmp_path).stdout
+        for shown in (running_id, waiting_id, "mallory", "New York", "ipv4:127.0.0.1:",
+                      "max_queued_per_user=32"):
+            assert shown in text
+
+        envoy = json.loads(fx(["envoy", "status", "-n", "New York", "--json"], tmp_path).stdout)
+        assert envoy["pid"] == fed.envoys["New York"].process.pid
+        assert envoy["connection"]["state"] == "connected"
+        assert envoy["director"] == f"127.0.0.1:{fed.port}"
+        [running] = envoy["experiments"]
+        assert (running["id"], running["phase"], running["alive"], running["last_step"]) == (
+            running_id, "running", True, "train")
+        assert running["pid"] in experiment_processes(fed.envoys["New York"].process.pid)
+        text = fx(["envoy", "status", "-n", "New York"], tmp_path).stdout
+        assert "connected since" in text and running_id in text
+
+        # an envoy the director refused: stopped, with why
+        refused = fed.start_envoy("Bergen", envoy_config("Bergen", 2.0), cert_name="envoy_one")
+        refused.read_all(timeout=60)
+        gone = fx(["envoy", "status", "-n", "Bergen", "--json"], tmp_path)
+        assert gone.returncode == 1 and "envoy 'Bergen' is not running" in gone.stderr
+        last = json.loads(gone.stdout)
+        assert last["running"] is False and "refused envoy 'Bergen'" in last["error"]
+
+        FederatedRuntime(director=fed.director_info("mallory")).cancel(waiting_id)
+        with pytest.raises(FedloomError, match="cancelled by the user"):
+            waiting.result(timeout=60)
+        hold.close()
+        held.result(timeout=60)
+
+    # an envoy whose director is away: retrying, since when, and why
+    with unused_port() as nowhere:
+        lone = lone_envoy(tmp_path, "Oslo", nowhere)
+        try:
+            lone.wait_for(r"retrying in")
+            envoy = json.loads(fx(["envoy", "status", "-n", "Oslo", "--json"], tmp_path).stdout)
+            assert envoy["connection"]["state"] == "retrying"
+            assert f"127.0.0.1:{nowhere}" in envoy["connection"]["error"]
+        finally:
+            lone.stop()
+    stopped = fx(["director", "status"], tmp_path)
+    assert stopped.returncode == 1 and "no running node" in stopped.stderr

@@ -622,3 +622,37 @@ def peer_kind(context: grpc.ServicerContext) -> str | None:
     """``director``/``envoy``/``user`` from the calling client's certificate; None on a
     plaintext connection or for a certificate fedloom did not issue."""
     return _peer_identity(context)[1]
+
+
+def peer_not_after(context: grpc.ServicerContext) -> float | None:
+    """When the calling client's certificate expires (seconds since the epoch), as mutual TLS
+    verified it; None on a plaintext connection."""
+    auth = context.auth_context() or {}
+    pems = auth.get("x509_pem_cert") or []
+    return _not_after(bytes(pems[0])) if pems else None
+
+
+@functools.lru_cache(maxsize=256)
+def _not_after(cert_pem: bytes) -> float | None:
+    try:
+        return _parse_pem_certificate(cert_pem).not_valid_after_utc.timestamp()
+    except PkiError:
+        return None
+
+
+def expires_soon(path: Path, days: int = 30) -> str:
+    """A warning when the certificate in ``path`` expires within ``days`` (or has expired);
+    '' otherwise (or when it cannot be read: loading it says why)."""
+    try:
+        info = describe_certificate_file(path)
+    except PkiError:
+        return ""
+    left = info.not_after - datetime.now(timezone.utc)
+    if left > timedelta(days=days):
+        return ""
+    when = f"{info.not_after:%Y-%m-%d %H:%M} UTC"
+    if left.total_seconds() <= 0:
+        return f"the certificate {path} ('{info.name}') expired on {when}"
+    return (f"the certificate {path} ('{info.name}') expires on {when}, in {left.days} days: "
+            f"issue a new one (fx pki issue --kind {info.kind or '...'} --name '{info.name}' "
+            f"--force) and restart with it before then")

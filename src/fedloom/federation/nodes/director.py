@@ -59,6 +59,7 @@ class EnvoyLink:
     since: float = field(default_factory=time.time)  # online (or offline) since
     experiment: str = ""
     lost_reason: str = "disconnected"
+    cert_expiry: float | None = None  # its certificate's not-after, when TLS tells it
 
 
 @dataclass
@@ -106,6 +107,8 @@ class Director:
                                config.review_timeout)
         self.outbox = bulk.Outbox()  # large chain states, until their envoys pull them
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.started_at = time.time()
+        self.port = 0  # where it listens, once started
         self._server: grpc.aio.Server | None = None
         self._review_server: LocalReviewServer | None = None
         self._stopped = threading.Event()
@@ -162,6 +165,7 @@ class Director:
 
     async def _open(self) -> int:
         from fedloom.federation.nodes.director_service import DirectorService
+        from fedloom.federation.nodes.status import DirectorNode
 
         if self.store is None:
             self.workdir.mkdir(parents=True, exist_ok=True)
@@ -169,8 +173,10 @@ class Director:
         self._recover()
         endpoint = transport.Endpoint(self.config.listen_host, self.config.listen_port)
         self._server, port = transport.new_aio_server(self.credentials, endpoint)
+        self.port = port
         DirectorService(self).add_to(self._server)
-        self._review_server = LocalReviewServer(self.desk, self.workdir)
+        self._review_server = LocalReviewServer(self.desk, self.workdir,
+                                                node=DirectorNode(self))
         self._review_server.start()
         await self._server.start()
         asyncio.get_running_loop().create_task(self._watch_health())
@@ -208,16 +214,17 @@ class Director:
         silent = time.time() - link.last_seen
         return link.online and silent < MISSED_HEALTH_CHECKS * self.config.envoy_health_check_period
 
-    def register(self, name: str, instance: str, address: str) -> EnvoyLink:
+    def register(self, name: str, instance: str, address: str,
+                 cert_expiry: float | None = None) -> EnvoyLink:
         """A (re)connected envoy; the caller checked no live twin holds the name."""
         old = self.envoys.get(name)
-        link = EnvoyLink(name, uuid.uuid4().hex, instance, address)
+        link = EnvoyLink(name, uuid.uuid4().hex, instance, address, cert_expiry=cert_expiry)
         if old is not None:  # a restarted envoy replaces its old connection
             self._drop_link(old, "reconnected (its collaborator did not survive)")
         self.envoys[name] = link
         self.sessions[link.session] = link
         assert self.store is not None
-        self.store.envoy_registered(name, address, link.since)
+        self.store.envoy_registered(name, address, link.since, cert_expiry)
         # Back while an experiment it belongs to runs: it is offered that one again.
         running = next((e for e in self.experiments.values()
                         if e.status == "running" and name in e.collaborators), None)

@@ -28,7 +28,7 @@ from fedloom.federation.nodes.director import (
 from fedloom.federation.nodes.limits import Hold, LimitExceeded
 from fedloom.federation.nodes.views import experiment_info
 from fedloom.federation.package import ExperimentPackage
-from fedloom.federation.pki import peer_kind, peer_name
+from fedloom.federation.pki import peer_kind, peer_name, peer_not_after
 from fedloom.federation.store import ExperimentRecord
 from fedloom.federation.transport import bulk
 from fedloom.federation.transport.lenient import Collector, lenient
@@ -80,7 +80,7 @@ class DirectorService(rpc.DirectorServicer):
                          f"envoy '{name}' is already connected from {old.address} and answers "
                          "its health checks: stop that process (or give this one its own "
                          "name and certificate); this one is accepted once the other is gone")
-        link = self.d.register(name, request.instance, context.peer())
+        link = self.d.register(name, request.instance, context.peer(), peer_not_after(context))
         return pb.RegisterReply(session=link.session,
                                 health_check_period=self.d.config.envoy_health_check_period)
 

@@ -68,6 +68,8 @@ class RunningExperiment:
     ended: threading.Event = field(default_factory=threading.Event)
     failed: bool = False  # its failure was reported (once)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    last_step: str = ""  # the step it was last given, and when
+    last_step_at: float = 0.0
 
     def report_once(self) -> bool:
         """True the first time only: a process reported as failed is not reported again."""
@@ -100,16 +102,39 @@ class Envoy:
         self._session = ""
         self.desk = ReviewDesk(config.name, config.review_experiment, workdir,
                                config.review_timeout)
+        self.started_at = time.time()
+        # Its connection to the director, for fx envoy status: connecting, connected, retrying
+        # (since the first failure in a row, and why), stopped (and why).
+        self.connection, self.connection_since, self.connection_error = \
+            "connecting", time.time(), ""
 
     def run(self) -> None:
         """Serve until :meth:`stop`; reconnects (with back-off) whenever the director is away.
-        Meanwhile ``fx envoy review`` reaches this envoy's review desk."""
-        review_server = LocalReviewServer(self.desk, self._workdir)
+        Meanwhile ``fx envoy review`` and ``fx envoy status`` reach this envoy on its local
+        socket; when it stops for good, why is kept in ``last-stop.json`` in its work folder."""
+        from fedloom.federation.nodes.status import EnvoyNode, write_last_stop
+
+        review_server = LocalReviewServer(self.desk, self._workdir, node=EnvoyNode(self))
         review_server.start()
+        error = ""
         try:
             self._serve()
+        except BaseException as exc:
+            error = str(exc) if isinstance(exc, FedloomError) else ""
+            raise
         finally:
+            self._connected("stopped", error)
+            write_last_stop(self._workdir, error)
             review_server.stop()
+
+    def experiments_now(self) -> list[RunningExperiment]:
+        """Its experiments now (in review, or with a collaborator process)."""
+        return list(self._experiments.values())
+
+    def _connected(self, state: str, error: str = "") -> None:
+        if state != self.connection:
+            self.connection_since = time.time()
+        self.connection, self.connection_error = state, error
 
     def _serve(self) -> None:
         attempt = 0
@@ -138,6 +163,7 @@ class Envoy:
             self._end_all("the envoy lost its connection to the director")
             if self._stop.is_set():
                 break
+            self._connected("retrying", why)
             delay = RECONNECT_SECONDS[min(attempt, len(RECONNECT_SECONDS) - 1)]
             log.warning("envoy '%s': %s; retrying in %g s", self.config.name, why, delay)
             self._stop.wait(delay)
@@ -166,6 +192,7 @@ class Envoy:
                 raise
             self._doubt = ""
             self._registered = True
+            self._connected("connected")
             self._session = reply.session
             self._health_period = max(reply.health_check_period, 0.2)
             log.info("envoy '%s' registered with the director at %s", self.config.name,
@@ -322,6 +349,7 @@ class Envoy:
         running = self._experiments.get(experiment_id)
         if running is None or running.conn is None:
             return
+        running.last_step, running.last_step_at = chain.step, time.time()
         frame = self._pull(running, chain) if chain.bulk_bytes else \
             self._assemble(running, chain)
         if frame is None:

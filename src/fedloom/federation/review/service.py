@@ -66,12 +66,17 @@ class ReviewServicer(rpc.ReviewServicer):
 class LocalReviewServer:
     """Serves a desk on a private Unix socket while the node runs."""
 
-    def __init__(self, desk: ReviewDesk, workdir: Path) -> None:
+    def __init__(self, desk: ReviewDesk, workdir: Path,
+                 node: rpc.NodeServicer | None = None) -> None:
+        """``node``: the node's status (fx director status, fx envoy status), on the same
+        socket."""
         self._address_file = workdir / ADDRESS_FILE
         self._folder = _socket_folder(workdir)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4,
                                                               thread_name_prefix="fedloom-review"))
         rpc.add_ReviewServicer_to_server(ReviewServicer(desk), self._server)
+        if node is not None:
+            rpc.add_NodeServicer_to_server(node, self._server)
         self.address = f"unix:{self._folder / SOCKET_NAME}"
         if not self._server.add_insecure_port(self.address):
             raise FedloomError(f"cannot open the review socket {self.address}")
@@ -117,6 +122,13 @@ def _clear_leftovers(workdir: Path) -> None:
 
 def review_stub(workdir: Path) -> tuple[grpc.Channel, rpc.ReviewStub]:
     """A client of the running node whose work folder is ``workdir``."""
+    channel = local_channel(workdir)
+    return channel, rpc.ReviewStub(channel)
+
+
+def local_channel(workdir: Path) -> grpc.Channel:
+    """A channel to the local socket of the running node whose work folder is ``workdir``
+    (its Review and Node services)."""
     address_file = workdir / ADDRESS_FILE
     if not address_file.is_file():
         raise FedloomError(f"no running node has its work folder at {workdir} (no "
@@ -129,4 +141,4 @@ def review_stub(workdir: Path) -> tuple[grpc.Channel, rpc.ReviewStub]:
         channel.close()
         raise FedloomError(f"the node with work folder {workdir} does not answer; is it "
                            "still running?") from None
-    return channel, rpc.ReviewStub(channel)
+    return channel

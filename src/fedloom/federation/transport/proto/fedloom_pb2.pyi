@@ -427,3 +427,91 @@ class HistoryReply(_message.Message):
     DECISIONS_FIELD_NUMBER: _ClassVar[int]
     decisions: _containers.RepeatedCompositeFieldContainer[Decision]
     def __init__(self, decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ("ended",)
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    ended: int
+    def __init__(self, ended: _Optional[int] = ...) -> None: ...
+
+class EnvoyState(_message.Message):
+    __slots__ = ("name", "online", "since", "address", "last_seen", "experiment", "cert_expiry", "first_seen")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ONLINE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    CERT_EXPIRY_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    online: bool
+    since: float
+    address: str
+    last_seen: float
+    experiment: str
+    cert_expiry: float
+    first_seen: float
+    def __init__(self, name: _Optional[str] = ..., online: _Optional[bool] = ..., since: _Optional[float] = ..., address: _Optional[str] = ..., last_seen: _Optional[float] = ..., experiment: _Optional[str] = ..., cert_expiry: _Optional[float] = ..., first_seen: _Optional[float] = ...) -> None: ...
+
+class DirectorState(_message.Message):
+    __slots__ = ("address", "envoys", "experiments", "settings_json")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ENVOYS_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_JSON_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    envoys: _containers.RepeatedCompositeFieldContainer[EnvoyState]
+    experiments: _containers.RepeatedCompositeFieldContainer[ExperimentInfo]
+    settings_json: str
+    def __init__(self, address: _Optional[str] = ..., envoys: _Optional[_Iterable[_Union[EnvoyState, _Mapping]]] = ..., experiments: _Optional[_Iterable[_Union[ExperimentInfo, _Mapping]]] = ..., settings_json: _Optional[str] = ...) -> None: ...
+
+class CollaboratorState(_message.Message):
+    __slots__ = ("experiment", "phase", "pid", "alive", "exit_code", "last_step", "last_step_at")
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    ALIVE_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    LAST_STEP_FIELD_NUMBER: _ClassVar[int]
+    LAST_STEP_AT_FIELD_NUMBER: _ClassVar[int]
+    experiment: str
+    phase: str
+    pid: int
+    alive: bool
+    exit_code: int
+    last_step: str
+    last_step_at: float
+    def __init__(self, experiment: _Optional[str] = ..., phase: _Optional[str] = ..., pid: _Optional[int] = ..., alive: _Optional[bool] = ..., exit_code: _Optional[int] = ..., last_step: _Optional[str] = ..., last_step_at: _Optional[float] = ...) -> None: ...
+
+class EnvoyNodeState(_message.Message):
+    __slots__ = ("director", "connection", "since", "error", "experiments")
+    DIRECTOR_FIELD_NUMBER: _ClassVar[int]
+    CONNECTION_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
+    director: str
+    connection: str
+    since: float
+    error: str
+    experiments: _containers.RepeatedCompositeFieldContainer[CollaboratorState]
+    def __init__(self, director: _Optional[str] = ..., connection: _Optional[str] = ..., since: _Optional[float] = ..., error: _Optional[str] = ..., experiments: _Optional[_Iterable[_Union[CollaboratorState, _Mapping]]] = ...) -> None: ...
+
+class NodeStatus(_message.Message):
+    __slots__ = ("role", "name", "pid", "started_at", "version", "director", "envoy")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DIRECTOR_FIELD_NUMBER: _ClassVar[int]
+    ENVOY_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    name: str
+    pid: int
+    started_at: float
+    version: str
+    director: DirectorState
+    envoy: EnvoyNodeState
+    def __init__(self, role: _Optional[str] = ..., name: _Optional[str] = ..., pid: _Optional[int] = ..., started_at: _Optional[float] = ..., version: _Optional[str] = ..., director: _Optional[_Union[DirectorState, _Mapping]] = ..., envoy: _Optional[_Union[EnvoyNodeState, _Mapping]] = ...) -> None: ...

@@ -684,3 +684,75 @@ class Review:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class NodeStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Status = channel.unary_unary(
+                '/fedloom.v1.Node/Status',
+                request_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.StatusRequest.SerializeToString,
+                response_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.NodeStatus.FromString,
+                _registered_method=True)
+
+
+class NodeServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Status(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_NodeServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.StatusRequest.FromString,
+                    response_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.NodeStatus.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fedloom.v1.Node', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fedloom.v1.Node', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Node:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedloom.v1.Node/Status',
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.StatusRequest.SerializeToString,
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.NodeStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
