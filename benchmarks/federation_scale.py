@@ -546,7 +546,8 @@ def part_real(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: 
         table.add_row(f"{args.rounds}-round flow over all {n}, run() to return",
                       f"{several.seconds:.1f} s", f"1-round run: {one.seconds:.1f} s; the "
                       f"difference per extra round: "
-                      f"{ms((several.seconds - one.seconds) / max(args.rounds - 1, 1))}")
+                      f"{ms((several.seconds - one.seconds) / max(args.rounds - 1, 1))} "
+                      "(start-up time varies between runs: the joins tell better)")
         table.add_row("round latency: between successive joins (director's clock)",
                       f"median {ms(float(np.median(later)))}",
                       f"min {ms(float(later.min()))}, max {ms(float(later.max()))}; first round "
@@ -723,7 +724,7 @@ def part_sim(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: t
                   f"{len(soak_trouble)} / {len(flow_trouble)}",
                   excerpt(soak_trouble + flow_trouble))
     sim_rss = sum(rss_mb(p) for p in fleet.pids())
-    keep_log(args, "part2-director.log", director)
+    keep_log(args, f"part2-{period:g}s-director.log", director)
     procs.stop([*fleet.nodes, director])
     console.print(table)
     console.print(
