@@ -40,7 +40,7 @@ from fedloom.stragglers import (
     policy_for,
     simulated_failure,
 )
-from fedloom.tasks import FlowJob, TaskRecord, TaskRecorder, run_task
+from fedloom.tasks import FlowJob, TaskRecord, TaskRecorder, execute_step, run_task
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,8 @@ class CollaboratorSite:
         self.kept = {}
         state.update(received)
         leaks = self._leak_check(job)
+        # In this process and not checkpointing, a task is just its step (no record to make).
+        plain = self.in_process and not job.record_tasks
         records: list[TaskRecord] = []
         held_back: State = {}  # filtered out between collaborator steps: stays with us
         try:
@@ -158,11 +160,16 @@ class CollaboratorSite:
                 if step in job.retries:
                     state, transition, record = self._attempts(job, step, state, records, given,
                                                                leaks)
+                elif plain:
+                    state, transition = execute_step(job, step, state, self.private, self.name,
+                                                     given=given, leaks=leaks)
+                    record = None
                 else:
                     state, transition, record = run_task(job, step, state, self.private,
                                                          self.name, live=self.in_process,
                                                          given=given, leaks=leaks)
-                given = given or Given()  # what one step leaves was checked
+                if given is None:
+                    given = Given()  # what one step leaves was checked
                 if record is not None:
                     records.append(record)
                 target = job.graph.steps.get(transition.step)
@@ -335,8 +342,9 @@ class FlowEngine:
                 from err
         results = [o for o in outcomes if isinstance(o, ChainResult)]
         dropped = [o for o in outcomes if isinstance(o, Dropped)]
-        for outcome in outcomes:
-            self._record(outcome.tasks)
+        if self.recorder is not None:
+            for outcome in outcomes:
+                self._record(outcome.tasks)
         if dropped:
             self._check_enough(transition.step, policy, len(names), results, dropped)
         join = _common_join(results, transition.step)
@@ -366,7 +374,7 @@ class FlowEngine:
         if isinstance(names, str) or not isinstance(names, Sequence) or \
                 not all(isinstance(n, str) for n in names):
             raise fail(f"foreach='{attr}' must hold a list of collaborator names, got {names!r}")
-        known = set(self.job.collaborators)
+        known = self.job.public_texts  # the collaborators' names
         unknown = [n for n in names if n not in known]
         if unknown:
             raise fail(f"foreach='{attr}' names {unknown}, which are not collaborators of this "

@@ -184,9 +184,11 @@ def _copier_for(value: Any) -> Copier | None:
     if _is_plain_ndarray(value):
         return _copy_array
     if isinstance(value, list | dict | set) and type(value) in (list, dict, set):
-        items = value.values() if isinstance(value, dict) else value
-        if all(_is_immutable(v) for v in items):
-            return _copy_flat  # e.g. the list of collaborator names: no deepcopy per element
+        groups = (value.keys(), value.values()) if isinstance(value, dict) else (value,)
+        # Keys too: a flat copy shares them, and the leak check counts on them not changing.
+        if all(_ATOM_TYPES.issuperset(map(type, group)) or  # in C, e.g. the N names
+               all(_is_immutable(v) for v in group) for group in groups):
+            return _copy_flat  # no deepcopy per element
     return copy.deepcopy
 
 
