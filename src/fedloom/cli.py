@@ -176,13 +176,20 @@ _attach_pki()
 
 
 def _attach_review() -> None:
-    from fedloom.federation.node_cli import director_status, envoy_status
+    from fedloom.federation.node_cli import (
+        director_status,
+        director_stop,
+        envoy_status,
+        envoy_stop,
+    )
     from fedloom.federation.review.cli import director_review, envoy_review
 
     director.add_command(director_review)
     envoy.add_command(envoy_review)
     director.add_command(director_status)
     envoy.add_command(envoy_status)
+    director.add_command(director_stop)
+    envoy.add_command(envoy_stop)
 
 
 @main.group()
@@ -209,6 +216,7 @@ def director_start(config_path: str, disable_tls: bool, root_certificate: str | 
     config = _or_exit(lambda: _load_config(config_path))
     files = _tls_files(disable_tls, root_certificate, private_key, certificate)
     credentials = _or_exit(lambda: server_credentials(files)) if files else None
+    _warn_if_expiring(files)
     node = Director(config, credentials, director_workdir())
     _prompt_on_console(node.desk)
     port = _or_exit(node.start)
@@ -252,6 +260,7 @@ def envoy_start(name: str, config_path: str, director_host: str, director_port: 
     _or_exit(lambda: check_envoy_config(config))
     files = _tls_files(disable_tls, root_certificate, private_key, certificate)
     credentials = _or_exit(lambda: channel_credentials(files)) if files else None
+    _warn_if_expiring(files)
     node = Envoy(config, Endpoint(director_host, director_port), credentials,
                  envoy_workdir(name), tls_files=files)
     _prompt_on_console(node.desk)
@@ -261,6 +270,21 @@ def envoy_start(name: str, config_path: str, director_host: str, director_port: 
         _or_exit(node.run)
     except KeyboardInterrupt:
         node.stop()
+
+
+CERTIFICATE_WARNING_DAYS = 30
+
+
+def _warn_if_expiring(files: Any) -> None:
+    """A node whose certificate ends soon says so when it starts (it stops being trusted
+    then, and peers refuse it)."""
+    if files is None:
+        return
+    from fedloom.federation.pki import expires_soon
+
+    warning = expires_soon(files.cert, CERTIFICATE_WARNING_DAYS)
+    if warning:
+        logging.getLogger("fedloom.cli").warning("%s", warning)
 
 
 def _interrupt_on_sigterm() -> None:

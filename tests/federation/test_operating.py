@@ -71,7 +71,7 @@ def submit(pool: ThreadPoolExecutor, fed: LocalFederation, collaborators: list[s
 def test_a_user_sees_follows_and_cancels_their_experiments_and_nobody_elses(tmp_path: Path):
     envoys = {"envoy_one": 1.0, "New York": 3.0, "Oslo": 2.0}
     with socket.create_server(("127.0.0.1", 0)) as server, ThreadPoolExecutor(4) as pool, \
-            federation(tmp_path, envoys, reviewing_envoys=["Oslo"], health_check_period=3,
+            federation(tmp_path, envoys, reviewing_envoys=["Oslo"], health_check_period=5,
                        settings={"visibility": "activity"}) as fed:
         server.settimeout(60)
         alice = FederatedRuntime(director=fed.director_info("alice"))
@@ -268,3 +268,68 @@ def test_the_admins_see_what_their_nodes_run(tmp_path: Path):
             lone.stop()
     stopped = fx(["director", "status"], tmp_path)
     assert stopped.returncode == 1 and "no running node" in stopped.stderr
+
+
+def test_stop_cancels_what_runs_says_why_and_keeps_the_record(tmp_path: Path):
+    from tests.federation.test_director_service import restart_director
+
+    with socket.create_server(("127.0.0.1", 0)) as server, ThreadPoolExecutor(2) as pool, \
+            federation(tmp_path, {"envoy_one": 1.0, "New York": 3.0},
+                       health_check_period=3) as fed:
+        server.settimeout(60)
+        port = server.getsockname()[1]
+        held, running_id = submit(pool, fed, ["New York"], rounds=1, hold_on="New York",
+                                  hold_port=port)
+        hold, _ = server.accept()
+        with hold:
+            stopped = fx(["director", "stop"], tmp_path)
+            assert stopped.returncode == 0, stopped.stderr
+            assert f"director stopped (pid {fed.director.process.pid})" in stopped.stdout
+            with pytest.raises(FedloomError, match=r"the director is stopping"):
+                held.result(timeout=60)
+        assert fed.director.process.wait(timeout=30) == 0
+        fed.director.wait_for(rf"experiment {re.escape(running_id)} cancelled: the director "
+                              r"is stopping")
+
+        restart_director(fed, tmp_path)  # what it recorded before is what users see
+        shown = fx_json(fed, "experiment", "show", running_id)
+        assert (shown["phase"], shown["reason"]) == ("cancelled", "the director is stopping")
+        for name in ("envoy_one", "New York"):
+            fed.director.wait_for(rf"envoy '{name}' registered")
+
+        # an envoy stopping mid-run says so to the director, and its submitter hears it
+        held, running_id = submit(pool, fed, ["New York"], rounds=1, hold_on="New York",
+                                  hold_port=port)
+        hold, _ = server.accept()
+        with hold:
+            stopped = fx(["envoy", "stop", "-n", "New York"], tmp_path)
+            assert stopped.returncode == 0, stopped.stderr
+            with pytest.raises(FedloomError, match=r"envoy 'New York' is stopping"):
+                held.result(timeout=60)
+        assert fed.envoys["New York"].process.wait(timeout=30) == 0
+
+        # without its socket, an envoy is stopped by the pid in its node.lock (SIGTERM)
+        (tmp_path / ".fedloom" / "envoy" / "envoy_one" / "review.address").unlink()
+        stopped = fx(["envoy", "stop", "-n", "envoy_one"], tmp_path)
+        assert stopped.returncode == 0, stopped.stderr
+        assert fed.envoys["envoy_one"].process.wait(timeout=30) == 0
+        gone = fx(["envoy", "status", "-n", "envoy_one"], tmp_path)
+        assert gone.returncode == 1 and "it stopped at" in gone.stderr
+        assert "error" not in gone.stderr.split("it stopped at")[1]
+        again = fx(["envoy", "stop", "-n", "envoy_one"], tmp_path)
+        assert again.returncode == 1 and "envoy 'envoy_one' is not running" in again.stderr
+
+
+def test_a_node_whose_certificate_ends_within_30_days_warns_at_start(tmp_path: Path):
+    from fedloom.federation.pki import create_ca, issue_certificate
+
+    ca = create_ca(tmp_path / "pki")
+    paths = issue_certificate(tmp_path / "pki", "envoy", "Oslo", days=10)
+    with unused_port() as nowhere:
+        envoy = lone_envoy(tmp_path, "Oslo", nowhere,
+                           ["-rc", str(ca.cert), "-pk", str(paths.key), "-oc", str(paths.cert)])
+        try:
+            envoy.wait_for(r"the certificate \S+envoy-Oslo\.crt \('Oslo'\) expires on "
+                           r"\S+ \S+ UTC, in 9 days: issue a new one")
+        finally:
+            envoy.stop()

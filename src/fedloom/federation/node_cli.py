@@ -194,3 +194,77 @@ def envoy_status(name: str, workdir: Path | None, as_json: bool) -> None:
                       str(x.pid or ""), ("yes" if x.alive else "no") if x.pid else "",
                       x.last_step, when(x.last_step_at))
     out.print(table if state.experiments else "no experiment", markup=False)
+
+
+# -- stopping ------------------------------------------------------------------------------------
+
+def stop_node(workdir: Path, what: str, timeout: float) -> int:
+    """Stops the node running with ``workdir`` gracefully (through its local socket, else by
+    SIGTERM to the pid in its ``node.lock``) and waits until it is gone; returns its pid."""
+    import os
+    import signal
+
+    import grpc
+
+    from fedloom.federation.nodes import nodelock
+    from fedloom.federation.review.service import local_channel
+    from fedloom.federation.transport.proto import fedloom_pb2_grpc as rpc
+
+    pid = nodelock.holder(workdir)
+    if pid is None:
+        raise click.ClickException(f"{what} is not running with the work folder {workdir}")
+    try:
+        channel = local_channel(workdir)
+    except FedloomError:  # no socket (yet, or any more): the signal a service manager sends
+        channel = None
+    asked = False
+    if channel is not None:
+        with channel:
+            try:
+                stub = rpc.NodeStub(channel)  # type: ignore[no-untyped-call]
+                stub.Stop(pb.StopRequest(), timeout=10)
+                asked = True
+            except grpc.RpcError:
+                pass  # it may be going already; the signal below is the same request
+    if not asked:
+        if not pid:
+            raise click.ClickException(f"{what} holds {workdir / nodelock.LOCK_FILE} but its "
+                                       "pid is not in it; stop it with its service manager")
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return pid
+    deadline = time.monotonic() + timeout
+    while nodelock.holder(workdir) is not None:
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"{what} (pid {pid}) is still running {timeout:g} s "
+                                       "after it was asked to stop")
+        time.sleep(0.2)
+    return pid
+
+
+def _timeout_option(f: Any) -> Any:
+    return click.option("--timeout", type=click.FloatRange(min=0), default=60,
+                        show_default=True, help="Seconds to wait for the node to be gone.")(f)
+
+
+@click.command("stop")
+@_workdir_option
+@_timeout_option
+def director_stop(workdir: Path | None, timeout: float) -> None:
+    """Stop this machine's director gracefully: no new experiment starts, running ones are
+    cancelled ("the director is stopping": their submitters get that error), its state is
+    saved. The same as SIGTERM (a service manager's stop)."""
+    pid = stop_node(workdir or director_workdir(), "the director", timeout)
+    click.echo(f"director stopped (pid {pid})")
+
+
+@click.command("stop")
+@click.option("-n", "--envoy-name", "name", required=True, help="The envoy's name.")
+@_workdir_option
+@_timeout_option
+def envoy_stop(name: str, workdir: Path | None, timeout: float) -> None:
+    """Stop this machine's envoy NAME gracefully: it tells the director its experiments cannot
+    go on here, ends their collaborator processes and leaves. The same as SIGTERM."""
+    pid = stop_node(workdir or envoy_workdir(name), f"envoy '{name}'", timeout)
+    click.echo(f"envoy '{name}' stopped (pid {pid})")

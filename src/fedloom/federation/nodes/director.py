@@ -109,6 +109,7 @@ class Director:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.started_at = time.time()
         self.port = 0  # where it listens, once started
+        self.stopping = False  # no new experiment starts; running ones are being cancelled
         self._server: grpc.aio.Server | None = None
         self._review_server: LocalReviewServer | None = None
         self._stopped = threading.Event()
@@ -190,6 +191,10 @@ class Director:
                         record.id, record.submitter, record.state)
 
     async def _shutdown(self, reason: str) -> None:
+        self.stopping = True
+        log.info("the director is stopping: %d experiment(s) queued, %d started are cancelled",
+                 len(self.queue), sum(1 for e in self.experiments.values()
+                                      if e.status not in FINAL and e.id not in self.queue))
         for experiment_id in list(self.queue):
             self.cancel(self.experiments[experiment_id], reason)
         for experiment in list(self.experiments.values()):
@@ -307,6 +312,8 @@ class Director:
     def schedule(self) -> None:
         """Starts every queued experiment whose envoys are all online and free (in order of
         submission); tells the others what they wait for."""
+        if self.stopping:
+            return
         for experiment_id in list(self.queue):
             experiment = self.experiments[experiment_id]
             links = [self.envoys.get(name) for name in experiment.collaborators]

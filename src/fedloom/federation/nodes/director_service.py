@@ -209,6 +209,9 @@ class DirectorService(rpc.DirectorServicer):
 
     async def _accept(self, submitter: str, header: pb.SubmissionHeader, package: bytes,
                       context: Context) -> pb.SubmitReply:
+        if self.d.stopping:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE,
+                         "the director is stopping: submit again once it is back")
         names = list(header.collaborators)
         twice = sorted({n for n in names if names.count(n) > 1})
         if not names or twice:

@@ -202,15 +202,32 @@ class Envoy:
             stopper.start()
             threading.Thread(target=self._beat, args=(self._stub, reply, closed),
                              daemon=True, name="fedloom-heartbeat").start()
-            for item in work:
-                try:
-                    self._handle(item)
-                except (FedloomError, OSError, ValueError) as exc:  # one bad item: not fatal
-                    log.error("envoy '%s': could not handle %s for experiment %s: %s",
-                              self.config.name, item.WhichOneof("kind"), item.experiment, exc)
+            try:
+                for item in work:
+                    try:
+                        self._handle(item)
+                    except (FedloomError, OSError, ValueError) as exc:  # one bad item
+                        log.error("envoy '%s': could not handle %s for experiment %s: %s",
+                                  self.config.name, item.WhichOneof("kind"), item.experiment,
+                                  exc)
+            except KeyboardInterrupt:  # stopped (Ctrl-C, SIGTERM, fx envoy stop)
+                self._say_stopping()
+                raise
         finally:
             closed.set()
             channel.close()
+
+    def _say_stopping(self) -> None:
+        """Tells the director, while still connected, that this envoy's experiments cannot go
+        on here (else it learns only that the connection broke)."""
+        stub, why = self._stub, f"envoy '{self.config.name}' is stopping"
+        for running in list(self._experiments.values()):
+            if stub is None or running.process is None or not running.report_once():
+                continue
+            with contextlib.suppress(grpc.RpcError):
+                stub.SendReport(iter([pb.Report(
+                    session=self._session, experiment=running.id,
+                    failure=pb.Failure(kind="FlowRunError", message=why))]), timeout=5)
 
     def _register_request(self) -> pb.RegisterRequest:
         return pb.RegisterRequest(name=self.config.name, fedloom_version=__version__,

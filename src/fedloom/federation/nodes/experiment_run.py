@@ -136,7 +136,7 @@ class ExperimentRun:
         if reason:
             if not review.concluded:
                 self._fail(reason)
-                return ("cancelled" if reason.startswith("cancel") else "failed"), reason
+                return self._ending(reason), reason
             return "rejected", reason
         reason = self._check_approved()
         if reason:
@@ -159,7 +159,8 @@ class ExperimentRun:
 
     @staticmethod
     def _ending(reason: str) -> str:
-        return "cancelled" if reason.startswith("cancel") or "stopping" in reason else "failed"
+        return "cancelled" if reason.startswith(("cancel", "the director is stopping")) \
+            else "failed"
 
     def _offer(self, names: tuple[str, ...] | list[str]) -> None:
         exp = self.experiment

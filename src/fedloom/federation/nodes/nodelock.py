@@ -51,6 +51,24 @@ def acquire(workdir: Path, what: str) -> None:
     _held[workdir] = file
 
 
+def holder(workdir: Path) -> int | None:
+    """The pid of the node that holds ``workdir``'s lock now (another process), or None when
+    no node runs there."""
+    path = workdir / LOCK_FILE
+    try:
+        file = open(path, encoding="utf-8")  # noqa: SIM115 - closed below
+    except OSError:
+        return None
+    with file:
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = file.read().strip()
+            return int(text) if text.isdigit() else 0
+        fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+        return None
+
+
 def held(workdir: Path) -> bool:
     """Whether this process holds ``workdir``'s lock (so its leftovers are its own to clear)."""
     return workdir.resolve() in _held

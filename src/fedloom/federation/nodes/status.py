@@ -14,7 +14,9 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import os
+import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,13 +33,26 @@ if TYPE_CHECKING:
     from fedloom.federation.nodes.director import Director
     from fedloom.federation.nodes.envoy import Envoy
 
+log = logging.getLogger(__name__)
+
 LAST_STOP_FILE = "last-stop.json"
 DEFAULT_ENDED = 10  # ended experiments fx director status shows, the newest
+
+
+def _stop(context: grpc.ServicerContext, what: str) -> pb.Ack:
+    """Stop this node as a service manager does: SIGTERM, which the node's command turns into
+    its graceful stop (see fedloom.cli)."""
+    log.info("%s: asked to stop (fx ... stop)", what)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return pb.Ack(note="stopping")
 
 
 class DirectorNode(rpc.NodeServicer):
     def __init__(self, director: Director) -> None:
         self._director = director
+
+    def Stop(self, request: pb.StopRequest, context: grpc.ServicerContext) -> pb.Ack:
+        return _stop(context, "the director")
 
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.NodeStatus:
         loop = self._director.loop
@@ -86,6 +101,9 @@ def director_settings(director: Director) -> dict[str, Any]:
 class EnvoyNode(rpc.NodeServicer):
     def __init__(self, envoy: Envoy) -> None:
         self._envoy = envoy
+
+    def Stop(self, request: pb.StopRequest, context: grpc.ServicerContext) -> pb.Ack:
+        return _stop(context, f"envoy '{self._envoy.config.name}'")
 
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.NodeStatus:
         envoy = self._envoy

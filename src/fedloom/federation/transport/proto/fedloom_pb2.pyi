@@ -515,3 +515,7 @@ class NodeStatus(_message.Message):
     director: DirectorState
     envoy: EnvoyNodeState
     def __init__(self, role: _Optional[str] = ..., name: _Optional[str] = ..., pid: _Optional[int] = ..., started_at: _Optional[float] = ..., version: _Optional[str] = ..., director: _Optional[_Union[DirectorState, _Mapping]] = ..., envoy: _Optional[_Union[EnvoyNodeState, _Mapping]] = ...) -> None: ...
+
+class StopRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -700,6 +700,11 @@ class NodeStub:
                 request_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.StatusRequest.SerializeToString,
                 response_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.NodeStatus.FromString,
                 _registered_method=True)
+        self.Stop = channel.unary_unary(
+                '/fedloom.v1.Node/Stop',
+                request_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.StopRequest.SerializeToString,
+                response_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Ack.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -711,6 +716,13 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Stop(self, request, context):
+        """Stop gracefully, as SIGTERM does: no new experiment starts, running ones are cancelled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -718,6 +730,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.StatusRequest.FromString,
                     response_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.NodeStatus.SerializeToString,
+            ),
+            'Stop': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stop,
+                    request_deserializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.StopRequest.FromString,
+                    response_serializer=fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Ack.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -747,6 +764,33 @@ class Node:
             '/fedloom.v1.Node/Status',
             fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.StatusRequest.SerializeToString,
             fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.NodeStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stop(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedloom.v1.Node/Stop',
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.StopRequest.SerializeToString,
+            fedloom_dot_federation_dot_transport_dot_proto_dot_fedloom__pb2.Ack.FromString,
             options,
             channel_credentials,
             insecure,
