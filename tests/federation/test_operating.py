@@ -4,6 +4,7 @@ own experiments (``fx experiment``, FederatedRuntime) and nobody else's."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import socket
 import subprocess
@@ -68,7 +69,9 @@ def submit(pool: ThreadPoolExecutor, fed: LocalFederation, collaborators: list[s
     return future, found.group(1)
 
 
-def test_a_user_sees_follows_and_cancels_their_experiments_and_nobody_elses(tmp_path: Path):
+def test_a_user_sees_follows_and_cancels_their_experiments_and_nobody_elses(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.INFO, logger="fedloom.runtime.federated")
     envoys = {"envoy_one": 1.0, "New York": 3.0, "Oslo": 2.0}
     with socket.create_server(("127.0.0.1", 0)) as server, ThreadPoolExecutor(4) as pool, \
             federation(tmp_path, envoys, reviewing_envoys=["Oslo"], health_check_period=5,
@@ -78,11 +81,17 @@ def test_a_user_sees_follows_and_cancels_their_experiments_and_nobody_elses(tmp_
         mallory = FederatedRuntime(director=fed.director_info("mallory"))
         finished, done_id = submit(pool, fed, ["envoy_one"], rounds=1)
         finished.result(timeout=60)
+        # where people wait: a line per step on the director, progress for the submitter
+        fed.director.wait_for(rf"experiment {re.escape(done_id)}: step 'train' round 1 sent "
+                              r"to 1 envoy\(s\): envoy_one; the previous step took \d+\.\d\d s")
+        assert f"experiment {done_id}: round 1/1, step 'train' on 1 envoy (envoy_one)" in \
+            caplog.text
         held, running_id = submit(pool, fed, ["New York"], rounds=1, hold_on="New York",
                                   hold_port=server.getsockname()[1])
         hold, _ = server.accept()  # New York's collaborator is inside 'train'
         reviewed, review_id = submit(pool, fed, ["Oslo"], rounds=1)
         fed.envoys["Oslo"].wait_for(rf"experiment {re.escape(review_id)} from 'alice' awaits")
+        assert f"experiment {review_id}: waiting for the review by Oslo since" in caplog.text
         waiting, waiting_id = submit(pool, fed, ["envoy_one", "ghost"], rounds=1)
         fed.director.wait_for(rf"experiment {re.escape(waiting_id)}: waiting for envoys ghost")
 

@@ -32,6 +32,7 @@ from fedloom.federation.transport import bulk, messages, wire
 from fedloom.federation.transport.proto import fedloom_pb2 as pb
 from fedloom.federation.transport.proto import fedloom_pb2_grpc as rpc
 from fedloom.resume import find_resume_point
+from fedloom.runtime.progress import RunDisplay, rounds_of
 from fedloom.spec.flowspec import (
     FLSpec,
     is_checkpointing,
@@ -176,7 +177,8 @@ class FederatedRuntime:
             log.info("submitted experiment %s (package %s)", experiment, package.digest[:12])
             set_run_id(flow, reply.run_id)
             try:
-                final = self._follow(channel, stub, experiment, package, type(flow))
+                final = self._follow(channel, stub, experiment, package, type(flow),
+                                     rounds_of(flow))
             except KeyboardInterrupt:
                 with suppress(grpc.RpcError):  # it may have ended meanwhile
                     stub.Cancel(pb.CancelRequest(experiment=experiment), timeout=30)
@@ -241,28 +243,36 @@ class FederatedRuntime:
         return reply
 
     def _follow(self, channel: grpc.Channel, stub: rpc.DirectorStub, experiment: str,
-                package: ExperimentPackage, flow_cls: type) -> dict[str, Any]:
+                package: ExperimentPackage, flow_cls: type,
+                rounds: int | None = None) -> dict[str, Any]:
         assembler = transport.Assembler("final state")
         frame: bytes | memoryview | None = None
         failure: pb.Failure | None = None
-        for event in self._events(channel, stub, experiment):
-            kind = event.WhichOneof("kind")
-            if kind == "output":
-                out = event.output
-                print_attributed(out.step, out.participant, out.stdout, out.stderr)
-            elif kind == "status":
-                log.info("experiment %s: %s", experiment, event.status)
-            elif kind == "review":
-                self.last_review = [_decision(d) for d in event.review.decisions]
-                print_review(experiment, event.review.accepted, self.last_review)
-                if not event.review.accepted:
-                    raise ExperimentRejected(experiment, self.last_review)
-            elif kind == "final_state":
-                frame = assembler.add(event.final_state) or frame
-            elif kind == "final_state_bulk":  # large: taken from the director on Bulk
-                frame = bulk.result(channel, experiment, event.final_state_bulk).view
-            elif kind == "failure":
-                failure = event.failure
+        display = RunDisplay(experiment, rounds)  # a live line at a terminal, else log lines
+        try:
+            for event in self._events(channel, stub, experiment):
+                kind = event.WhichOneof("kind")
+                if kind == "output":
+                    out = event.output
+                    print_attributed(out.step, out.participant, out.stdout, out.stderr)
+                    display.on_output(out)
+                elif kind == "status":
+                    display.on_status(event.status)
+                elif kind == "progress":
+                    display.on_progress(event.progress)
+                elif kind == "review":
+                    self.last_review = [_decision(d) for d in event.review.decisions]
+                    print_review(experiment, event.review.accepted, self.last_review)
+                    if not event.review.accepted:
+                        raise ExperimentRejected(experiment, self.last_review)
+                elif kind == "final_state":
+                    frame = assembler.add(event.final_state) or frame
+                elif kind == "final_state_bulk":  # large: taken from the director on Bulk
+                    frame = bulk.result(channel, experiment, event.final_state_bulk).view
+                elif kind == "failure":
+                    failure = event.failure
+        finally:
+            display.close()
         if failure is not None:
             raise messages.error(failure)
         if frame is None:

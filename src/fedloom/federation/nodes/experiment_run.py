@@ -113,6 +113,7 @@ class ExperimentRun:
         self.experiment = experiment
         self.rejoining: set[str] = set()  # envoys back after being lost, not yet ready
         self.fanouts: Counter[str] = Counter()  # step -> times sent out: its round
+        self._step_began = 0.0  # when the flow went on from the latest fan-out (or started)
         self._failure_sent = False
         self._aggregator: AggregatorLink | None = None
 
@@ -154,6 +155,7 @@ class ExperimentRun:
             self._fail(reason)
             return self._ending(reason), reason
         self._aggregator.send(("go",))
+        self._step_began = time.time()
         reason = await self._loop()
         return (self._ending(reason) if reason else "done"), reason
 
@@ -252,8 +254,14 @@ class ExperimentRun:
         exp = self.experiment
         size = len(frame)
         self.fanouts[step] += 1
-        exp.step, exp.round, exp.step_at = step, self.fanouts[step], time.time()
-        log.info("experiment %s: step '%s' sent to %d envoy(s)", exp.id, step, len(names))
+        now = time.time()
+        took, self._step_began = now - (self._step_began or now), now
+        exp.step, exp.round, exp.step_at = step, self.fanouts[step], now
+        shown = ", ".join(names[:5]) + (f" (+{len(names) - 5})" if len(names) > 5 else "")
+        log.info("experiment %s: step '%s' round %d sent to %d envoy(s): %s; the previous "
+                 "step took %.2f s", exp.id, step, exp.round, len(names), shown, took)
+        exp.events.put(pb.Event(progress=pb.Progress(
+            step=step, round=exp.round, participants=names, at=now, previous_seconds=took)))
         if size <= bulk.INLINE_BYTES:
             parts = list(transport.chunks(frame))
             for name in names:

@@ -54,7 +54,7 @@ class ReviewPhase:
         (accepted or rejected), the user was sent every decision; when it was cut short
         (cancelled, an envoy lost), the caller reports the reason."""
         exp = self.experiment
-        self._status("awaiting review by the director")
+        self._status("waiting for the review by the director")
         try:
             future = await asyncio.to_thread(self._submit_to_desk)
         except FedloomError as exc:
@@ -66,7 +66,7 @@ class ReviewPhase:
             self.desk.withdraw(exp.id, stopped or "ended")
             return stopped or self._conclude()
         self._send_plan()
-        self._status(f"awaiting review by envoys {', '.join(exp.collaborators)}")
+        self._status(f"waiting for the review by {', '.join(exp.collaborators)}")
         stopped = await self._collect(set(exp.collaborators))
         return stopped or self._conclude()
 
@@ -105,6 +105,9 @@ class ReviewPhase:
                 waiting.discard(message[1])
                 if not decision.approved:
                     return ""
+                if waiting:  # who is left, as its submitter waits
+                    left = [n for n in self.experiment.collaborators if n in waiting]
+                    self._status(f"waiting for the review by {', '.join(left)}")
             elif kind == "cancel":
                 return f"{message[1] if len(message) > 1 else 'cancelled'} during the review"
             elif kind == "lost" and message[1] in self.experiment.collaborators:

@@ -249,20 +249,36 @@ class EventsRequest(_message.Message):
     def __init__(self, experiment: _Optional[str] = ..., after: _Optional[int] = ..., watch: _Optional[bool] = ..., follow: _Optional[bool] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("output", "status", "final_state", "failure", "review", "final_state_bulk")
+    __slots__ = ("output", "status", "final_state", "failure", "review", "final_state_bulk", "progress")
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     FINAL_STATE_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     REVIEW_FIELD_NUMBER: _ClassVar[int]
     FINAL_STATE_BULK_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     output: TaskInfo
     status: str
     final_state: Chunk
     failure: Failure
     review: ReviewOutcome
     final_state_bulk: int
-    def __init__(self, output: _Optional[_Union[TaskInfo, _Mapping]] = ..., status: _Optional[str] = ..., final_state: _Optional[_Union[Chunk, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., review: _Optional[_Union[ReviewOutcome, _Mapping]] = ..., final_state_bulk: _Optional[int] = ...) -> None: ...
+    progress: Progress
+    def __init__(self, output: _Optional[_Union[TaskInfo, _Mapping]] = ..., status: _Optional[str] = ..., final_state: _Optional[_Union[Chunk, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., review: _Optional[_Union[ReviewOutcome, _Mapping]] = ..., final_state_bulk: _Optional[int] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
+
+class Progress(_message.Message):
+    __slots__ = ("step", "round", "participants", "at", "previous_seconds")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    step: str
+    round: int
+    participants: _containers.RepeatedScalarFieldContainer[str]
+    at: float
+    previous_seconds: float
+    def __init__(self, step: _Optional[str] = ..., round: _Optional[int] = ..., participants: _Optional[_Iterable[str]] = ..., at: _Optional[float] = ..., previous_seconds: _Optional[float] = ...) -> None: ...
 
 class EnvoysRequest(_message.Message):
     __slots__ = ()
