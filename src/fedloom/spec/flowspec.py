@@ -160,7 +160,14 @@ class FLSpec:
                 f"self.next() was called twice (first to '{ctx.transition.step}'); call it "
                 "once, as the last thing the step does (use if/else for branches)",
                 step=ctx.step, participant=ctx.participant)
-        ctx.transition = _transition(ctx, step, foreach, include, exclude)
+        name = getattr(step, "__name__", "")
+        plain = _PLAIN_TRANSITIONS.get(name) \
+            if foreach is None and include is None and exclude is None else None
+        if plain is not None and name in ctx.step_names and \
+                getattr(step, "__self__", None) is self:
+            ctx.transition = plain  # the common case, once per task of a large round
+        else:
+            ctx.transition = _transition(ctx, step, foreach, include, exclude)
 
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails: explain what a step can see.
