@@ -593,7 +593,7 @@ def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
 # --- who is calling ----------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=8192)  # one entry per peer: a federation of thousands
 def _identity(cert_pem: bytes) -> tuple[str | None, str | None]:
     try:
         cert = _parse_pem_certificate(cert_pem)
@@ -632,7 +632,7 @@ def peer_not_after(context: grpc.ServicerContext) -> float | None:
     return _not_after(bytes(pems[0])) if pems else None
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=8192)  # one entry per peer: a federation of thousands
 def _not_after(cert_pem: bytes) -> float | None:
     try:
         return _parse_pem_certificate(cert_pem).not_valid_after_utc.timestamp()

@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,10 @@ class Director:
         self.desk = ReviewDesk("director", config.review_experiment, workdir,
                                config.review_timeout)
         self.outbox = bulk.Outbox()  # large chain states, until their envoys pull them
+        # Decisions are synced to disk one by one (a site's approval must survive a crash): a
+        # thousand envoys' decisions would hold the event loop for seconds, so a thread of
+        # their own writes them, in order.
+        self._decision_writer = ThreadPoolExecutor(1, thread_name_prefix="fedloom-decisions")
         self.loop: asyncio.AbstractEventLoop | None = None
         self.started_at = time.time()
         self.port = 0  # where it listens, once started
@@ -209,6 +214,7 @@ class Director:
         if self._review_server is not None:
             self._review_server.stop()
         if self.store is not None:
+            self._decision_writer.shutdown(wait=True)
             self.store.close()
         assert self.loop is not None
         self.loop.call_soon(self.loop.stop)
@@ -407,7 +413,7 @@ class Director:
 
     def record_decision(self, experiment: Experiment, decision: pb.Decision) -> None:
         assert self.store is not None
-        self.store.add_decision(experiment.id, DecisionRecord(
+        self._decision_writer.submit(self.store.add_decision, experiment.id, DecisionRecord(
             decision.participant, decision.approved, decision.decided_by, decision.reason,
             decision.at, decision.digest))
 

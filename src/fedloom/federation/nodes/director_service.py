@@ -21,6 +21,7 @@ from fedloom.federation import transport
 from fedloom.federation.nodes.director import (
     ENDED_KEPT_SECONDS,
     FINAL,
+    MISSED_HEALTH_CHECKS,
     Director,
     EnvoyLink,
     Experiment,
@@ -87,12 +88,15 @@ class DirectorService(rpc.DirectorServicer):
     async def GetWork(self, request: pb.WorkRequest, context: Context
                       ) -> AsyncIterator[pb.Work]:
         link = await self._link(request.session, context)
-        period = self.d.config.envoy_health_check_period
+        # Liveness comes from heartbeats; this ping only lets a dead connection break the
+        # stream, so it need not be frequent (a thousand idle envoys, a thousand fewer
+        # messages a second than one ping per period).
+        idle = MISSED_HEALTH_CHECKS * self.d.config.envoy_health_check_period
         with await self._held(context, link.name):
             try:
                 while link.online:
                     try:
-                        item = await asyncio.wait_for(link.work.get(), period)
+                        item = await asyncio.wait_for(link.work.get(), idle)
                     except asyncio.TimeoutError:
                         item = pb.Work(ping=0.0)  # a dead connection breaks here
                     if item is None:

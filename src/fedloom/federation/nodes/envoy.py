@@ -257,8 +257,12 @@ class Envoy:
         while not closed.wait(period / 2):
             try:
                 stub.Heartbeat(pb.WorkRequest(session=reply.session), timeout=period)
-            except grpc.RpcError:
-                return  # the work stream notices the broken connection too
+            except grpc.RpcError as exc:
+                if _code(exc) != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    return  # the work stream notices the broken connection too
+                # A busy director answers late: one slow beat is no reason to stop beating
+                # (the director decides when silence means lost).
+                log.info("envoy '%s': a health check took over %g s", self.config.name, period)
 
     def _cancel_on_stop(self, work: Any) -> None:
         self._stop.wait()
