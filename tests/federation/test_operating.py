@@ -8,6 +8,7 @@ import logging
 import re
 import socket
 import subprocess
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -69,9 +70,39 @@ def submit(pool: ThreadPoolExecutor, fed: LocalFederation, collaborators: list[s
     return future, found.group(1)
 
 
+class LogLines(logging.Handler):
+    """The submitter's log lines, awaitable: its event stream runs in another thread."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+        self._added = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._added:
+            self.lines.append(record.getMessage())
+            self._added.notify_all()
+
+    def wait_for(self, text: str, timeout: float = 30.0) -> None:
+        with self._added:
+            if not self._added.wait_for(lambda: any(text in line for line in self.lines),
+                                        timeout):
+                raise AssertionError(f"no log line with {text!r} within {timeout:g} s; "
+                                     f"lines: {self.lines[-10:]}")
+
+
 def test_a_user_sees_follows_and_cancels_their_experiments_and_nobody_elses(
         tmp_path: Path, caplog: pytest.LogCaptureFixture):
     caplog.set_level(logging.INFO, logger="fedloom.runtime.federated")
+    submitter_log = LogLines()
+    logging.getLogger("fedloom.runtime.federated").addHandler(submitter_log)
+    try:
+        _scenario(tmp_path, caplog, submitter_log)
+    finally:
+        logging.getLogger("fedloom.runtime.federated").removeHandler(submitter_log)
+
+
+def _scenario(tmp_path: Path, caplog: pytest.LogCaptureFixture, submitter_log: LogLines) -> None:
     envoys = {"envoy_one": 1.0, "New York": 3.0, "Oslo": 2.0}
     with socket.create_server(("127.0.0.1", 0)) as server, ThreadPoolExecutor(4) as pool, \
             federation(tmp_path, envoys, reviewing_envoys=["Oslo"], health_check_period=5,
@@ -84,14 +115,14 @@ def test_a_user_sees_follows_and_cancels_their_experiments_and_nobody_elses(
         # where people wait: a line per step on the director, progress for the submitter
         fed.director.wait_for(rf"experiment {re.escape(done_id)}: step 'train' round 1 sent "
                               r"to 1 envoy\(s\): envoy_one; the previous step took \d+\.\d\d s")
-        assert f"experiment {done_id}: round 1/1, step 'train' on 1 envoy (envoy_one)" in \
-            caplog.text
+        submitter_log.wait_for(
+            f"experiment {done_id}: round 1/1, step 'train' on 1 envoy (envoy_one)")
         held, running_id = submit(pool, fed, ["New York"], rounds=1, hold_on="New York",
                                   hold_port=server.getsockname()[1])
         hold, _ = server.accept()  # New York's collaborator is inside 'train'
         reviewed, review_id = submit(pool, fed, ["Oslo"], rounds=1)
         fed.envoys["Oslo"].wait_for(rf"experiment {re.escape(review_id)} from 'alice' awaits")
-        assert f"experiment {review_id}: waiting for the review by Oslo since" in caplog.text
+        submitter_log.wait_for(f"experiment {review_id}: waiting for the review by Oslo since")
         waiting, waiting_id = submit(pool, fed, ["envoy_one", "ghost"], rounds=1)
         fed.director.wait_for(rf"experiment {re.escape(waiting_id)}: waiting for envoys ghost")
 
