@@ -106,7 +106,7 @@ class DirectorService(rpc.DirectorServicer):
                 self.d.envoy_lost(link)
 
     async def Heartbeat(self, request: pb.WorkRequest, context: Context) -> pb.Ack:
-        (await self._link(request.session, context)).last_seen = _now()
+        (await self._link(request.session, context)).last_seen = time.time()
         return pb.Ack()
 
     async def SendReport(self, request_iterator: AsyncIterator[pb.Report],
@@ -131,7 +131,7 @@ class DirectorService(rpc.DirectorServicer):
         """The envoy sending ``report`` (seen now) and its experiment, which must be one of
         that envoy's."""
         link = await self._link(report.session, context)
-        link.last_seen = _now()
+        link.last_seen = time.time()
         experiment = self.d.experiments.get(report.experiment)
         if experiment is None or link.name not in experiment.collaborators:
             await _abort(context, grpc.StatusCode.PERMISSION_DENIED,
@@ -142,7 +142,7 @@ class DirectorService(rpc.DirectorServicer):
                          ) -> AsyncIterator[bytes]:
         """Bulk.Pull: a chain's state (or a package to review), to an envoy it was sent to."""
         link = await self._link(request.session, context)
-        link.last_seen = _now()
+        link.last_seen = time.time()
         frame = self.d.outbox.take(request.experiment, request.request, link.name)
         if frame is None:
             await _abort(context, grpc.StatusCode.NOT_FOUND,
@@ -488,6 +488,3 @@ async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoRet
     await context.abort(code, message)
     raise AssertionError("grpc's abort() raises")  # for type checkers: abort never returns
 
-
-def _now() -> float:
-    return time.time()

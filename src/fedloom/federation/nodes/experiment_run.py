@@ -30,7 +30,6 @@ from fedloom.federation.transport.proto import fedloom_pb2 as pb
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 300.0  # seconds for envoys to start their collaborator processes
-RESULT_KEPT_SECONDS = 600.0  # a large final state waits this long for its submitter
 
 
 class AggregatorLink:
