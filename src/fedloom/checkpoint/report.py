@@ -19,6 +19,7 @@ from typing import Any
 from rich.table import Table
 
 from fedloom.errors import FedloomError
+from fedloom.tracking.records import MetricRecord
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class RunReport:
     tasks: list[TaskRow] = field(default_factory=list)
     graph_text: str = ""
     graph_mermaid: str = ""
+    metrics: list[MetricRecord] = field(default_factory=list)  # charted on the page
 
     @property
     def steps(self) -> list[str]:
