@@ -635,7 +635,8 @@ def part_sim(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: t
     folder = root / f"sim-{period:g}"
     folder.mkdir()
     names = [f"sim_{i:04d}" for i in range(n)]
-    certs, cert_seconds = certificates(folder / "pki", names, ("alice",))
+    probes = [f"probe_{i}" for i in range(max(args.probes, 1))]  # they time the answers
+    certs, cert_seconds = certificates(folder / "pki", names + probes, ("alice",))
     director, port = start_director(procs, folder, certs, {
         "envoy_health_check_period": period, "review_experiment": False}, args.start_timeout)
     info = director_info(certs, port)
@@ -652,35 +653,41 @@ def part_sim(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: t
     spawn = fleet.start(args.start_timeout)
     table.add_row(f"{fleet.count} simulator processes started, certificates loaded",
                   f"{spawn:.1f} s", "")
+    prober = SimFleet(procs, folder, folder / "pki", probes, 1, port, ["--keep-beating"])
+    prober.start(args.start_timeout)
     fleet.go()
+    prober.go()
     fleet.wait(lambda: fleet.total("ever") >= n, args.start_timeout,
                f"all {n} simulated envoys registered")
     register = fleet.last_first() - fleet.go_at
-    fleet.wait(lambda: online(info)[0] >= n, 60, "the director counting all online")
+    fleet.wait(lambda: online(info, names)[0] >= n, 60,
+               "the director counting all online")
     table.add_row(f"all {n} registered (go to the last first registration)",
                   f"{register:.1f} s", f"reconnects meanwhile: "
                   f"{fleet.total('registrations') - n}")
     after_register_rss = rss_mb(pid)
     # -- the soak
     fleet.sleep(2)  # heartbeats under way
-    up_before, known = online(info)
+    up_before, known = online(info, names)
     missed_before = len(log_lines(director, MISSED))
     lines_before = len(director.seen)
     cpu0, sims0 = cpu_seconds(pid), [cpu_seconds(p) for p in fleet.pids()]
     hb0, fail0, ends0 = fleet.total("hb_ok"), fleet.total("hb_fail"), fleet.total("stream_ends")
+    prober.poll()
     soak_start = time.monotonic()
     regs0 = fleet.total("registrations")
     fleet.sleep(soak)
+    prober.poll()
     soak_end = time.monotonic()
     cpu = cpu_seconds(pid) - cpu0
     sims_cpu = sum(cpu_seconds(p) for p in fleet.pids()) - sum(sims0)
-    up_after, known_after = online(info)
+    up_after, known_after = online(info, names)
     beats = fleet.total("hb_ok") - hb0
     failed = fleet.total("hb_fail") - fail0
     ends = fleet.total("stream_ends") - ends0
     regs = fleet.total("registrations") - regs0
     missed = log_lines(director, MISSED)[missed_before:]
-    lat = fleet.window(soak_start, soak_end)
+    lat = prober.window(soak_start, soak_end)
     soak_rss = rss_mb(pid)
     table.add_row(f"soak {soak:g} s: online before -> after (the Envoys call)",
                   f"{up_before}/{known} -> {up_after}/{known_after}",
@@ -692,10 +699,10 @@ def part_sim(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: t
                   "(simulator side)", f"{ends} / {regs} / {failed}",
                   excerpt([f"{count} x {error}" for error, count in fleet.errors.most_common(2)],
                           2))
-    table.add_row("soak: heartbeat round trip", f"p50 {pct(lat, 50):.1f} ms, p99 "
-                  f"{pct(lat, 99):.1f} ms", f"max {max(lat, default=float('nan')):.1f} ms; "
-                  f"{beats:,} heartbeats answered ({beats / soak:,.0f}/s; {2 * n / period:,.0f}/s "
-                  "are due)")
+    table.add_row(f"soak: heartbeat round trip ({len(probes)} probes, unary calls)",
+                  f"p50 {pct(lat, 50):.1f} ms, p99 {pct(lat, 99):.1f} ms",
+                  f"max {max(lat, default=float('nan')):.1f} ms; {beats:,} heartbeats sent on "
+                  f"Beat streams ({beats / soak:,.0f}/s; {2 * n / period:,.0f}/s are due)")
     table.add_row("soak: director CPU", f"{cpu:.1f} s ({cpu / soak:.0%} of a core)",
                   f"{cpu / max(beats, 1) * 1e6:.0f} µs per heartbeat; the simulators used "
                   f"{sims_cpu:.1f} CPU-s")
@@ -716,7 +723,7 @@ def part_sim(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: t
     for kind, peak in sorted(sampler.child_peak.items()):
         table.add_row(f"director's child: {kind}, RSS peak", f"{peak:.0f} MB", "")
     fleet.sleep(2)
-    up_end, known_end = online(info)
+    up_end, known_end = online(info, names)
     flow_trouble = problems(director, lines_before)
     table.add_row("online after the flow", f"{up_end}/{known_end}",
                   f"answered: {dict(fleet.counter('answered'))}")
@@ -725,14 +732,14 @@ def part_sim(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: t
                   excerpt(soak_trouble + flow_trouble))
     sim_rss = sum(rss_mb(p) for p in fleet.pids())
     keep_log(args, f"part2-{period:g}s-director.log", director)
-    procs.stop([*fleet.nodes, director])
+    procs.stop([*fleet.nodes, *prober.nodes, director])
     console.print(table)
     console.print(
         f"[bold]What limits these figures[/bold]: {os.cpu_count()} CPU cores shared by the "
         f"director and the {fleet.count} simulator processes ({sim_rss:.0f} MB in all), which "
         f"themselves used {sims_cpu / soak:.0%} of a core over the soak; "
-        f"{n} envoys heartbeat every {period / 2:g} s ({2 * n / period:,.0f} unary calls/s "
-        "through Python "
+        f"{n} envoys heartbeat every {period / 2:g} s ({2 * n / period:,.0f} messages/s on Beat "
+        "streams through Python "
         f"grpc.aio {grpc.__version__} on one event loop in the director, each with its "
         "certificate checked); registration is bound by the TLS handshakes of "
         f"{n} connections at once and by the simulators' own CPU.\n")

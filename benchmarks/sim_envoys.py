@@ -2,11 +2,11 @@
 
 Each simulated envoy has its own certificate and its own grpc.aio channel (the director binds a
 session to the name on the certificate), all on one asyncio loop. Like ``fx envoy`` it
-registers, opens its work stream, sends a heartbeat every half health-check period (and, as the
-real envoy does, stops sending them after one fails: the work stream notices the loss), and
-reconnects with the envoy's back-off when its stream ends (``--keep-beating``: a probe that
-goes on heartbeating after a failure, to watch the director while it is slow). It answers
-work without running any code:
+registers, opens its work stream, sends a heartbeat every half health-check period on one Beat
+stream (and, as the real envoy does, stops when that stream fails: the work stream notices the
+loss), and reconnects with the envoy's back-off when its stream ends (``--keep-beating``: a
+probe that makes each heartbeat a unary call and times its answer, and goes on after a
+failure, to watch the director while it is slow). It answers work without running any code:
 
 - ``review``: the package (inline chunks, or pulled on Bulk when announced with bulk_bytes) is
   approved at once (``decided_by="sim"``);
@@ -40,6 +40,7 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -151,9 +152,35 @@ class SimEnvoy:
         return True
 
     async def _beat(self, period: float) -> None:
-        """As fx envoy: every half period; after a failed one, no more (the stream ends)."""
-        assert self.stub is not None
+        """As fx envoy: every half period. Envoys beat on one Beat stream, as fx envoy does
+        (each message counts as a heartbeat, with no latency to time); probes
+        (``--keep-beating``) make one unary Heartbeat call a beat and time its answer, and go
+        on after a failed one."""
         await asyncio.sleep(random.uniform(0, period / 2))  # not all in step
+        if self.keep_beating:
+            await self._probe(period)
+        else:
+            await self._stream_beats(period)
+
+    async def _stream_beats(self, period: float) -> None:
+        assert self.stub is not None
+
+        async def beats() -> AsyncIterator[pb.WorkRequest]:
+            yield pb.WorkRequest(session=self.session)
+            self.stats.hb_ok += 1
+            while True:
+                await asyncio.sleep(period / 2)
+                yield pb.WorkRequest()
+                self.stats.hb_ok += 1
+
+        try:
+            await self.stub.Beat(beats())
+        except grpc.aio.AioRpcError as exc:
+            self.stats.hb_fail += 1
+            self.stats.error("Beat", exc)
+
+    async def _probe(self, period: float) -> None:
+        assert self.stub is not None
         request = pb.WorkRequest(session=self.session)
         while True:
             await asyncio.sleep(period / 2)
@@ -163,11 +190,8 @@ class SimEnvoy:
             except grpc.aio.AioRpcError as exc:
                 self.stats.hb_fail += 1
                 self.stats.error("Heartbeat", exc)
-                if not self.keep_beating:
-                    return
-                self.stats.latencies.append((time.perf_counter() - started) * 1e3)
-                continue
-            self.stats.hb_ok += 1
+            else:
+                self.stats.hb_ok += 1
             self.stats.latencies.append((time.perf_counter() - started) * 1e3)
 
     async def _handle(self, item: pb.Work) -> None:

@@ -109,6 +109,20 @@ class DirectorService(rpc.DirectorServicer):
         (await self._link(request.session, context)).last_seen = time.time()
         return pb.Ack()
 
+    async def Beat(self, request_iterator: AsyncIterator[pb.WorkRequest],
+                   context: Context) -> pb.Ack:
+        """Heartbeats on one stream: each message means the envoy is alive. The stream ends
+        with its connection, or when the session it named is replaced or lost."""
+        first = await self._first(request_iterator, context, "health check")
+        link = await self._link(first.session, context)
+        link.last_seen = time.time()
+        with await self._held(context, link.name):
+            async for _ in request_iterator:
+                if not link.online:
+                    break
+                link.last_seen = time.time()
+        return pb.Ack()
+
     async def SendReport(self, request_iterator: AsyncIterator[pb.Report],
                          context: Context) -> pb.Ack:
         first = await self._first(request_iterator, context, "report")
