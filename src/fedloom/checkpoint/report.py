@@ -1,4 +1,4 @@
-"""A run as a picture: its flow graph and, per step, the tasks with status and timings.
+"""A run as a picture: its flow graph, its metrics and, per step, the tasks with their timings.
 
 Built either from the recorder while a run is written, or afterwards from the store through the
 real Metaflow client. Renders as a rich table (terminal), and as a self-contained HTML page
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import re
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,12 @@ from typing import Any
 from rich.table import Table
 
 from fedloom.errors import FedloomError
+from fedloom.tracking.charts import AGGREGATOR, MetricCharts
 from fedloom.tracking.records import MetricRecord
+
+log = logging.getLogger(__name__)
+
+METRICS_ARTIFACT = "fedloom_metrics"  # per task: the MetricRecord.to_dict() of what it logged
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,15 @@ class RunReport:
     def status(self) -> str:
         return {True: "successful", False: "failed", None: "unfinished"}[self.ok]
 
+    @property
+    def aggregators(self) -> set[str]:
+        """Names the aggregator's own metrics go by: who ran start and end (its name)."""
+        return {t.participant for t in self.tasks if t.step in ("start", "end")} | {AGGREGATOR}
+
+    def charts(self) -> MetricCharts:
+        """The run's metrics, one chart per metric name."""
+        return MetricCharts(self.metrics, aggregators=self.aggregators)
+
     def table(self) -> Table:
         """One row per step: tasks, participants, failures, time spent."""
         table = Table(title=f"{self.flow_name}/{self.run_id} — {self.status}")
@@ -68,10 +83,13 @@ class RunReport:
             table.add_row(step, str(len(rows)), shown, f"[red]{failed}[/red]" if failed else "0",
                           f"{sum(t.seconds for t in rows):.2f}",
                           f"{max(t.seconds for t in rows):.2f}")
+        if self.metrics:
+            table.caption = "latest: " + "; ".join(_latest(self.metrics, self.aggregators))
         return table
 
     def to_html(self) -> str:
-        """A self-contained page: summary, graph, timeline and per-step task tables."""
+        """A self-contained page: summary, graph, metric charts (inline SVG), timeline and
+        per-step task tables. No script runs and nothing is fetched when it is opened."""
         start = min((t.started_at for t in self.tasks), default=time.time())
         end = max((t.finished_at for t in self.tasks), default=start)
         span = max(end - start, 1e-6)
@@ -88,6 +106,8 @@ class RunReport:
             graph = json.dumps({"text": self.graph_text, "mermaid": self.graph_mermaid})
             body.append(f"<script type='application/json' id='{_GRAPH_ID}'>"
                         f"{graph.replace('<', _LT)}</script>")
+        if self.metrics:
+            body.append(f"<h2>Metrics</h2><section id='metrics'>{self.charts().html()}</section>")
         body.append("<h2>Timeline</h2><div class='timeline'>")
         for t in self.tasks:
             left, width = 100 * (t.started_at - start) / span, 100 * t.seconds / span
@@ -120,9 +140,11 @@ def report_from_metaflow(flow_name: str, run_id: str | None = None) -> RunReport
         raise FedloomError(f"no run of {flow_name} is recorded here; run it with "
                            f"{flow_name}(checkpoint=True) first")
     tasks = []
+    metrics: list[MetricRecord] = []
     roots: set[str] = set()
     for step in run:
         for task in step:
+            metrics += _task_metrics(task)
             # Every attempt's metadata: a retried task ran from its first start to its last end.
             meta: dict[str, list[str]] = {}
             for datum in task.metadata:
@@ -140,7 +162,42 @@ def report_from_metaflow(flow_name: str, run_id: str | None = None) -> RunReport
     # A failed run never reaches 'end', so Metaflow calls it unfinished: a failed task says more.
     ok = False if any(not t.ok for t in tasks) else (run.successful if run.finished else None)
     text, mermaid = _recorded_graph([Path(r) / flow_name / run.id for r in sorted(roots)])
-    return RunReport(flow_name, run.id, ok, tasks, graph_text=text, graph_mermaid=mermaid)
+    return RunReport(flow_name, run.id, ok, tasks, graph_text=text, graph_mermaid=mermaid,
+                     metrics=sorted(dict.fromkeys(metrics), key=lambda r: r.time))
+
+
+def _task_metrics(task: Any) -> list[MetricRecord]:
+    """What a task logged, from its artifact; none for tasks recorded before tracking was."""
+    try:
+        artifact = task[METRICS_ARTIFACT]  # one metadata lookup; the data loads only if found
+    except KeyError:
+        return []
+    records = []
+    for item in artifact.data or ():
+        try:
+            records.append(item if isinstance(item, MetricRecord) else
+                           MetricRecord.from_dict(item))
+        except (KeyError, TypeError, ValueError) as exc:  # a page with the rest beats none
+            log.warning("run report: a metric of task %s is unreadable (%r): %s",
+                        task.pathspec, item, exc)
+    return records
+
+
+def _latest(records: list[MetricRecord], aggregators: set[str]) -> list[str]:
+    """Per metric, the aggregator's last value, else the mean of everyone's at the last round."""
+    lines = []
+    for name in dict.fromkeys(r.name for r in records):
+        ours = [r for r in records if r.name == name and r.participant in aggregators]
+        if ours:
+            last = max(ours, key=lambda r: (r.round, r.time))
+            lines.append(f"{name} {last.value:.4g} ({last.participant}, round {last.round})")
+            continue
+        theirs = [r for r in records if r.name == name]
+        final = max(r.round for r in theirs)
+        values = [r.value for r in theirs if r.round == final]
+        lines.append(f"{name} {sum(values) / len(values):.4g} (mean of {len(values)}, "
+                     f"round {final})")
+    return lines
 
 
 def _recorded_graph(run_dirs: list[Path]) -> tuple[str, str]:
