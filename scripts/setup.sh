@@ -14,5 +14,9 @@ echo "setup: installing fedloom and its dependencies into .venv (first time: a f
 # Optional: a pinned CPU build of torch (the tutorial and torch tests skip without it).
 .venv/bin/python -m pip install --quiet "torch==2.13.0" \
   || echo "setup: torch==2.13.0 is not available here; torch tests will be skipped"
+# The run page's browser test needs Debian's chromium (.ci/run installs it; here it is a hint).
+command -v chromium >/dev/null 2>&1 \
+  || echo "setup: no chromium here; the run page's browser test will be skipped" \
+          "(as root: apt-get install --no-install-recommends chromium)"
 touch "$stamp"
 echo "setup: done"
