@@ -1,7 +1,8 @@
 """fedloom: federated-learning workflows written as one class of steps.
 
 Write a flow with :class:`FLSpec` and the ``@aggregator`` / ``@collaborator`` placement decorators,
-then run it with :class:`LocalRuntime` (one process or Ray).
+then run it with :class:`LocalRuntime` (one process or Ray). In steps, :func:`log_metric` records
+numbers; after ``run()`` they are in ``flow.metrics``.
 """
 
 from fedloom.aggregation import FedAvg, fedavg, weighted_mean
@@ -28,6 +29,7 @@ from fedloom.spec import (
 )
 from fedloom.state import share
 from fedloom.stragglers import Faults, StragglerError, StragglerPolicy
+from fedloom.tracking.api import log_metric, log_metrics
 
 __version__ = "0.1.0"
 
@@ -66,6 +68,8 @@ __all__ = [
     "collaborator",
     "fedavg",
     "flow_picture",
+    "log_metric",
+    "log_metrics",
     "share",
     "validate_flow",
     "weighted_mean",

@@ -41,6 +41,7 @@ from fedloom.stragglers import (
     simulated_failure,
 )
 from fedloom.tasks import FlowJob, TaskRecord, TaskRecorder, execute_step, run_task
+from fedloom.tracking.records import MetricRecord
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class ChainResult:
     join_step: str
     state: State
     tasks: list[TaskRecord] = field(default_factory=list)  # when captured or checkpointing
+    metrics: list[MetricRecord] = field(default_factory=list)  # logged by its tasks, in order
 
 
 def run_chain_with_fault(site: CollaboratorSite, job: FlowJob, step: str, received: State,
@@ -116,6 +118,17 @@ class Backend(Protocol):
         """Release what ``open`` acquired for the run."""
 
 
+class RunObserver(Protocol):
+    """Who follows a run as it goes (the live display): told of each fan-out and of the
+    metrics the aggregator receives."""
+
+    def on_fan_out(self, step: str, round: int, participants: Sequence[str]) -> None:
+        """``step`` is sent out for the ``round``-th time (from 1) to ``participants``."""
+
+    def on_metrics(self, records: Sequence[MetricRecord]) -> None:
+        """Metrics logged by a task whose result the aggregator has."""
+
+
 class CollaboratorSite:
     """One collaborator's long-lived side: its private attributes, and the public state it keeps
     between fan-outs (what it set and did not send back)."""
@@ -129,9 +142,17 @@ class CollaboratorSite:
         self.in_process = in_process
         self.kept: State = {}
         self._leaks: tuple[FlowJob, LeakCheck] | None = None
+        self._rounds: Counter[str] = Counter()  # step -> times run in this run
 
     def start_run(self) -> None:
         self.kept = {}
+        self._rounds = Counter()
+
+    def _next_round(self, step: str) -> int:
+        """This site's round of ``step`` (from 0): how often it ran it before in this run."""
+        round_ = self._rounds[step]
+        self._rounds[step] = round_ + 1
+        return round_
 
     def _leak_check(self, job: FlowJob) -> LeakCheck:
         """This site's leak check for ``job`` (kept between tasks: see LeakCheck)."""
@@ -151,23 +172,27 @@ class CollaboratorSite:
         # In this process and not checkpointing, a task is just its step (no record to make).
         plain = self.in_process and not job.record_tasks
         records: list[TaskRecord] = []
+        metrics: list[MetricRecord] = []
         held_back: State = {}  # filtered out between collaborator steps: stays with us
         try:
             while True:
                 # Every step of the chain knows whose it is, whatever include=/exclude= (or the
                 # step itself) did to 'input' on the way.
                 state["input"] = self.name
+                round_ = self._next_round(step)
                 if step in job.retries:
                     state, transition, record = self._attempts(job, step, state, records, given,
-                                                               leaks)
+                                                               leaks, metrics, round_)
                 elif plain:
                     state, transition = execute_step(job, step, state, self.private, self.name,
-                                                     given=given, leaks=leaks)
+                                                     given=given, leaks=leaks, metrics=metrics,
+                                                     round=round_)
                     record = None
                 else:
                     state, transition, record = run_task(job, step, state, self.private,
                                                          self.name, live=self.in_process,
-                                                         given=given, leaks=leaks)
+                                                         given=given, leaks=leaks,
+                                                         metrics=metrics, round=round_)
                 if given is None:
                     given = Given()  # what one step leaves was checked
                 if record is not None:
@@ -189,28 +214,31 @@ class CollaboratorSite:
                         self.kept = self._keep({k: v for k, v in held_back.items()
                                                 if k not in sent})
                     sent["input"] = self.name  # a join can always tell who sent what
-                    return ChainResult(self.name, transition.step, sent, records)
+                    return ChainResult(self.name, transition.step, sent, records, metrics)
                 state, step = sent, transition.step
         except FlowRunError as err:
             err.tasks[:0] = records  # the chain's finished tasks are kept with the failure
             raise
 
     def _attempts(self, job: FlowJob, step: str, state: State, records: list[TaskRecord],
-                  given: Given | None,
-                  leaks: LeakCheck) -> tuple[State, Transition, TaskRecord | None]:
+                  given: Given | None, leaks: LeakCheck, metrics: list[MetricRecord],
+                  round_: int) -> tuple[State, Transition, TaskRecord | None]:
         """Run ``step`` (a ``@collaborator(retries=n)`` one) and run it again, on a copy of the
-        state it was given, when it raises (failed attempts go to ``records``)."""
+        state it was given, when it raises (failed attempts go to ``records``; only the
+        metrics of the attempt that succeeds go on to ``metrics``)."""
         retries = job.retries[step]
         pristine = copy_state(state)
         for attempt in range(retries + 1):
             # A failed attempt may have rebound private attributes, unchecked: check it all.
             attempt_state, attempt_given = (state, given) if attempt == 0 else \
                 (copy_state(pristine), None)
+            logged: list[MetricRecord] = []
             try:
                 new_state, transition, record = run_task(job, step, attempt_state,
                                                          self.private, self.name,
                                                          live=self.in_process,
-                                                         given=attempt_given, leaks=leaks)
+                                                         given=attempt_given, leaks=leaks,
+                                                         metrics=logged, round=round_)
             except StepFailed as err:
                 for task in err.tasks:
                     task.attempt = attempt
@@ -224,6 +252,7 @@ class CollaboratorSite:
                 continue
             if record is not None:
                 record.attempt = attempt
+            metrics.extend(logged)
             return new_state, transition, record
         raise AssertionError("unreachable: the last attempt returns or raises")
 
@@ -239,7 +268,8 @@ class FlowEngine:
 
     def __init__(self, job: FlowJob, aggregator_name: str, aggregator_private: dict[str, Any],
                  backend: Backend, recorder: TaskRecorder | None = None, *,
-                 live_output: bool = True, stragglers: PolicySpec = None) -> None:
+                 live_output: bool = True, stragglers: PolicySpec = None,
+                 observer: RunObserver | None = None) -> None:
         self.job = job
         self.aggregator_name = aggregator_name
         self.private = aggregator_private
@@ -249,7 +279,13 @@ class FlowEngine:
         # process): aggregator tasks are captured and handed to the recorder instead.
         self.live_output = live_output
         self.stragglers = stragglers
+        self.observer = observer
         self.last_state: State = {}
+        # What the run logged, as the aggregator received it: its own tasks' metrics, and those
+        # of each chain whose result reached a join (a dropped straggler's never do).
+        self.metrics: list[MetricRecord] = []
+        self._rounds: Counter[str] = Counter()  # aggregator step -> times run
+        self._fan_outs: Counter[str] = Counter()  # collaborator step -> times sent out
 
     def run(self, initial: State, resume_at: tuple[str, Transition] | None = None) -> State:
         """Run the flow; returns the final public state. On failure, ``last_state`` holds the
@@ -299,10 +335,16 @@ class FlowEngine:
             if pending is not None:  # resuming: this step ran in the earlier run
                 (step, transition), pending = pending, None
             else:
+                logged = len(self.metrics)
+                round_ = self._rounds[step]
+                self._rounds[step] = round_ + 1
                 state, transition, record = run_task(self.job, step, self.last_state,
                                                      self.private, self.aggregator_name,
                                                      inputs, live=self.live_output, given=given,
-                                                     leaks=leaks)
+                                                     leaks=leaks, metrics=self.metrics,
+                                                     round=round_)
+                if len(self.metrics) > logged:
+                    self._tell_metrics(self.metrics[logged:])
                 given = Given()  # from here on, the state is what checked steps left
                 inputs = None  # the join is done: let the collaborators' copies go
                 if record is not None:
@@ -330,6 +372,9 @@ class FlowEngine:
                 f"{len(names)}", step=step, participant=self.aggregator_name)
         sent = select(state, transition, step=step, participant=self.aggregator_name,
                       private=self.private)
+        self._fan_outs[transition.step] += 1
+        if self.observer is not None:
+            self.observer.on_fan_out(transition.step, self._fan_outs[transition.step], names)
         try:
             outcomes = self.backend.run_chains(
                 transition.step, names, sent, deadline=policy.deadline if policy else None,
@@ -342,6 +387,10 @@ class FlowEngine:
                 from err
         results = [o for o in outcomes if isinstance(o, ChainResult)]
         dropped = [o for o in outcomes if isinstance(o, Dropped)]
+        received = [m for r in results for m in r.metrics]
+        if received:
+            self.metrics.extend(received)
+            self._tell_metrics(received)
         if self.recorder is not None:
             for outcome in outcomes:
                 self._record(outcome.tasks)
@@ -350,6 +399,10 @@ class FlowEngine:
         join = _common_join(results, transition.step)
         return join, Inputs([self.job.instance(r.state) for r in results],
                             {d.collaborator: d.reason for d in dropped})
+
+    def _tell_metrics(self, records: Sequence[MetricRecord]) -> None:
+        if self.observer is not None:
+            self.observer.on_metrics(records)
 
     def _check_enough(self, step: str, policy: StragglerPolicy | None, fanned_out: int,
                       results: list[ChainResult], dropped: list[Dropped]) -> None:

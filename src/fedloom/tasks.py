@@ -26,6 +26,8 @@ from fedloom.state import (
     check_no_collision,
     transition_to_json,
 )
+from fedloom.tracking.api import TaskMetrics, collecting
+from fedloom.tracking.records import METRICS_ARTIFACT, MetricRecord
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +73,15 @@ class FlowJob:
 
 def execute_step(job: FlowJob, step: str, state: State, private: dict[str, Any],
                  participant: str, inputs: list[Any] | None = None, *,
-                 given: Given | None = None,
-                 leaks: LeakCheck | None = None) -> tuple[State, Transition]:
+                 given: Given | None = None, leaks: LeakCheck | None = None,
+                 metrics: list[MetricRecord] | None = None,
+                 round: int = 0) -> tuple[State, Transition]:
     """Run one step on ``state`` (owned by the caller, modified in place) with ``private``
     attached; returns the public state after the step and where it goes next. ``given``: what
     is known of ``state`` (that it reaches no private object of ``participant``), so that the
     leak check after the step looks only at what the step changed; ``None`` checks it all.
-    ``leaks``: the participant's own leak check, kept between its tasks."""
+    ``leaks``: the participant's own leak check, kept between its tasks. ``metrics``: where
+    the step's ``log_metric`` calls go, as this participant's ``round`` of ``step``."""
     if not private.keys().isdisjoint(state.keys()):
         check_no_collision(private, state, step=step, participant=participant)
     if leaks is None:
@@ -88,11 +92,13 @@ def execute_step(job: FlowJob, step: str, state: State, private: dict[str, Any],
     state[_STEP_KEY] = ctx
     obj = job.instance(state)
     method = getattr(job.flow_cls, step)
+    task = TaskMetrics(job.run_id, step, participant, round, [] if metrics is None else metrics)
     try:
-        if inputs is None:
-            method(obj)
-        else:
-            method(obj, inputs)
+        with collecting(task):
+            if inputs is None:
+                method(obj)
+            else:
+                method(obj, inputs)
     except FlowRunError:
         raise
     except Exception as exc:
@@ -104,6 +110,10 @@ def execute_step(job: FlowJob, step: str, state: State, private: dict[str, Any],
         state.pop(_STEP_KEY, None)
         _take_back_private(private, state)
     leaks.after(private, state, step=step)
+    if METRICS_ARTIFACT in state:
+        raise FlowRunError(f"the attribute name '{METRICS_ARTIFACT}' is reserved (a recorded "
+                           "task keeps its logged metrics under it); rename the attribute",
+                           step=step, participant=participant)
     if ctx.transition is None and step != "end":
         raise TransitionError("the step finished without calling self.next(); end it with "
                               "self.next(self.<next step>)", step=step, participant=participant)
@@ -138,6 +148,7 @@ class TaskRecord:
     exception: str | None = None
     attempt: int = 0  # 0 for the first try of a step; retries count up
     next_step: str = ""  # the transition the step chose, as JSON (where a resume goes on)
+    metrics: list[MetricRecord] = field(default_factory=list)  # what the task logged
 
 
 class TaskRecorder(Protocol):
@@ -150,25 +161,33 @@ class TaskRecorder(Protocol):
 
 def run_task(job: FlowJob, step: str, state: State, private: dict[str, Any], participant: str,
              inputs: list[Any] | None = None, *, live: bool = True, given: Given | None = None,
-             leaks: LeakCheck | None = None) -> tuple[State, Transition, TaskRecord | None]:
+             leaks: LeakCheck | None = None, metrics: list[MetricRecord] | None = None,
+             round: int = 0) -> tuple[State, Transition, TaskRecord | None]:
     """:func:`execute_step`, plus a :class:`TaskRecord` when output must be captured (checkpoint
     on, or ``live=False`` where the console is far away). A failing task's record is attached
-    to the error (``err.tasks``) so it is kept too."""
+    to the error (``err.tasks``) so it is kept too. The task's metrics are appended to
+    ``metrics`` and, when there is a record, kept on it too."""
     if live and not job.record_tasks:
         return (*execute_step(job, step, state, private, participant, inputs, given=given,
-                              leaks=leaks), None)
+                              leaks=leaks, metrics=metrics, round=round), None)
+    logged: list[MetricRecord] = []
     started = time.time()
     try:
         with capture_output(passthrough=live) as out:
             state, transition = execute_step(job, step, state, private, participant, inputs,
-                                             given=given, leaks=leaks)
+                                             given=given, leaks=leaks, metrics=logged,
+                                             round=round)
     except FlowRunError as err:
         trace = getattr(err, "traceback_text", "") or str(err)
         err.tasks.append(TaskRecord(step, participant, started, time.time(), out.stdout,
-                                    out.stderr + trace, ok=False, exception=str(err)))
+                                    out.stderr + trace, ok=False, exception=str(err),
+                                    metrics=logged))
         raise
+    finally:  # as execute_step does: what was logged before a failure is kept too
+        if metrics is not None:
+            metrics.extend(logged)
     record = TaskRecord(step, participant, started, time.time(), out.stdout, out.stderr,
-                        next_step=transition_to_json(transition))
+                        next_step=transition_to_json(transition), metrics=logged)
     if job.record_tasks:
         from fedloom.checkpoint.artifacts import serialize_artifacts, sink_for
 

@@ -22,6 +22,7 @@ from fedloom.state import State, Transition, validate_name_list
 
 if TYPE_CHECKING:
     from fedloom.spec.render import FlowPicture
+    from fedloom.tracking.records import Metrics
 
 INTERNAL_PREFIX = "_fl_"
 _STEP_KEY = "_fl_step"
@@ -30,6 +31,7 @@ _RUN_ID_KEY = "_fl_run_id"
 # Set by ``fx run resume``: the next run() of a flow of this class resumes this run id.
 _PENDING_RESUME: ContextVar[tuple[str, str] | None] = ContextVar("fedloom_resume", default=None)
 _CHECKPOINT_KEY = "_fl_checkpoint"
+_METRICS_KEY = "_fl_metrics"
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +82,25 @@ class StepContext:
         self.transition: Transition | None = None
 
 
+class _RunMetrics:
+    """``flow.metrics``: what the latest run logged (:class:`fedloom.tracking.Metrics`).
+    A non-data descriptor, so a flow's own attribute named ``metrics`` keeps working (and
+    wins; ``fedloom.tracking.metrics_of(flow)`` reads the run's metrics then). Inside a step
+    it is not there: a step sees only the flow's state."""
+
+    def __get__(self, obj: FLSpec | None, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        if _STEP_KEY in obj.__dict__:
+            raise AttributeError("metrics")  # on to FLSpec.__getattr__, which explains
+        return metrics_of(obj)
+
+
 class FLSpec:
     """Base class of a federated flow. Subclasses define ``@aggregator``/``@collaborator`` steps,
     starting with ``start`` and finishing with ``end``."""
+
+    metrics = _RunMetrics()
 
     def __init__(self, checkpoint: bool = False) -> None:
         self.__dict__[_CHECKPOINT_KEY] = bool(checkpoint)
@@ -273,6 +291,19 @@ def set_run_id(flow: FLSpec, run_id: str) -> None:
 
 def is_checkpointing(flow: FLSpec) -> bool:
     return flow._checkpoint
+
+
+def set_metrics(flow: FLSpec, metrics: Metrics) -> None:
+    """Keep the metrics of the flow's latest run on it (``flow.metrics``)."""
+    flow.__dict__[_METRICS_KEY] = metrics
+
+
+def metrics_of(flow: FLSpec) -> Metrics:
+    """The metrics of the latest run of ``flow`` (empty before its first run)."""
+    from fedloom.tracking.records import Metrics
+
+    found = flow.__dict__.get(_METRICS_KEY)
+    return found if found is not None else Metrics()
 
 
 def _transition(ctx: StepContext, step: Any, foreach: Any, include: Any,

@@ -1,5 +1,12 @@
-"""Experiment tracking: metrics logged in steps, collected per run, shown and exported."""
+"""Experiment tracking: metrics logged in steps, collected per run, shown and exported.
 
-from fedloom.tracking.records import MetricRecord, Metrics
+``fedloom.log_metric(name, value)`` in a step; ``flow.metrics`` after ``run()``;
+``to_mlflow(flow)`` to export a run to MLflow; ``fx run metrics FLOW`` for a recorded run.
+"""
 
-__all__ = ["MetricRecord", "Metrics"]
+from fedloom.spec.flowspec import metrics_of
+from fedloom.tracking.api import MetricError, log_metric, log_metrics
+from fedloom.tracking.records import METRICS_ARTIFACT, MetricRecord, Metrics
+
+__all__ = ["METRICS_ARTIFACT", "MetricError", "MetricRecord", "Metrics", "log_metric",
+           "log_metrics", "metrics_of"]

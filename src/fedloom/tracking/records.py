@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass, fields
 from typing import Any, overload
+
+# The Metaflow artifact holding a recorded task's metrics (a list of MetricRecord.to_dict());
+# reserved: a flow attribute of that name is refused while the flow runs.
+METRICS_ARTIFACT = "fedloom_metrics"
 
 
 @dataclass(frozen=True)
@@ -61,3 +65,43 @@ class Metrics(Sequence[MetricRecord]):
 
     def participants(self) -> list[str]:
         return list(dict.fromkeys(r.participant for r in self._records))
+
+    def steps(self) -> list[str]:
+        return list(dict.fromkeys(r.step for r in self._records))
+
+    def where(self, *, name: str | None = None, participant: str | None = None,
+              step: str | None = None) -> Metrics:
+        """The records matching every filter given."""
+        return Metrics(r for r in self._records
+                       if (name is None or r.name == name)
+                       and (participant is None or r.participant == participant)
+                       and (step is None or r.step == step))
+
+    def latest(self) -> dict[str, dict[str, float]]:
+        """Metric name -> participant -> the latest value it logged."""
+        latest: dict[str, dict[str, float]] = {}
+        for r in self._records:
+            latest.setdefault(r.name, {})[r.participant] = r.value
+        return latest
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        return [r.to_dict() for r in self._records]
+
+    @classmethod
+    def from_dicts(cls, rows: Iterable[dict[str, Any]]) -> Metrics:
+        return cls(MetricRecord.from_dict(row) for row in rows)
+
+    def to_pandas(self) -> Any:
+        """A ``pandas.DataFrame``, one row per record (columns as :class:`MetricRecord`)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("Metrics.to_pandas() needs pandas: pip install pandas") from None
+        columns = [f.name for f in fields(MetricRecord)]
+        return pd.DataFrame([astuple(r) for r in self._records], columns=columns)
+
+    def plot(self) -> Any:
+        """Charts of every metric by round, one line per participant (a notebook shows them)."""
+        from fedloom.tracking.charts import MetricCharts  # the other half of tracking
+
+        return MetricCharts(self)

@@ -15,17 +15,20 @@ from fedloom.errors import ParticipantError
 from fedloom.participants import Aggregator, Collaborator
 from fedloom.resume import find_resume_point
 from fedloom.runtime.local.serial import SerialBackend
+from fedloom.runtime.progress import RunDisplay, progress_enabled, rounds_of
 from fedloom.spec.flowspec import (
     FLSpec,
     is_checkpointing,
     public_state,
     replace_public_state,
+    set_metrics,
     set_run_id,
     validate_flow,
 )
 from fedloom.spec.graph import FlowGraph
 from fedloom.stragglers import Faults, PolicySpec, check_policy_spec
 from fedloom.tasks import FlowJob, TaskRecorder
+from fedloom.tracking.records import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +74,16 @@ class LocalRuntime:
     ``straggler_policy``: a :class:`~fedloom.stragglers.StragglerPolicy` for every fan-out, or a
     dict from a fan-out's first collaborator step to one. ``faults``: simulated delays, failures
     and disconnects (:class:`~fedloom.stragglers.Faults`) to rehearse a policy.
+
+    ``progress``: show a bar of rounds with the latest metrics while a flow runs (at a
+    terminal; plain lines elsewhere). ``None`` (default): on, unless ``FEDLOOM_PROGRESS=0``.
     """
 
     def __init__(self, aggregator: Aggregator | None = None,
                  collaborators: Sequence[Collaborator] | None = None,
                  backend: str = "single_process", *, straggler_policy: PolicySpec = None,
-                 faults: Faults | None = None, **backend_options: Any) -> None:
+                 faults: Faults | None = None, progress: bool | None = None,
+                 **backend_options: Any) -> None:
         self._aggregator = aggregator if aggregator is not None else Aggregator()
         self._collaborators = list(collaborators or [])
         _check_participants(self._aggregator, self._collaborators)
@@ -87,6 +94,7 @@ class LocalRuntime:
             faults.check_names(self.collaborators)
         self.straggler_policy = straggler_policy
         self.faults = faults
+        self.progress = progress
         if backend not in BACKENDS:
             raise ParticipantError(f"unknown backend {backend!r}; choose one of "
                                    f"{sorted(BACKENDS)}")
@@ -124,8 +132,9 @@ class LocalRuntime:
         recorder = _recorder(graph, job.run_id, point.run_id if point else "") \
             if checkpoint else None
         set_run_id(flow, job.run_id)
+        display = self._display(flow, graph.flow_name, job.run_id)
         engine = FlowEngine(job, self._aggregator.name, self._aggregator_private, backend,
-                            recorder, stragglers=self.straggler_policy)
+                            recorder, stragglers=self.straggler_policy, observer=display)
         initial = point.state if point else public_state(flow)
         if point:
             log.info("resuming %s", point.describe())
@@ -138,8 +147,18 @@ class LocalRuntime:
             replace_public_state(flow, engine.last_state)
             raise
         finally:
+            display.close()
+            set_metrics(flow, Metrics(engine.metrics))
             backend.close()
         replace_public_state(flow, final)
+
+    def _display(self, flow: FLSpec, flow_name: str, run_id: str) -> RunDisplay:
+        """The live bar of rounds and metrics (the one FederatedRuntime shows too)."""
+        display = RunDisplay(run_id, rounds_of(flow), title=f"{flow_name} run {run_id}",
+                             noun="collaborator", aggregator=self._aggregator.name,
+                             enabled=progress_enabled(self.progress), logger=log)
+        display.status = "running"
+        return display
 
     def _backend_for_run(self) -> Backend:
         if self._backend is None:
