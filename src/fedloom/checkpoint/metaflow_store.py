@@ -47,6 +47,7 @@ from metaflow.plugins.metadata_providers.local import LocalMetadataProvider
 
 from fedloom.checkpoint.artifacts import PROTOCOL, Artifact, StoredBlob, serialize_artifacts
 from fedloom.checkpoint.cas_stream import StreamingCas
+from fedloom.tracking.records import METRICS_ARTIFACT
 
 __all__ = ["RESERVED_ARTIFACTS", "MetaflowStore", "default_datastore_root", "serialize_artifacts"]
 
@@ -54,7 +55,8 @@ ENCODING = "pickle-v4"  # the label Metaflow's PickleSerializer claims; its load
 SYSROOT_ENV = "METAFLOW_DATASTORE_SYSROOT_LOCAL"
 # Written on every task, as Metaflow's own runtime does; the client's Task.finished/successful/
 # exception and Run.finished/successful (= those of the 'end' step's task) read them.
-RESERVED_ARTIFACTS = frozenset({"_task_ok", "_success", "_exception"})
+# And the task's metrics, written by fedloom under a name no flow attribute may take.
+RESERVED_ARTIFACTS = frozenset({"_task_ok", "_success", "_exception", METRICS_ARTIFACT})
 
 
 def default_datastore_root() -> str:
@@ -190,11 +192,14 @@ class MetaflowStore:
                    stdout: str, stderr: str, participant: str, ok: bool,
                    started_at: float, finished_at: float, attempt: int = 0,
                    exception: str | None = None, next_step: str = "",
-                   unpicklable: Sequence[str] = ()) -> None:
+                   unpicklable: Sequence[str] = (),
+                   metrics: Sequence[Mapping[str, Any]] | None = None) -> None:
         """Record one finished (or failed) task: artifacts already pickled (see
         :func:`serialize_artifacts`; large ones maybe already stored by :attr:`sink`), its
         output, and metadata (``participant``, ``attempt``, ``started-at``/``finished-at`` in
-        epoch seconds) visible in ``task.metadata_dict``."""
+        epoch seconds) visible in ``task.metadata_dict``. ``metrics``: what the task logged
+        (``MetricRecord.to_dict()`` each), kept as the artifact ``fedloom_metrics``; ``None``
+        writes no such artifact."""
         run_id = self._live_run()
         clash = RESERVED_ARTIFACTS & artifacts.keys()
         if clash:
@@ -207,6 +212,8 @@ class MetaflowStore:
         status: dict[str, Any] = {"_task_ok": ok, "_success": ok}
         if exception is not None:
             status["_exception"] = exception
+        if metrics is not None:  # plain dicts of builtins: readable without fedloom
+            status[METRICS_ARTIFACT] = [dict(m) for m in metrics]
         objects, info = self._save({**artifacts, **_pickled(status)})
         logs = {"stdout": _mflog(stdout, started_at), "stderr": _mflog(stderr, started_at)}
         self._record(step, task_id, attempt, objects, info, participant=participant, ok=ok,

@@ -80,13 +80,17 @@ class MetaflowRecorder:
         else:
             task_id = self._store.new_task_id(task.step)
         self._last_ids[key] = task_id
+        # Every recorded task has the artifact fedloom_metrics, an empty list when it logged
+        # nothing: readers need no special case for tasks without metrics.
         self._store.write_task(task.step, task_id, task.artifacts, stdout=task.stdout,
                                stderr=task.stderr, participant=task.participant, ok=task.ok,
                                started_at=task.started_at, finished_at=task.finished_at,
                                attempt=task.attempt, exception=task.exception,
-                               next_step=task.next_step, unpicklable=task.unpicklable)
+                               next_step=task.next_step, unpicklable=task.unpicklable,
+                               metrics=[m.to_dict() for m in task.metrics])
         self.report.tasks.append(TaskRow(task.step, task_id, task.participant, task.ok,
                                          task.started_at, task.finished_at))
+        self.report.metrics.extend(task.metrics)
 
     def finish(self, ok: bool) -> None:
         """Wait for the writers, close the run and write its report — all of it even when a
