@@ -11,6 +11,15 @@ from typing import Any
 
 import pytest
 
+from fedloom import (
+    Aggregator,
+    Collaborator,
+    FLSpec,
+    LocalRuntime,
+    aggregator,
+    collaborator,
+    log_metric,
+)
 from fedloom.checkpoint.report import RunReport, TaskRow, report_from_metaflow
 from fedloom.tracking.charts import MetricCharts, nice_ticks
 from fedloom.tracking.records import MetricRecord
@@ -200,31 +209,33 @@ def test_run_table_caption_gives_the_latest_value_per_metric():
 
 # --- read back through the Metaflow client ----------------------------------------------------
 
-def write_task(store: Any, step: str, participant: str, state: dict[str, Any]) -> None:
+def write_task(store: Any, step: str, participant: str,
+               metrics: list[dict[str, Any]] | None = None) -> None:
     from fedloom.checkpoint import serialize_artifacts
 
-    blobs, _ = serialize_artifacts(state)
+    blobs, _ = serialize_artifacts({"x": 1})
     now = time.time()
     store.write_task(step, store.new_task_id(step), blobs, stdout="", stderr="",
-                     participant=participant, ok=True, started_at=now, finished_at=now)
+                     participant=participant, ok=True, started_at=now, finished_at=now,
+                     metrics=metrics)
 
 
 def test_report_from_metaflow_reads_each_tasks_metrics_artifact(metaflow_client: Path):
-    # Tasks as the recorder writes them: a fedloom_metrics artifact where the task logged
-    # something, none where it did not (and none at all in runs from before tracking).
+    # Tasks as the recorder writes them (a fedloom_metrics artifact, maybe empty), and one
+    # as written before tracking existed (no such artifact).
     from fedloom.checkpoint import MetaflowStore
 
     store = MetaflowStore("FederatedFlow")
     store.start_run("1700000000000001")
     logged = federated_records(SITES, rounds=2)
-    write_task(store, "start", "aggregator", {"x": 1})
+    write_task(store, "start", "aggregator")  # as written before tracking: no artifact
     for r in range(2):
         for site in SITES:
             mine = [m.to_dict() for m in logged if (m.participant, m.round) == (site, r)]
-            write_task(store, "train", site, {"fedloom_metrics": mine})
+            write_task(store, "train", site, mine)
         ours = [m.to_dict() for m in logged if (m.participant, m.round) == ("aggregator", r)]
-        write_task(store, "join", "aggregator", {"fedloom_metrics": ours})
-    write_task(store, "end", "aggregator", {"fedloom_metrics": []})
+        write_task(store, "join", "aggregator", ours)
+    write_task(store, "end", "aggregator", [])
     store.finish_run(True)
 
     report = report_from_metaflow("FederatedFlow", "1700000000000001")
@@ -239,8 +250,65 @@ def test_report_from_metaflow_of_a_run_without_metrics(metaflow_client: Path):
 
     store = MetaflowStore("FederatedFlow")
     store.start_run("1700000000000002")
-    write_task(store, "start", "aggregator", {"x": 1})
-    write_task(store, "end", "aggregator", {"x": 2})
+    write_task(store, "start", "aggregator")
+    write_task(store, "end", "aggregator")
     store.finish_run(True)
     report = report_from_metaflow("FederatedFlow", "1700000000000002")
     assert report.metrics == [] and "Metrics" not in report.to_html()
+
+
+def test_who_logged_in_start_or_end_is_the_aggregator_whatever_its_name():
+    records = [record("central", 0, "accuracy", 0.5, step="start"),
+               record("central", 0, "accuracy", 0.7, step="join"),
+               record("Portland", 0, "accuracy", 0.4)]
+    svg = svg_of(MetricCharts(records), "accuracy")
+    assert [g.get("data-label") for g in series(svg, "aggregator")] == [
+        "central (start)", "central (join)"]
+    assert [g.get("data-label") for g in series(svg, "participant")] == ["Portland"]
+
+
+# --- end to end: a flow that logs, recorded, read back -----------------------------------------
+
+def test_a_checkpointed_flow_that_logs_metrics_gets_its_charts(metaflow_client: Path):
+    class ChartedFlow(FLSpec):
+        @aggregator
+        def start(self):
+            self.collaborators, self.round = self.runtime.collaborators, 0
+            self.next(self.train, foreach="collaborators")
+
+        @collaborator
+        def train(self):
+            log_metric("loss", 1.0 / (self.round + 1) + len(self.input))
+            self.next(self.join)
+
+        @aggregator
+        def join(self, inputs):
+            self.round += 1
+            log_metric("accuracy", 0.5 + 0.1 * self.round)
+            if self.round < 3:
+                self.next(self.train, foreach="collaborators")
+            else:
+                self.next(self.end)
+
+        @aggregator
+        def end(self):
+            pass
+
+    flow = ChartedFlow(checkpoint=True)
+    flow.runtime = LocalRuntime(aggregator=Aggregator(name="central"),
+                                collaborators=[Collaborator(name=n) for n in SITES])
+    flow.run()
+    report = report_from_metaflow("ChartedFlow", flow._run_id)
+    assert len(report.metrics) == 3 * len(SITES) + 3
+    pages = {"read back": report.to_html(),
+             "written by the run": (Path(".metaflow") / "ChartedFlow" / flow._run_id
+                                    / "fedloom-run.html").read_text(encoding="utf-8")}
+    for where, page in pages.items():
+        charts = dict(re.findall(r"<figure class='metric-chart' data-metric='([^']+)'.*?>"
+                                 r"(<svg.*?</svg>)", page))
+        assert list(charts) == ["loss", "accuracy"], where
+        loss, accuracy = ET.fromstring(charts["loss"]), ET.fromstring(charts["accuracy"])
+        assert [g.get("data-label") for g in series(loss, "participant")] == SITES, where
+        assert [g.get("data-label") for g in series(accuracy, "aggregator")] == ["central"]
+        assert "central: 0.8 (round 2, join)" in titles(accuracy), where
+    assert "accuracy 0.8 (central, round 2)" in str(report.table().caption)

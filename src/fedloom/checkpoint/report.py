@@ -20,12 +20,10 @@ from typing import Any
 from rich.table import Table
 
 from fedloom.errors import FedloomError
-from fedloom.tracking.charts import AGGREGATOR, MetricCharts
-from fedloom.tracking.records import MetricRecord
+from fedloom.tracking.charts import AGGREGATOR, AGGREGATOR_STEPS, MetricCharts
+from fedloom.tracking.records import METRICS_ARTIFACT, MetricRecord
 
 log = logging.getLogger(__name__)
-
-METRICS_ARTIFACT = "fedloom_metrics"  # per task: the MetricRecord.to_dict() of what it logged
 
 
 @dataclass(frozen=True)
@@ -63,7 +61,7 @@ class RunReport:
     @property
     def aggregators(self) -> set[str]:
         """Names the aggregator's own metrics go by: who ran start and end (its name)."""
-        return {t.participant for t in self.tasks if t.step in ("start", "end")} | {AGGREGATOR}
+        return {t.participant for t in self.tasks if t.step in AGGREGATOR_STEPS} | {AGGREGATOR}
 
     def charts(self) -> MetricCharts:
         """The run's metrics, one chart per metric name."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from fedloom.tracking.records import MetricRecord
 
 AGGREGATOR = "aggregator"  # the participant name of the aggregator's own records by default
+AGGREGATOR_STEPS = ("start", "end")  # every flow runs these on the aggregator
 DEFAULT_MAX_LINES = 10  # collaborator lines drawn individually before a chart summarises
 
 # Distinct, colour-blind-friendly-ish hues for collaborators; the aggregator is near-black.
@@ -78,14 +79,15 @@ class Chart:
 
 class MetricCharts:
     """One chart per metric name. ``aggregators``: the participant names whose records are the
-    aggregator's own (drawn thick and dark); ``max_lines``: collaborator lines drawn one by one
-    in a chart before it shows a min-max band and a mean line for all of them instead."""
+    aggregator's own (drawn thick and dark) — besides ``"aggregator"`` and whoever logged in
+    ``start`` or ``end``, which run on the aggregator; ``max_lines``: collaborator lines drawn
+    one by one in a chart before it shows a min-max band and a mean line for all of them."""
 
-    def __init__(self, records: Iterable[MetricRecord],
-                 aggregators: Iterable[str] = (AGGREGATOR,),
+    def __init__(self, records: Iterable[MetricRecord], aggregators: Iterable[str] = (),
                  max_lines: int = DEFAULT_MAX_LINES) -> None:
         self.records = list(records)
-        self.aggregators = frozenset(aggregators)
+        self.aggregators = frozenset(aggregators).union(
+            {AGGREGATOR}, (r.participant for r in self.records if r.step in AGGREGATOR_STEPS))
         self.max_lines = max(0, max_lines)
 
     @property
