@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 
 from fedloom.federation import transport
+from fedloom.federation.names import SHOWN_IN_ERRORS, listed
 from fedloom.federation.nodes.config import DirectorConfig
 from fedloom.federation.nodes.events import EventLog
 from fedloom.federation.nodes.limits import PeerCounters
@@ -343,7 +344,7 @@ class Director:
                 experiment.deadline = self.loop.call_later(
                     experiment.wait_for_envoys, self._envoys_late, experiment)
             since = time.strftime("%H:%M:%S", time.localtime(experiment.missing_since))
-            text = f"waiting for envoys {', '.join(missing)} (offline) since {since}"
+            text = f"waiting for envoys {listed(missing)} (offline) since {since}"
         else:
             self._clear_deadline(experiment)
             busy = [n for n in experiment.collaborators if self.envoys[n].experiment]
@@ -367,9 +368,9 @@ class Director:
         missing = [n for n in experiment.collaborators
                    if (link := self.envoys.get(n)) is None or not link.online]
         never = [n for n in missing if n not in self.envoys]
-        reason = (f"envoys {', '.join(missing)} did not come online within "
+        reason = (f"envoys {listed(missing, SHOWN_IN_ERRORS)} did not come online within "
                   f"{experiment.wait_for_envoys:g} s (wait_for_envoys)"
-                  + (f"; never registered: {', '.join(never)}" if never else "")
+                  + (f"; never registered: {listed(never, SHOWN_IN_ERRORS)}" if never else "")
                   + ". Start them (fx envoy start), or submit to envoys that are online "
                     "(FederatedRuntime(...).get_envoys())")
         self.queue.remove(experiment.id)

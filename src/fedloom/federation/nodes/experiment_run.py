@@ -15,6 +15,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from fedloom.federation import transport
+from fedloom.federation.names import SHOWN_IN_ERRORS, listed
 from fedloom.federation.nodes import lifeline
 from fedloom.federation.nodes.director import Director, Experiment
 from fedloom.federation.nodes.experiment_process import (
@@ -178,8 +179,8 @@ class ExperimentRun:
                 message = await asyncio.wait_for(
                     self.experiment.inbox.get(), deadline - asyncio.get_running_loop().time())
             except asyncio.TimeoutError:
-                return (f"envoys {sorted(waiting)} did not start their collaborators within "
-                        f"{READY_TIMEOUT:g} s")
+                return (f"envoys {listed(sorted(waiting), SHOWN_IN_ERRORS)} did not start their "
+                        f"collaborators within {READY_TIMEOUT:g} s")
             if message[0] == "ready":
                 waiting.discard(message[1])
             elif message[0] == "failed":  # the aggregator process could not set up
@@ -256,9 +257,8 @@ class ExperimentRun:
         now = time.time()
         took, self._step_began = now - (self._step_began or now), now
         exp.step, exp.round, exp.step_at = step, self.fanouts[step], now
-        shown = ", ".join(names[:5]) + (f" (+{len(names) - 5})" if len(names) > 5 else "")
         log.info("experiment %s: step '%s' round %d sent to %d envoy(s): %s; the previous "
-                 "step took %.2f s", exp.id, step, exp.round, len(names), shown, took)
+                 "step took %.2f s", exp.id, step, exp.round, len(names), listed(names), took)
         exp.events.put(pb.Event(progress=pb.Progress(
             step=step, round=exp.round, participants=names, at=now, previous_seconds=took)))
         if size <= bulk.INLINE_BYTES:

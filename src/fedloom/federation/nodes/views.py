@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from fedloom.federation.names import listed
 from fedloom.federation.store import ExperimentRecord
 from fedloom.federation.transport.proto import fedloom_pb2 as pb
 
@@ -54,7 +55,7 @@ def _queued(director: Director, live: Experiment, info: pb.ExperimentInfo,
         info.phase = "waiting"
         info.waiting_for.extend(missing)
         since = live.missing_since or time.time()
-        info.detail = (f"waiting for envoys {', '.join(missing)} (offline) since "
+        info.detail = (f"waiting for envoys {listed(missing)} (offline) since "
                        f"{time.strftime('%H:%M:%S', time.localtime(since))}")
         return
     busy = [n for n in live.collaborators if director.envoys[n].experiment]

@@ -14,11 +14,13 @@ from typing import Any
 
 from fedloom.errors import FedloomError
 from fedloom.federation import transport
+from fedloom.federation.names import SHOWN, listed
 from fedloom.federation.review.desk import Plan, ReviewDesk
 from fedloom.federation.transport import bulk
 from fedloom.federation.transport.proto import fedloom_pb2 as pb
 
 DIRECTOR = "director"
+STATUS_EVERY = 1.0  # seconds between statuses of who is left to review, when many are
 
 
 def send_plan(send: Callable[[str, pb.Work], None], experiment: Any,
@@ -48,6 +50,8 @@ class ReviewPhase:
         self.decisions: dict[str, pb.Decision] = {}
         self.concluded = False  # the user was sent the outcome table
         self.asked: set[str] = set()  # envoys the plan was sent to
+        self._shown_at = 0.0  # when who is left was last told (monotonic)
+        self._later: asyncio.TimerHandle | None = None  # telling it, held back
 
     async def run(self) -> str:
         """'' when every participant approved; otherwise why not. When the review concluded
@@ -66,8 +70,12 @@ class ReviewPhase:
             self.desk.withdraw(exp.id, stopped or "ended")
             return stopped or self._conclude()
         self._send_plan()
-        self._status(f"waiting for the review by {', '.join(exp.collaborators)}")
-        stopped = await self._collect(set(exp.collaborators))
+        self._status(f"waiting for the review by {listed(exp.collaborators)}")
+        try:
+            stopped = await self._collect(set(exp.collaborators))
+        finally:
+            if self._later is not None:
+                self._later.cancel()
         return stopped or self._conclude()
 
     def _submit_to_desk(self) -> Future[pb.Decision]:
@@ -80,6 +88,27 @@ class ReviewPhase:
 
     def _status(self, text: str) -> None:
         self.experiment.events.put(pb.Event(status=text))
+
+    def _status_of(self, waiting: set[str]) -> None:
+        """Who is left to decide: at once while few are, else at most once a second (a
+        thousand decisions must not make a thousand events), the latest always shown."""
+        now = time.monotonic()
+        if len(waiting) > SHOWN and now - self._shown_at < STATUS_EVERY:
+            if self._later is None:
+                self._later = asyncio.get_running_loop().call_later(
+                    STATUS_EVERY - (now - self._shown_at), self._status_of_now, waiting)
+            return
+        self._status_of_now(waiting)
+
+    def _status_of_now(self, waiting: set[str]) -> None:
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
+        self._shown_at = time.monotonic()
+        left = [n for n in self.experiment.collaborators if n in waiting]
+        self._status(f"waiting for the review by {listed(left)}"
+                     + (f" ({len(left)} of {len(self.experiment.collaborators)})"
+                        if len(left) > SHOWN else ""))
 
     def _when_decided(self, future: Future[pb.Decision]) -> None:
         def forward(done: Future[pb.Decision]) -> None:  # in whichever thread decided
@@ -106,8 +135,7 @@ class ReviewPhase:
                 if not decision.approved:
                     return ""
                 if waiting:  # who is left, as its submitter waits
-                    left = [n for n in self.experiment.collaborators if n in waiting]
-                    self._status(f"waiting for the review by {', '.join(left)}")
+                    self._status_of(waiting)
             elif kind == "cancel":
                 return f"{message[1] if len(message) > 1 else 'cancelled'} during the review"
             elif kind == "lost" and message[1] in self.experiment.collaborators:
