@@ -89,7 +89,7 @@ def test_hover_titles_give_exact_values_and_the_legend_names_everyone():
     charts = MetricCharts([record("Portland", 2, "loss", 0.123456789),
                            record("aggregator", 2, "loss", 7.5, step="join")])
     svg = svg_of(charts, "loss")
-    assert "Portland: 0.123457 (round 2, train)" in titles(svg)
+    assert "Portland: 0.123456789 (round 2, train)" in titles(svg)
     assert "aggregator: 7.5 (round 2, join)" in titles(svg)
     legend = [g for g in svg.iter(f"{SVG}g") if g.get("class") == "legend"]
     assert [t.text for t in legend[0].iter(f"{SVG}text")] == ["Portland", "aggregator"]
@@ -112,7 +112,7 @@ def test_a_thousand_participants_are_summarised_and_the_chart_says_so():
     notes = " ".join(t.text or "" for t in svg.iter(f"{SVG}text")
                      if t.get("class") == "chart-note")
     assert "1000 participants: 6 drawn one by one" in notes and "min-max of all 1000" in notes
-    assert "round 1: mean 500.5, min 1, max 1000 (1000 participants)" in titles(svg)
+    assert "round 1: mean 500.5, min 1.0, max 1000.0 (1000 participants)" in titles(svg)
     assert len(charts.html()) < 60_000  # not a thousand lines
 
 

@@ -32,7 +32,7 @@ AGGREGATOR_DASHES = ("", "7 3", "2 3", "7 3 2 3")  # a second aggregator step, a
 WIDTH = 640
 PLOT_HEIGHT = 220
 MARGIN_LEFT, MARGIN_RIGHT = 64, 16
-LEGEND_COLUMN = 150  # px per legend entry
+LEGEND_COLUMN = 144  # px per legend entry: four columns
 LEGEND_ROW = 16
 MAX_MARKERS = 60  # points per line with a hover marker; longer lines get only the line's title
 
@@ -319,7 +319,7 @@ def _band_svg(band: Band, frame: Frame) -> str:
     who = f"{band.participants} participants"
     mean = Series(f"mean of {who}", "", False,
                   [Point(x, int(x), m, "") for x, _, m, _ in band.rows], MEAN_COLOUR, "5 3")
-    titles = [f"round {int(x)}: mean {m:.6g}, min {low:.6g}, max {high:.6g} ({who})"
+    titles = [f"round {int(x)}: mean {m!r}, min {low!r}, max {high!r} ({who})"
               for x, low, m, high in band.rows]
     return (f"<path class='band' d='{_path(outline)}Z' fill='{BAND_COLOUR}' fill-opacity='0.3' "
             f"stroke='none'><title>min-max of {_e(who)}</title></path>"
@@ -348,7 +348,7 @@ def _line_svg(line: Series, frame: Frame, kind: str = "",
 
 def _point_title(label: str, point: Point) -> str:
     where = f"round {point.round}" + (f", {point.step}" if point.step else "")
-    return f"{label}: {point.value:.6g} ({where})"
+    return f"{label}: {point.value!r} ({where})"  # repr: the exact value, shortest form
 
 
 def _legend(chart: Chart, top: float) -> tuple[str, int]:
@@ -363,7 +363,7 @@ def _legend(chart: Chart, top: float) -> tuple[str, int]:
         x = MARGIN_LEFT + (i % columns) * LEGEND_COLUMN
         y = top + (i // columns) * LEGEND_ROW
         dash = f" stroke-dasharray='{dashes}'" if dashes else ""
-        shown = label if len(label) <= 20 else label[:19] + "…"
+        shown = label if len(label) <= 19 else label[:18] + "…"
         parts.append(f"<g class='legend-entry'><title>{_e(label)}</title>"
                      f"<line x1='{x}' x2='{x + 18}' y1='{y - 4}' y2='{y - 4}' stroke='{colour}' "
                      f"stroke-width='{width}'{dash}/><text x='{x + 24}' y='{y}'>{_e(shown)}"
