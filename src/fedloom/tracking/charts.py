@@ -89,19 +89,25 @@ class MetricCharts:
         self.aggregators = frozenset(aggregators).union(
             {AGGREGATOR}, (r.participant for r in self.records if r.step in AGGREGATOR_STEPS))
         self.max_lines = max(0, max_lines)
+        self._by_name: dict[str, list[MetricRecord]] = defaultdict(list)
+        for record in self.records:
+            self._by_name[record.name].append(record)
+        # One colour per collaborator across every chart, while the palette has enough.
+        collaborators = dict.fromkeys(r.participant for r in self.records
+                                      if r.participant not in self.aggregators)
+        self._colours = list(collaborators) if len(collaborators) <= len(PALETTE) else []
 
     @property
     def names(self) -> list[str]:
         """Metric names, in the order they were first logged."""
-        return list(dict.fromkeys(r.name for r in self.records))
+        return list(self._by_name)
 
     def chart(self, name: str) -> Chart:
         """What the chart of metric ``name`` shows (lines, band, notes)."""
-        chosen = [r for r in self.records if r.name == name]
-        if not chosen:
+        if name not in self._by_name:
             raise KeyError(f"no metric named {name!r} was logged; logged: {self.names}")
-        return build_chart(name, chosen, self.aggregators, self.max_lines,
-                           self._colour_order())
+        return build_chart(name, self._by_name[name], self.aggregators, self.max_lines,
+                           self._colours)
 
     def svg(self, name: str) -> str:
         """The chart of metric ``name`` as a standalone SVG document (legend included)."""
@@ -122,12 +128,6 @@ class MetricCharts:
 
     def __repr__(self) -> str:
         return f"MetricCharts({len(self.records)} records: {', '.join(self.names) or 'none'})"
-
-    def _colour_order(self) -> list[str]:
-        # One colour per collaborator across every chart, while the palette has enough.
-        names = dict.fromkeys(r.participant for r in self.records
-                              if r.participant not in self.aggregators)
-        return list(names) if len(names) <= len(PALETTE) else []
 
 
 def build_chart(name: str, records: Sequence[MetricRecord], aggregators: frozenset[str],
@@ -190,7 +190,7 @@ def _extremes(lines: Sequence[Series], count: int) -> list[Series]:
     """The ``count`` lines worth seeing one by one: the highest and lowest last values."""
     ranked = sorted(lines, key=lambda s: (s.points[-1].value, s.label))
     low, high = ranked[:count // 2], ranked[len(ranked) - (count - count // 2):]
-    return low + high if count else []
+    return low + high
 
 
 def _summary_notes(shown: int, participants: int) -> list[str]:
