@@ -19,8 +19,9 @@ def test_an_envoy_keeps_retrying_while_nothing_listens_until_stopped(tmp_path):
     with unused_port() as nowhere:
         envoy = lone_envoy(tmp_path, "Oslo", nowhere)
         try:
-            envoy.wait_for(r"not running \(connection refused\); retrying in 0\.5 s")
-            envoy.wait_for(r"connection refused\); retrying in 1 s")  # backing off
+            envoy.wait_for(r"not running \(connection refused\); retrying in [\d.]+ s "
+                           r"\(back-off 0\.5 s")
+            envoy.wait_for(r"connection refused\); retrying in [\d.]+ s \(back-off 1 s")  # later
             assert envoy.process.poll() is None
         finally:
             envoy.stop()
@@ -64,7 +65,7 @@ def test_an_envoy_whose_name_another_connection_holds_says_so_and_keeps_retrying
         envoy = lone_envoy(tmp_path, "Oslo", port)
         try:
             envoy.wait_for(r"the director did not register it: ")
-            envoy.wait_for(r"retrying in 1 s")  # backing off, still there
+            envoy.wait_for(r"retrying in [\d.]+ s \(back-off 1 s")  # backing off, still there
             assert envoy.process.poll() is None
             assert "envoy 'Oslo' is connected from 10.0.0.7:5123" in "\n".join(envoy.seen)
         finally:

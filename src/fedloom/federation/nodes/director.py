@@ -270,12 +270,17 @@ class Director:
         """Declares lost the envoys whose connection is up but that stopped answering: their
         work stream ends (the stream's own wait would notice too, but only when it wakes)."""
         period = self.config.envoy_health_check_period
+        loop = asyncio.get_running_loop()
         while True:
+            slept_from = loop.time()
             await asyncio.sleep(period)
+            # Heartbeats wait unread while this loop is late: silence the director caused by
+            # being busy (a thousand envoys registering at once) is not the envoys' fault.
+            late = max(0.0, loop.time() - slept_from - period)
             now = time.time()
             for link in list(self.envoys.values()):
                 silent = now - link.last_seen
-                if link.online and silent > MISSED_HEALTH_CHECKS * period:
+                if link.online and silent > MISSED_HEALTH_CHECKS * period + late:
                     link.lost_reason = (f"missed its health checks (silent for {silent:.0f} s; "
                                         f"expected every {period:g} s)")
                     self.envoy_lost(link)
@@ -302,8 +307,8 @@ class Director:
         self.experiments[experiment.id] = experiment
         self.queue.append(experiment.id)
         experiment.events.status("queued")
-        log.info("experiment %s submitted by '%s' for %s", experiment.id, submitter,
-                 list(experiment.collaborators))
+        log.info("experiment %s submitted by '%s' for %d envoy(s): %s", experiment.id,
+                 submitter, len(experiment.collaborators), listed(experiment.collaborators))
         self.schedule()
         return experiment
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import random
 import shutil
 import threading
 import time
@@ -164,8 +165,12 @@ class Envoy:
             if self._stop.is_set():
                 break
             self._connected("retrying", why)
-            delay = RECONNECT_SECONDS[min(attempt, len(RECONNECT_SECONDS) - 1)]
-            log.warning("envoy '%s': %s; retrying in %g s", self.config.name, why, delay)
+            # Jittered, so that a thousand envoys of a restarted director do not all come
+            # back in the same instant.
+            step = RECONNECT_SECONDS[min(attempt, len(RECONNECT_SECONDS) - 1)]
+            delay = step * random.uniform(0.5, 1.5)
+            log.warning("envoy '%s': %s; retrying in %.1f s (back-off %g s, jittered)",
+                        self.config.name, why, delay, step)
             self._stop.wait(delay)
             attempt += 1
 
