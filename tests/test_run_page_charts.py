@@ -312,3 +312,7 @@ def test_a_checkpointed_flow_that_logs_metrics_gets_its_charts(metaflow_client: 
         assert [g.get("data-label") for g in series(accuracy, "aggregator")] == ["central"]
         assert "central: 0.8 (round 2, join)" in titles(accuracy), where
     assert "accuracy 0.8 (central, round 2)" in str(report.table().caption)
+    # In a notebook: the same charts from the flow object.
+    inline = flow.metrics.plot()._repr_html_()
+    assert re.findall(r"<figure class='metric-chart' data-metric='([^']+)'", inline) == [
+        "loss", "accuracy"]
