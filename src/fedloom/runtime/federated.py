@@ -32,17 +32,19 @@ from fedloom.federation.transport import bulk, messages, wire
 from fedloom.federation.transport.proto import fedloom_pb2 as pb
 from fedloom.federation.transport.proto import fedloom_pb2_grpc as rpc
 from fedloom.resume import find_resume_point
-from fedloom.runtime.progress import RunDisplay, rounds_of
+from fedloom.runtime.progress import RunDisplay, progress_enabled, rounds_of
 from fedloom.spec.flowspec import (
     FLSpec,
     is_checkpointing,
     public_state,
     replace_public_state,
+    set_metrics,
     set_run_id,
     validate_flow,
 )
 from fedloom.state import transition_to_json, uncopyable
 from fedloom.stragglers import PolicySpec, check_policy_spec, policy_to_json
+from fedloom.tracking.records import MetricRecord, Metrics, run_params
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +60,16 @@ class FederatedRuntime:
     ``{director_node_fqdn, director_port, cert_chain, api_cert, api_private_key}``.
 
     Without ``collaborators`` it runs nothing, but sees and controls your experiments:
-    :meth:`experiments`, :meth:`experiment`, :meth:`logs`, :meth:`cancel`, :meth:`get_envoys`."""
+    :meth:`experiments`, :meth:`experiment`, :meth:`logs`, :meth:`cancel`, :meth:`get_envoys`.
+
+    ``progress``: while ``run()`` waits, show what it waits for, then a bar of rounds with the
+    latest metrics (at a terminal; plain lines elsewhere). ``None`` (default): on, unless
+    ``FEDLOOM_PROGRESS=0``."""
 
     def __init__(self, collaborators: Sequence[str] = (), director: Mapping[str, Any] | None = None,
                  notebook_path: str | Path | None = None, tls: bool = True, *,
                  straggler_policy: PolicySpec = None,
-                 wait_for_envoys: float | None = None) -> None:
+                 wait_for_envoys: float | None = None, progress: bool | None = None) -> None:
         if isinstance(collaborators, str) or \
                 not all(isinstance(c, str) for c in collaborators):
             raise ParticipantError("collaborators= must be a list of envoy names")
@@ -83,6 +89,7 @@ class FederatedRuntime:
         self.wait_for_envoys = wait_for_envoys
         check_policy_spec(straggler_policy)
         self.straggler_policy = straggler_policy
+        self.progress = progress
         self.endpoint = transport.Endpoint(str(director.get("director_node_fqdn", "localhost")),
                                            int(director.get("director_port", 50050)))
         self.notebook_path = notebook_path
@@ -176,9 +183,10 @@ class FederatedRuntime:
             experiment = self.last_experiment = reply.experiment
             log.info("submitted experiment %s (package %s)", experiment, package.digest[:12])
             set_run_id(flow, reply.run_id)
+            metrics: list[MetricRecord] = []  # as they arrive; on the flow however it ends
             try:
                 final = self._follow(channel, stub, experiment, package, type(flow),
-                                     rounds_of(flow))
+                                     rounds_of(flow), (reply.run_id, metrics))
             except KeyboardInterrupt:
                 with suppress(grpc.RpcError):  # it may have ended meanwhile
                     stub.Cancel(pb.CancelRequest(experiment=experiment), timeout=30)
@@ -189,6 +197,9 @@ class FederatedRuntime:
                 if checkpoint:  # a failed run's record is wanted most of all
                     self._fetch_quietly(channel, experiment, (graph.flow_name, reply.run_id))
                 raise
+            finally:
+                set_metrics(flow, Metrics(metrics, flow=graph.flow_name,
+                                          params=run_params(state)))
             if checkpoint:
                 self._fetch_quietly(channel, experiment, (graph.flow_name, reply.run_id))
         replace_public_state(flow, final)
@@ -243,12 +254,16 @@ class FederatedRuntime:
         return reply
 
     def _follow(self, channel: grpc.Channel, stub: rpc.DirectorStub, experiment: str,
-                package: ExperimentPackage, flow_cls: type,
-                rounds: int | None = None) -> dict[str, Any]:
+                package: ExperimentPackage, flow_cls: type, rounds: int | None = None,
+                metrics: tuple[str, list[MetricRecord]] = ("", [])) -> dict[str, Any]:
+        """The experiment's events until its end; returns its final state. ``metrics``: the
+        run id, and the list each metric is added to as it arrives (with its task's output)."""
         assembler = transport.Assembler("final state")
         frame: bytes | memoryview | None = None
         failure: pb.Failure | None = None
-        display = RunDisplay(experiment, rounds)  # a live line at a terminal, else log lines
+        # a live line at a terminal, else log lines
+        display = RunDisplay(experiment, rounds, enabled=progress_enabled(self.progress))
+        run_id, received = metrics
         try:
             for event in self._events(channel, stub, experiment):
                 kind = event.WhichOneof("kind")
@@ -256,6 +271,10 @@ class FederatedRuntime:
                     out = event.output
                     print_attributed(out.step, out.participant, out.stdout, out.stderr)
                     display.on_output(out)
+                    if out.metrics and out.ok:  # a failed attempt's do not count
+                        records = messages.metric_records(out, run_id)
+                        received.extend(records)
+                        display.on_metrics(records)
                 elif kind == "status":
                     display.on_status(event.status)
                 elif kind == "progress":

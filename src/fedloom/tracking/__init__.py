@@ -6,7 +6,8 @@
 
 from fedloom.spec.flowspec import metrics_of
 from fedloom.tracking.api import MetricError, log_metric, log_metrics
+from fedloom.tracking.mlflow_export import to_mlflow
 from fedloom.tracking.records import METRICS_ARTIFACT, MetricRecord, Metrics
 
 __all__ = ["METRICS_ARTIFACT", "MetricError", "MetricRecord", "Metrics", "log_metric",
-           "log_metrics", "metrics_of"]
+           "log_metrics", "metrics_of", "to_mlflow"]

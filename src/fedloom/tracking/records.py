@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, astuple, dataclass, fields
 from typing import Any, overload
 
@@ -34,11 +34,22 @@ class MetricRecord:
                    float(data["value"]))
 
 
-class Metrics(Sequence[MetricRecord]):
-    """A run's metric records, in the order they were logged."""
+Param = str | int | float
 
-    def __init__(self, records: Iterable[MetricRecord] = ()) -> None:
+
+class Metrics(Sequence[MetricRecord]):
+    """A run's metric records, in the order the aggregator received them. ``flow``: the flow's
+    name; ``params``: the run's parameters (the flow's attributes that were numbers or text
+    when it started), both for exporters such as :func:`fedloom.tracking.to_mlflow`."""
+
+    def __init__(self, records: Iterable[MetricRecord] = (), *, flow: str = "",
+                 params: Mapping[str, Param] | None = None) -> None:
         self._records = list(records)
+        self.flow = flow
+        self.params: dict[str, Param] = dict(params or {})
+
+    def _like(self, records: Iterable[MetricRecord]) -> Metrics:
+        return Metrics(records, flow=self.flow, params=self.params)
 
     @overload
     def __getitem__(self, index: int) -> MetricRecord: ...
@@ -48,7 +59,7 @@ class Metrics(Sequence[MetricRecord]):
 
     def __getitem__(self, index: int | slice) -> MetricRecord | Metrics:
         if isinstance(index, slice):
-            return Metrics(self._records[index])
+            return self._like(self._records[index])
         return self._records[index]
 
     def __len__(self) -> int:
@@ -66,16 +77,21 @@ class Metrics(Sequence[MetricRecord]):
     def participants(self) -> list[str]:
         return list(dict.fromkeys(r.participant for r in self._records))
 
+    @property
+    def run_id(self) -> str:
+        """The run the records are of ("" when there are none)."""
+        return self._records[0].run_id if self._records else ""
+
     def steps(self) -> list[str]:
         return list(dict.fromkeys(r.step for r in self._records))
 
     def where(self, *, name: str | None = None, participant: str | None = None,
               step: str | None = None) -> Metrics:
         """The records matching every filter given."""
-        return Metrics(r for r in self._records
-                       if (name is None or r.name == name)
-                       and (participant is None or r.participant == participant)
-                       and (step is None or r.step == step))
+        return self._like(r for r in self._records
+                          if (name is None or r.name == name)
+                          and (participant is None or r.participant == participant)
+                          and (step is None or r.step == step))
 
     def latest(self) -> dict[str, dict[str, float]]:
         """Metric name -> participant -> the latest value it logged."""
@@ -105,3 +121,11 @@ class Metrics(Sequence[MetricRecord]):
         from fedloom.tracking.charts import MetricCharts  # the other half of tracking
 
         return MetricCharts(self)
+
+
+def run_params(state: Mapping[str, object], max_chars: int = 6000) -> dict[str, Param]:
+    """A flow's parameters, from its state when it starts: the attributes that are numbers
+    (bools excluded) or text of at most ``max_chars`` (MLflow's limit for a value)."""
+    return {name: value for name, value in state.items()
+            if (isinstance(value, (int, float)) and not isinstance(value, bool))
+            or (isinstance(value, str) and len(value) <= max_chars)}

@@ -165,7 +165,10 @@ class RemoteChains:
             if isinstance(err, FlowRunError):
                 err.tasks = tasks
             raise err
-        return ChainResult(outcome.collaborator, outcome.join_step, payload["state"], tasks)
+        # As in this process: what the chain's tasks logged, not what failed attempts did.
+        metrics = [m for task in tasks if task.ok for m in task.metrics]
+        return ChainResult(outcome.collaborator, outcome.join_step, payload["state"], tasks,
+                           metrics)
 
 
 class OutputForwarder:
@@ -249,7 +252,7 @@ def _task_record(info: pb.TaskInfo, values: dict[str, Any], run_id: str = "") ->
     from fedloom.checkpoint.artifacts import serialize_artifacts, sink_for
 
     blobs, skipped = serialize_artifacts(values, sink_for(run_id)) if values else ({}, [])
-    record = messages.task_record(info, blobs)
+    record = messages.task_record(info, blobs, run_id)
     record.unpicklable.extend(skipped)
     return record
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import traceback
+from collections.abc import Iterable
 
 from fedloom.checkpoint.artifacts import Artifact
 from fedloom.errors import FedloomError, FlowRunError, StepFailed, TransitionError
 from fedloom.federation.transport.proto import fedloom_pb2 as pb
 from fedloom.tasks import TaskRecord
+from fedloom.tracking.api import MetricError, check_name
+from fedloom.tracking.records import MetricRecord
+
+log = logging.getLogger(__name__)
 
 _RUN_ERRORS: dict[str, type[FlowRunError]] = {
     "FlowRunError": FlowRunError, "TransitionError": TransitionError}
@@ -34,13 +40,35 @@ def task_info(task: TaskRecord) -> pb.TaskInfo:
                        stdout=kept_output(task.stdout), stderr=kept_output(task.stderr),
                        ok=task.ok, started_at=task.started_at,
                        finished_at=task.finished_at, exception=task.exception or "",
-                       unpicklable=task.unpicklable, attempt=task.attempt)
+                       unpicklable=task.unpicklable, attempt=task.attempt,
+                       metrics=[pb.Metric(name=m.name, value=m.value, round=m.round, time=m.time)
+                                for m in task.metrics])
 
 
-def task_record(info: pb.TaskInfo, artifacts: dict[str, Artifact] | None = None) -> TaskRecord:
+def task_record(info: pb.TaskInfo, artifacts: dict[str, Artifact] | None = None,
+                run_id: str = "") -> TaskRecord:
     return TaskRecord(info.step, info.participant, info.started_at, info.finished_at,
                       info.stdout, info.stderr, info.ok, dict(artifacts or {}),
-                      list(info.unpicklable), info.exception or None, info.attempt)
+                      list(info.unpicklable), info.exception or None, info.attempt,
+                      metrics=metric_records(info, run_id))
+
+
+def metric_records(info: pb.TaskInfo, run_id: str) -> list[MetricRecord]:
+    """The metrics a task's message carries, as records of ``run_id``. They come from another
+    process (a site): a name that ``log_metric`` would have refused is left out, logged."""
+    return [MetricRecord(run_id, info.step, info.participant, m.round, m.time, m.name, m.value)
+            for m in _named_properly(info.metrics, info)]
+
+
+def _named_properly(metrics: Iterable[pb.Metric], info: pb.TaskInfo) -> Iterable[pb.Metric]:
+    for metric in metrics:
+        try:
+            check_name(metric.name)
+        except MetricError as err:
+            log.warning("a metric of step '%s' on '%s' is left out: %s", info.step,
+                        info.participant, err)
+            continue
+        yield metric
 
 
 def failure(error: BaseException) -> pb.Failure:

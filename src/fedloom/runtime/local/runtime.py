@@ -28,7 +28,7 @@ from fedloom.spec.flowspec import (
 from fedloom.spec.graph import FlowGraph
 from fedloom.stragglers import Faults, PolicySpec, check_policy_spec
 from fedloom.tasks import FlowJob, TaskRecorder
-from fedloom.tracking.records import Metrics
+from fedloom.tracking.records import Metrics, run_params
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,7 @@ class LocalRuntime:
         engine = FlowEngine(job, self._aggregator.name, self._aggregator_private, backend,
                             recorder, stragglers=self.straggler_policy, observer=display)
         initial = point.state if point else public_state(flow)
+        params = run_params(initial)
         if point:
             log.info("resuming %s", point.describe())
         # While it runs, the engine holds the state: the flow object keeping the initial model
@@ -148,7 +149,7 @@ class LocalRuntime:
             raise
         finally:
             display.close()
-            set_metrics(flow, Metrics(engine.metrics))
+            set_metrics(flow, Metrics(engine.metrics, flow=graph.flow_name, params=params))
             backend.close()
         replace_public_state(flow, final)
 

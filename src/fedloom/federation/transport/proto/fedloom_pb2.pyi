@@ -159,7 +159,7 @@ class ChainOutcome(_message.Message):
     def __init__(self, collaborator: _Optional[str] = ..., join_step: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("step", "participant", "stdout", "stderr", "ok", "started_at", "finished_at", "exception", "unpicklable", "attempt")
+    __slots__ = ("step", "participant", "stdout", "stderr", "ok", "started_at", "finished_at", "exception", "unpicklable", "attempt", "metrics")
     STEP_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANT_FIELD_NUMBER: _ClassVar[int]
     STDOUT_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +170,7 @@ class TaskInfo(_message.Message):
     EXCEPTION_FIELD_NUMBER: _ClassVar[int]
     UNPICKLABLE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
     step: str
     participant: str
     stdout: str
@@ -180,7 +181,20 @@ class TaskInfo(_message.Message):
     exception: str
     unpicklable: _containers.RepeatedScalarFieldContainer[str]
     attempt: int
-    def __init__(self, step: _Optional[str] = ..., participant: _Optional[str] = ..., stdout: _Optional[str] = ..., stderr: _Optional[str] = ..., ok: _Optional[bool] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., exception: _Optional[str] = ..., unpicklable: _Optional[_Iterable[str]] = ..., attempt: _Optional[int] = ...) -> None: ...
+    metrics: _containers.RepeatedCompositeFieldContainer[Metric]
+    def __init__(self, step: _Optional[str] = ..., participant: _Optional[str] = ..., stdout: _Optional[str] = ..., stderr: _Optional[str] = ..., ok: _Optional[bool] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., exception: _Optional[str] = ..., unpicklable: _Optional[_Iterable[str]] = ..., attempt: _Optional[int] = ..., metrics: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ...) -> None: ...
+
+class Metric(_message.Message):
+    __slots__ = ("name", "value", "round", "time")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: float
+    round: int
+    time: float
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ..., round: _Optional[int] = ..., time: _Optional[float] = ...) -> None: ...
 
 class Failure(_message.Message):
     __slots__ = ("kind", "message", "step", "participant", "exc_type", "exc_message", "traceback")
