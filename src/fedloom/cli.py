@@ -111,6 +111,54 @@ def run_show(target: str, html_path: str | None, as_json: bool) -> None:
         out.print(f"report written to {html_path}", markup=False)
 
 
+@run.command("metrics")
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (schema: docs/operating.md).")
+@click.option("--mlflow", "to_mlflow", is_flag=True,
+              help="Also export the run's metrics and parameters to MLflow.")
+@click.option("--tracking-uri", help="With --mlflow: where (default: MLFLOW_TRACKING_URI, else "
+              "MLflow's own default).")
+@click.option("--experiment", help="With --mlflow: the MLflow experiment (default: the flow's "
+              "name).")
+def run_metrics(target: str, as_json: bool, to_mlflow: bool, tracking_uri: str | None,
+                experiment: str | None) -> None:
+    """The metrics a run logged (fedloom.log_metric): TARGET is FLOW (its latest run) or
+    FLOW/RUN_ID, recorded with checkpoint=True and read from the store the Metaflow client
+    finds from here (or METAFLOW_DATASTORE_SYSROOT_LOCAL)."""
+    import json
+
+    from fedloom.tracking.recorded import recorded_metrics
+    from fedloom.tracking.views import metrics_json, metrics_table
+
+    flow_name, _, run_id = target.partition("/")
+    try:
+        metrics = recorded_metrics(flow_name, run_id or None)
+    except FedloomError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except Exception as exc:  # the Metaflow client's own "not found" errors
+        raise click.ClickException(f"cannot read {target}: {exc}") from exc
+    exported = ""
+    if to_mlflow:
+        from fedloom.tracking.mlflow_export import to_mlflow as export
+
+        try:
+            exported = export(metrics, tracking_uri=tracking_uri, experiment=experiment)
+        except FedloomError as exc:
+            raise click.ClickException(str(exc)) from exc
+    if as_json:
+        document = metrics_json(metrics)
+        if to_mlflow:
+            document["mlflow_run_id"] = exported
+        click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+        return
+    out = _stdout()
+    title = f"{flow_name}/{metrics.run_id or run_id or '(latest)'}: {len(metrics)} values"
+    out.print(metrics_table(metrics, title) if metrics else f"{title} (none logged)",
+              markup=False)
+    if exported:
+        out.print(f"exported to MLflow run {exported}", markup=False)
+
+
 @run.command("resume", context_settings={"ignore_unknown_options": True})
 @click.argument("script", type=click.Path(exists=True, dir_okay=False))
 @click.argument("target")
