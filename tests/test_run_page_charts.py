@@ -257,6 +257,19 @@ def test_report_from_metaflow_of_a_run_without_metrics(metaflow_client: Path):
     assert report.metrics == [] and "Metrics" not in report.to_html()
 
 
+def test_an_unreadable_metric_is_skipped_with_a_warning(metaflow_client: Path, caplog):
+    from fedloom.checkpoint import MetaflowStore
+
+    store = MetaflowStore("FederatedFlow")
+    store.start_run("1700000000000003")
+    good = record("Portland", 0, "loss", 0.5)
+    write_task(store, "train", "Portland", [{"name": "loss"}, good.to_dict()])
+    store.finish_run(False)
+    report = report_from_metaflow("FederatedFlow", "1700000000000003")
+    assert report.metrics == [good]
+    assert "a metric of task FederatedFlow/1700000000000003/train/" in caplog.text
+
+
 def test_who_logged_in_start_or_end_is_the_aggregator_whatever_its_name():
     records = [record("central", 0, "accuracy", 0.5, step="start"),
                record("central", 0, "accuracy", 0.7, step="join"),
