@@ -157,7 +157,8 @@ class LocalRuntime:
         """The live bar of rounds and metrics (the one FederatedRuntime shows too)."""
         display = RunDisplay(run_id, rounds_of(flow), title=f"{flow_name} run {run_id}",
                              noun="collaborator", aggregator=self._aggregator.name,
-                             enabled=progress_enabled(self.progress), logger=log)
+                             enabled=progress_enabled(self.progress),
+                             logger=logging.getLogger("fedloom.runtime.local"))
         display.status = "running"
         return display
 
