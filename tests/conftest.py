@@ -93,3 +93,39 @@ def metaflow_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     monkeypatch.setattr(mf_core, "filecache", FileCache(cache_dir=str(tmp_path / "mf-cache")))
     namespace(None)
     yield tmp_path
+
+
+# -- federations of real processes, shared by the tests that can (tests/federation) -------------
+
+SHARED_ENVOYS = {"envoy_one": 1.0, "New York": 3.0}  # name -> the value of its private data
+
+
+def _shared_federation(factory: pytest.TempPathFactory, tls: bool) -> Iterator[Any]:
+    from tests.federation.nodes import SharedFederation, federation
+
+    shared = SharedFederation(lambda folder: federation(folder, SHARED_ENVOYS, tls=tls),
+                              factory, "federation-tls" if tls else "federation-plaintext")
+    try:
+        yield shared
+    finally:
+        shared.close()
+
+
+@pytest.fixture(scope="session")
+def shared_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A director (default settings, review off) and SHARED_ENVOYS over TLS, users alice and
+    mallory, started once for the session (see tests.federation.nodes.SharedFederation)."""
+    yield from _shared_federation(tmp_path_factory, tls=True)
+
+
+@pytest.fixture(scope="session")
+def shared_plaintext(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The same, without TLS."""
+    yield from _shared_federation(tmp_path_factory, tls=False)
+
+
+@pytest.fixture
+def fed(shared_tls: Any) -> Any:
+    """The shared TLS federation, healthy and idle, its earlier output forgotten. Files of the
+    federation are in ``fed.folder``, not in the test's ``tmp_path``."""
+    return shared_tls.ready()

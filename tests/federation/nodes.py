@@ -4,13 +4,21 @@ private ``data`` is a vector of one value."""
 from __future__ import annotations
 
 import os
+import queue
+import re
 import select
 import socket
 import subprocess
-from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 
+import grpc
+import pytest
+
+from fedloom.errors import FedloomError
 from fedloom.federation.localhost import (
     FX,
     LocalFederation,
@@ -18,13 +26,20 @@ from fedloom.federation.localhost import (
     local_federation,
     make_certificates,
 )
+from fedloom.federation.transport.proto import fedloom_pb2 as pb
 
-__all__ = ["FX", "Node", "envoy_config", "experiment_processes", "federation", "fx",
-           "lone_envoy", "make_certificates", "unused_port", "wait_gone"]
+__all__ = ["FX", "Node", "SharedFederation", "envoy_config", "experiment_processes",
+           "federation", "fx", "lone_envoy", "make_certificates", "unused_port", "wait_gone"]
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {"PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 Node = NodeProcess
+
+# Envoys beat every half period and are lost after three periods of silence; a collaborator
+# process is killed after three unanswered pings. The tests' default is the product's: a
+# machine busy enough to starve a node for a few seconds must not make envoys "lost" in tests
+# that are not about health checks. Those pass a short period of their own.
+HEALTH_CHECK_PERIOD = 5.0
 
 PRIVATE_ATTRIBUTES = '''
 import numpy as np
@@ -38,7 +53,7 @@ def envoy_data(value):
 
 
 def director_config(review: bool | None = False, review_timeout: float | None = None,
-                    health_check_period: float = 1,
+                    health_check_period: float = HEALTH_CHECK_PERIOD,
                     settings: dict[str, object] | None = None) -> str:
     """Review is off unless asked for (None: the key is left out, so the default applies)."""
     flag = "" if review is None else f"  review_experiment: {str(review).lower()}\n"
@@ -60,7 +75,7 @@ def envoy_config(name: str, value: float, review: bool = False) -> str:
 def federation(folder: Path, envoys: dict[str, float], tls: bool = True,
                director_review: bool | None = False, reviewing_envoys: Collection[str] = (),
                terminal: bool = False, review_timeout: float | None = None,
-               health_check_period: float = 1,
+               health_check_period: float = HEALTH_CHECK_PERIOD,
                settings: dict[str, object] | None = None) -> Iterator[LocalFederation]:
     """A director and envoys (name -> the value of its private data), all registered; plans
     are reviewed by the director if ``director_review`` and by ``reviewing_envoys``; more of
@@ -129,3 +144,118 @@ def lone_envoy(folder: Path, name: str, port: int, tls: list[str] | None = None)
     return NodeProcess([*FX, "envoy", "start", "-n", name, "-ec", str(config), "-dh",
                         "127.0.0.1", "-dp", str(port),
                         *(tls if tls is not None else ["--disable-tls"])], folder, ENV)
+
+
+def forget_output(node: NodeProcess) -> None:
+    """Drop what ``node`` printed so far: its next ``wait_for`` matches only later lines."""
+    while True:
+        try:
+            line = node.lines.get_nowait()
+        except queue.Empty:
+            break
+        if line is None:  # the process ended: keep saying so
+            node.lines.put(None)
+            break
+    node.seen.clear()
+
+
+class SharedFederation:
+    """One federation for many tests (starting one costs seconds of CPU).
+
+    :meth:`ready` hands it to a test healthy and idle — the same processes alive, every envoy
+    registered, online and connected, nothing unfinished on the director, no experiment left
+    on any envoy — with its nodes' earlier output forgotten, so ``wait_for`` sees only what
+    the test causes. An envoy the test killed is started again; a test that added a node,
+    killed the director, or left work behind that does not end within ``settle`` seconds gets
+    the next test a fresh federation instead.
+    Tests sharing it must tell their experiments apart by id, and find files in
+    ``fed.folder`` (not their own ``tmp_path``)."""
+
+    def __init__(self, start: Callable[[Path], AbstractContextManager[LocalFederation]],
+                 folders: pytest.TempPathFactory, name: str, settle: float = 30.0) -> None:
+        self._start, self._folders, self._name, self._settle = start, folders, name, settle
+        self._stack: ExitStack | None = None
+        self._names: set[str] = set()
+        self._channels: dict[str, grpc.Channel] = {}
+        self._seen_nodes: list[NodeProcess] = []
+        self.fed: LocalFederation | None = None
+        self.started = 0  # federations started so far
+
+    def ready(self) -> LocalFederation:
+        if self.fed is not None and not self._reusable(self.fed):
+            self.close()
+        if self.fed is None:
+            stack = ExitStack()
+            try:
+                self.fed = stack.enter_context(self._start(self._folders.mktemp(self._name)))
+            except BaseException:
+                stack.close()
+                raise
+            self._stack, self.started = stack, self.started + 1
+            self._names = set(self.fed.envoys)
+            self._seen_nodes = [self.fed.director, *self.fed.envoys.values()]
+        for node in (self.fed.director, *self.fed.envoys.values()):
+            forget_output(node)
+        return self.fed
+
+    def close(self) -> None:
+        self._close_channels()
+        stack, self._stack, self.fed = self._stack, None, None
+        if stack is not None:
+            stack.close()
+
+    def _close_channels(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+
+    def _reusable(self, fed: LocalFederation) -> bool:
+        if set(fed.envoys) != self._names or fed.director.process.poll() is not None:
+            return False  # a node was added, or the director is gone
+        nodes = [fed.director, *fed.envoys.values()]
+        if nodes != self._seen_nodes:  # one was restarted: its socket is new
+            self._close_channels()
+        for name, node in list(fed.envoys.items()):
+            if node.process.poll() is not None:  # killed by the test: start it again
+                self._close_channels()
+                config = fed.folder / f"envoy_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.yaml"
+                try:
+                    fed.start_envoy(name, config.read_text()).wait_for(
+                        r"registered with the director")
+                except FedloomError:
+                    return False
+        self._seen_nodes = [fed.director, *fed.envoys.values()]
+        deadline = time.monotonic() + self._settle
+        pause = threading.Event()  # never set: waits between looks at the nodes' status
+        while not self._idle(fed):
+            if time.monotonic() > deadline:
+                return False
+            pause.wait(0.1)
+        return True
+
+    def _idle(self, fed: LocalFederation) -> bool:
+        from fedloom.federation.review.cli import envoy_workdir
+        from fedloom.federation.store import FINAL_STATES
+
+        try:
+            director = self._status(fed.folder / ".fedloom" / "director").director
+            envoys = [self._status(envoy_workdir(name, fed.folder)).envoy for name in fed.envoys]
+        except (grpc.RpcError, OSError):
+            return False
+        return ({e.name for e in director.envoys} == set(fed.envoys)
+                and all(e.online and not e.experiment for e in director.envoys)
+                and all(x.phase in FINAL_STATES for x in director.experiments)
+                and all(e.connection == "connected" and not e.experiments for e in envoys))
+
+    def _status(self, workdir: Path) -> pb.NodeStatus:
+        """What ``fx director/envoy status`` shows, on a channel kept per node (a new
+        channel takes a while to be ready)."""
+        from fedloom.federation.review.service import ADDRESS_FILE
+        from fedloom.federation.transport.proto import fedloom_pb2_grpc as rpc
+
+        address = (workdir / ADDRESS_FILE).read_text().strip()
+        if address not in self._channels:
+            self._channels[address] = grpc.insecure_channel(address)
+        status: pb.NodeStatus = rpc.NodeStub(self._channels[address]).Status(  # type: ignore[no-untyped-call]
+            pb.StatusRequest(), timeout=30, wait_for_ready=True)
+        return status

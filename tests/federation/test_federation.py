@@ -12,7 +12,7 @@ from tests.federation.nodes import envoy_config, federation
 
 pytestmark = pytest.mark.slow
 
-ENVOYS = {"envoy_one": 1.0, "New York": 3.0}
+ENVOYS = {"envoy_one": 1.0, "New York": 3.0}  # the shared federation's (see tests/conftest.py)
 
 
 def run(fed, **flow_args) -> FedAvgFlow:
@@ -24,60 +24,60 @@ def run(fed, **flow_args) -> FedAvgFlow:
 
 
 @pytest.mark.parametrize("tls", [True, False], ids=["tls", "plaintext"])
-def test_a_multi_round_flow_runs_across_envoys(tmp_path, capsys, tls):
-    with federation(tmp_path, ENVOYS, tls=tls) as fed:
-        start_model = np.array([10.0, 0.0, 0.0])  # a "pre-trained" model passed to the flow
-        flow = run(fed, model=start_model, rounds=3)
-        np.testing.assert_allclose(flow.model, start_model + 3 * 2.0)  # mean of 1 and 3, x3
-        assert flow.round == 3 and flow.seen_by == {"envoy_one": 3.0, "New York": 9.0}
-        assert not hasattr(flow, "data") and not hasattr(flow, "secret")
-        out = capsys.readouterr().out
-        assert "[train @ New York] New York trained round 2" in out
-        assert "[start @ aggregator] starting with ['envoy_one', 'New York']" in out
-        # two experiments back to back: envoys were freed
-        again = run(fed, rounds=1)
-        np.testing.assert_allclose(again.model, [2.0, 2.0, 2.0])
-        runtime = FederatedRuntime(collaborators=list(ENVOYS), director=fed.director_info(),
-                                   tls=tls)
-        envoys = {e.name: e for e in runtime.get_envoys()}
-        assert set(envoys) == set(ENVOYS) and all(e.online for e in envoys.values())
+def test_a_multi_round_flow_runs_across_envoys(request, capsys, tls):
+    fed = request.getfixturevalue("shared_tls" if tls else "shared_plaintext").ready()
+    start_model = np.array([10.0, 0.0, 0.0])  # a "pre-trained" model passed to the flow
+    flow = run(fed, model=start_model, rounds=3)
+    np.testing.assert_allclose(flow.model, start_model + 3 * 2.0)  # mean of 1 and 3, x3
+    assert flow.round == 3 and flow.seen_by == {"envoy_one": 3.0, "New York": 9.0}
+    assert not hasattr(flow, "data") and not hasattr(flow, "secret")
+    out = capsys.readouterr().out
+    assert "[train @ New York] New York trained round 2" in out
+    assert "[start @ aggregator] starting with ['envoy_one', 'New York']" in out
+    # two experiments back to back: envoys were freed
+    again = run(fed, rounds=1)
+    np.testing.assert_allclose(again.model, [2.0, 2.0, 2.0])
+    runtime = FederatedRuntime(collaborators=list(ENVOYS), director=fed.director_info(),
+                               tls=tls)
+    envoys = {e.name: e for e in runtime.get_envoys()}
+    assert set(envoys) == set(ENVOYS) and all(e.online for e in envoys.values())
 
 
-def test_a_step_that_raises_fails_the_experiment_and_the_director_keeps_serving(tmp_path):
-    with federation(tmp_path, ENVOYS) as fed:
-        with pytest.raises(StepFailed) as info:
-            run(fed, fail_on="New York")
-        err = info.value
-        assert (err.step, err.participant) == ("train", "New York")
-        assert "ValueError: bad data at New York" in err.traceback_text
-        flow = run(fed, rounds=1)  # the same envoys serve the next experiment
-        np.testing.assert_allclose(flow.model, [2.0, 2.0, 2.0])
+def test_a_step_that_raises_fails_the_experiment_and_the_director_keeps_serving(fed):
+    with pytest.raises(StepFailed) as info:
+        run(fed, fail_on="New York")
+    err = info.value
+    assert (err.step, err.participant) == ("train", "New York")
+    assert "ValueError: bad data at New York" in err.traceback_text
+    flow = run(fed, rounds=1)  # the same envoys serve the next experiment
+    np.testing.assert_allclose(flow.model, [2.0, 2.0, 2.0])
 
 
-def test_an_envoy_that_dies_mid_round_fails_the_experiment(tmp_path):
-    with federation(tmp_path, ENVOYS) as fed, \
-            pytest.raises(FedloomError, match="envoy 'New York' disconnected"):
+def test_an_envoy_that_dies_mid_round_fails_the_experiment(fed):
+    with pytest.raises(FedloomError, match="envoy 'New York' disconnected"):
         run(fed, die_on="New York")
 
 
-def test_an_envoy_with_another_envoys_certificate_is_refused(tmp_path):
-    with federation(tmp_path, {"envoy_one": 1.0}) as fed:
-        impostor = fed.start_envoy("New York", envoy_config("New York", 3.0),
-                                   cert_name="envoy_one")
-        impostor.wait_for(r"refused envoy 'New York'")
+def test_an_envoy_with_another_envoys_certificate_is_refused(fed):
+    fed.certs[("envoy", "Oslo")] = fed.certs[("envoy", "envoy_one")]  # no certificate of its own
+    impostor = fed.start_envoy("Oslo", envoy_config("Oslo", 3.0), cert_name="envoy_one")
+    try:
+        impostor.wait_for(r"refused envoy 'Oslo'")
         assert "presented the certificate of" in "\n".join(impostor.read_all())
         assert impostor.process.returncode == 1  # it stops: retrying cannot help
+    finally:
+        impostor.stop()
+        del fed.envoys["Oslo"], fed.certs[("envoy", "Oslo")]
 
 
 def test_a_checkpointed_run_is_kept_by_the_director_and_fetched_for_the_user(
-        tmp_path, metaflow_client):
+        tmp_path, metaflow_client, fed):
     from metaflow import Flow
 
-    with federation(tmp_path, ENVOYS) as fed:
-        flow = run(fed, rounds=2, checkpoint=True)
-        with pytest.raises(StepFailed):
-            run(fed, fail_on="envoy_one", checkpoint=True)
-    kept = tmp_path / ".fedloom" / "director" / "checkpoints" / ".metaflow" / "FedAvgFlow"
+    flow = run(fed, rounds=2, checkpoint=True)
+    with pytest.raises(StepFailed):
+        run(fed, fail_on="envoy_one", checkpoint=True)
+    kept = fed.folder / ".fedloom" / "director" / "checkpoints" / ".metaflow" / "FedAvgFlow"
     assert (kept / flow._run_id).is_dir()
     record = Flow("FedAvgFlow")[flow._run_id]  # read from the user's own datastore
     assert str(tmp_path / ".metaflow") in record["end"].task["model"]._object["location"]
@@ -96,30 +96,30 @@ def test_a_checkpointed_run_is_kept_by_the_director_and_fetched_for_the_user(
 
 @pytest.mark.parametrize("director_tls", [True, False], ids=["tls-director", "plain-director"])
 def test_a_client_whose_tls_setting_does_not_match_the_director_is_refused_at_once(
-        tmp_path, director_tls):
+        tmp_path, request, director_tls):
     from fedloom.federation.transport.channels import TransportError
     from tests.federation.nodes import make_certificates
 
-    with federation(tmp_path, {"envoy_one": 1.0}, tls=director_tls) as fed:
-        info = fed.director_info()
-        if not director_tls:  # a TLS client with valid certificates of some CA
-            certs = make_certificates(tmp_path / "other-pki", [])
-            cert, key = certs[("user", "alice")]
-            info.update(cert_chain=str(certs[("ca", "")][0]), api_cert=str(cert),
-                        api_private_key=str(key))
-        runtime = FederatedRuntime(collaborators=["envoy_one"], director=info,
-                                   tls=not director_tls)
-        hint = "requires TLS" if director_tls else "TLS handshake failed"
-        with pytest.raises(TransportError, match=hint):
-            runtime.get_envoys()
-        flow = FedAvgFlow()
-        flow.runtime = runtime
-        with pytest.raises(TransportError, match=hint):
-            flow.run()
-        assert "round" not in flow.__dict__  # nothing ran
-        matching = FederatedRuntime(collaborators=["envoy_one"], director=fed.director_info(),
-                                    tls=director_tls)
-        assert [e.name for e in matching.get_envoys()] == ["envoy_one"]  # the director serves
+    fed = request.getfixturevalue("shared_tls" if director_tls else "shared_plaintext").ready()
+    info = fed.director_info()
+    if not director_tls:  # a TLS client with valid certificates of some CA
+        certs = make_certificates(tmp_path / "other-pki", [])
+        cert, key = certs[("user", "alice")]
+        info.update(cert_chain=str(certs[("ca", "")][0]), api_cert=str(cert),
+                    api_private_key=str(key))
+    runtime = FederatedRuntime(collaborators=["envoy_one"], director=info,
+                               tls=not director_tls)
+    hint = "requires TLS" if director_tls else "TLS handshake failed"
+    with pytest.raises(TransportError, match=hint):
+        runtime.get_envoys()
+    flow = FedAvgFlow()
+    flow.runtime = runtime
+    with pytest.raises(TransportError, match=hint):
+        flow.run()
+    assert "round" not in flow.__dict__  # nothing ran
+    matching = FederatedRuntime(collaborators=["envoy_one"], director=fed.director_info(),
+                                tls=director_tls)
+    assert {e.name for e in matching.get_envoys()} == set(ENVOYS)  # the director serves
 
 
 NOTEBOOK_CELLS = [
@@ -176,22 +176,21 @@ KERNEL = ("import linecache, sys, nbformat, __main__\n"
           "    exec(compile(cell.source, name, 'exec'), __main__.__dict__)\n")
 
 
-def test_a_flow_written_in_a_notebook_runs_across_envoys(tmp_path):
+def test_a_flow_written_in_a_notebook_runs_across_envoys(tmp_path, fed):
     import subprocess
     import sys
 
     import nbformat
 
-    with federation(tmp_path, ENVOYS) as fed:
-        notebook = tmp_path / "experiment.ipynb"
-        fill = {"envoys": list(ENVOYS), "director": fed.director_info(),
-                "notebook": str(notebook)}
-        cells = [nbformat.v4.new_code_cell(text.format(**fill) if "{envoys" in text else text)
-                 if kind == "code" else nbformat.v4.new_markdown_cell(text)
-                 for kind, text in NOTEBOOK_CELLS]
-        nbformat.write(nbformat.v4.new_notebook(cells=cells), notebook)
-        done = subprocess.run([sys.executable, "-c", KERNEL, str(notebook)], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=180)
+    notebook = tmp_path / "experiment.ipynb"
+    fill = {"envoys": list(ENVOYS), "director": fed.director_info(),
+            "notebook": str(notebook)}
+    cells = [nbformat.v4.new_code_cell(text.format(**fill) if "{envoys" in text else text)
+             if kind == "code" else nbformat.v4.new_markdown_cell(text)
+             for kind, text in NOTEBOOK_CELLS]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), notebook)
+    done = subprocess.run([sys.executable, "-c", KERNEL, str(notebook)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "[train @ New York] notebook step at New York" in done.stdout
     # start (1,2,3) + mean(1, 3) = 2 per round, two rounds; the class survived both ways
@@ -214,7 +213,7 @@ except KeyboardInterrupt:
 """
 
 
-def test_ctrl_c_cancels_the_experiment_everywhere_and_frees_the_envoys(tmp_path):
+def test_ctrl_c_cancels_the_experiment_everywhere_and_frees_the_envoys(tmp_path, fed):
     import json
     import signal
     import socket
@@ -222,8 +221,7 @@ def test_ctrl_c_cancels_the_experiment_everywhere_and_frees_the_envoys(tmp_path)
 
     from tests.federation.nodes import ROOT, Node
 
-    with socket.create_server(("127.0.0.1", 0)) as server, \
-            federation(tmp_path, ENVOYS) as fed:
+    with socket.create_server(("127.0.0.1", 0)) as server:
         server.settimeout(60)
         args = {"hold_on": "New York", "port": server.getsockname()[1],
                 "envoys": list(ENVOYS), "director": fed.director_info()}
@@ -241,28 +239,26 @@ def test_ctrl_c_cancels_the_experiment_everywhere_and_frees_the_envoys(tmp_path)
         np.testing.assert_allclose(flow.model, [2.0, 2.0, 2.0])
 
 
-def test_envoys_reconnect_by_themselves_to_a_restarted_director(tmp_path):
+def test_envoys_reconnect_by_themselves_to_a_restarted_director(fed):
     from tests.federation.nodes import FX, Node
 
-    with federation(tmp_path, ENVOYS) as fed:
-        fed.director.process.kill()  # a crash: no goodbye to the envoys
-        fed.director.process.wait(timeout=30)
-        config = tmp_path / "director.yaml"
-        config.write_text(config.read_text().replace("listen_port: 0",
-                                                     f"listen_port: {fed.port}"))
-        fed.director = Node([*FX, "director", "start", "-c", str(config),
-                             *fed.tls_args("director", "director")], tmp_path, fed.env)
-        fed.director.wait_for(rf"director listening on [^:]+:{fed.port}")
-        for name in ENVOYS:
-            fed.director.wait_for(rf"envoy '{name}' registered")
-        flow = run(fed, rounds=2)
-        np.testing.assert_allclose(flow.model, [4.0, 4.0, 4.0])
+    fed.director.process.kill()  # a crash: no goodbye to the envoys
+    fed.director.process.wait(timeout=30)
+    config = fed.folder / "director.yaml"
+    config.write_text(config.read_text().replace("listen_port: 0",
+                                                 f"listen_port: {fed.port}"))
+    fed.director = Node([*FX, "director", "start", "-c", str(config),
+                         *fed.tls_args("director", "director")], fed.folder, fed.env)
+    fed.director.wait_for(rf"director listening on [^:]+:{fed.port}")
+    for name in ENVOYS:
+        fed.director.wait_for(rf"envoy '{name}' registered")
+    flow = run(fed, rounds=2)
+    np.testing.assert_allclose(flow.model, [4.0, 4.0, 4.0])
 
 
-def test_state_larger_than_any_grpc_message_crosses_in_chunks(tmp_path):
+def test_state_larger_than_any_grpc_message_crosses_in_chunks(fed):
     big = np.arange(5_100_000, dtype=np.float64).reshape(-1, 3)  # 41 MB: 10x gRPC's limit
-    with federation(tmp_path, ENVOYS) as fed:
-        flow = run(fed, model=big, rounds=1)
+    flow = run(fed, model=big, rounds=1)
     np.testing.assert_allclose(flow.model, big + 2.0)
 
 
@@ -271,10 +267,15 @@ def test_an_envoy_that_hangs_mid_round_is_found_by_the_health_check(tmp_path):
     import socket
     from concurrent.futures import ThreadPoolExecutor
 
+    # A short period, so the test waits three of them, not fifteen seconds; New York alone,
+    # so no other envoy starved by a busy machine for three periods can be "lost" first.
     with ThreadPoolExecutor(1) as pool, socket.create_server(("127.0.0.1", 0)) as server, \
-            federation(tmp_path, ENVOYS) as fed:
+            federation(tmp_path, {"New York": 3.0}, health_check_period=1) as fed:
         server.settimeout(60)
-        result = pool.submit(run, fed, hold_on="New York", hold_port=server.getsockname()[1])
+        flow = FedAvgFlow(hold_on="New York", hold_port=server.getsockname()[1])
+        flow.runtime = FederatedRuntime(collaborators=["New York"],
+                                        director=fed.director_info())
+        result = pool.submit(flow.run)
         held, _ = server.accept()  # New York's collaborator is inside its step
         with held:
             envoy = fed.envoys["New York"].process
@@ -287,6 +288,12 @@ def test_an_envoy_that_hangs_mid_round_is_found_by_the_health_check(tmp_path):
                 envoy.send_signal(signal.SIGCONT)
 
 
+# How long the aggregator waits for a fan-out's results: New York never sends its own, so every
+# round lasts this long. envoy_one's must come in time on a busy machine, where a round trip
+# through the director, an envoy and its collaborator process has taken seconds.
+STRAGGLER_DEADLINE = 8.0
+
+
 def test_with_a_straggler_policy_a_slow_envoy_and_a_killed_one_are_dropped(tmp_path):
     import socket
 
@@ -297,8 +304,9 @@ def test_with_a_straggler_policy_a_slow_envoy_and_a_killed_one_are_dropped(tmp_p
             federation(tmp_path, envoys) as fed:
         flow = FedAvgFlow(rounds=2, hold_on="New York", hold_port=server.getsockname()[1],
                           die_on="Oslo")
-        flow.runtime = FederatedRuntime(collaborators=list(envoys), director=fed.director_info(),
-                                        straggler_policy=StragglerPolicy(deadline=3.0))
+        flow.runtime = FederatedRuntime(
+            collaborators=list(envoys), director=fed.director_info(),
+            straggler_policy=StragglerPolicy(deadline=STRAGGLER_DEADLINE))
         flow.run()  # New York never finishes its step; Oslo's envoy dies in it
     np.testing.assert_allclose(flow.model, [2.0, 2.0, 2.0])  # envoy_one's data, two rounds
     assert flow.seen_by == {"envoy_one": 3.0}
@@ -306,22 +314,22 @@ def test_with_a_straggler_policy_a_slow_envoy_and_a_killed_one_are_dropped(tmp_p
     assert flow.dropped["Oslo"] == "envoy disconnected"
 
 
-def test_a_failed_federated_run_resumes_from_its_fetched_checkpoint(tmp_path, metaflow_client):
+def test_a_failed_federated_run_resumes_from_its_fetched_checkpoint(tmp_path, metaflow_client,
+                                                                   fed):
     from metaflow import Flow
 
     flag = tmp_path / "disk-is-full"
-    with federation(tmp_path, ENVOYS) as fed:
-        uninterrupted = run(fed, rounds=3)
-        flag.touch()
-        failed = FedAvgFlow(rounds=3, flaky_while=str(flag), checkpoint=True)
-        failed.runtime = FederatedRuntime(collaborators=list(ENVOYS),
-                                          director=fed.director_info())
-        with pytest.raises(StepFailed, match="disk full"):
-            failed.run()
-        flag.unlink()  # the site fixed its disk
-        resumed = FedAvgFlow(checkpoint=True)
-        resumed.runtime = failed.runtime
-        resumed.run(resume=failed._run_id)  # from the record fetched at the failure
+    uninterrupted = run(fed, rounds=3)
+    flag.touch()
+    failed = FedAvgFlow(rounds=3, flaky_while=str(flag), checkpoint=True)
+    failed.runtime = FederatedRuntime(collaborators=list(ENVOYS),
+                                      director=fed.director_info())
+    with pytest.raises(StepFailed, match="disk full"):
+        failed.run()
+    flag.unlink()  # the site fixed its disk
+    resumed = FedAvgFlow(checkpoint=True)
+    resumed.runtime = failed.runtime
+    resumed.run(resume=failed._run_id)  # from the record fetched at the failure
     np.testing.assert_allclose(resumed.model, uninterrupted.model)
     assert resumed.round == 3 and resumed.rounds == 3  # the recorded state, not the new object's
     record = Flow("FedAvgFlow")[resumed._run_id]
@@ -329,15 +337,14 @@ def test_a_failed_federated_run_resumes_from_its_fetched_checkpoint(tmp_path, me
     assert "start" not in {step.id for step in record}
 
 
-def test_an_envoy_that_was_lost_and_came_back_rejoins_the_running_experiment(tmp_path):
+def test_an_envoy_that_was_lost_and_came_back_rejoins_the_running_experiment(fed):
     import socket
     from concurrent.futures import ThreadPoolExecutor
 
     from fedloom import StragglerPolicy
     from tests.federation.nodes import envoy_config
 
-    with socket.create_server(("127.0.0.1", 0)) as server, \
-            federation(tmp_path, ENVOYS) as fed:
+    with socket.create_server(("127.0.0.1", 0)) as server:
         server.settimeout(60)
         # New York's envoy dies in round 0; envoy_one holds round 1 until New York is back.
         flow = FedAvgFlow(rounds=3, die_on="New York", die_round=0, hold_on="envoy_one",
@@ -356,19 +363,18 @@ def test_an_envoy_that_was_lost_and_came_back_rejoins_the_running_experiment(tmp
     assert flow.seen_by == {"envoy_one": 3.0, "New York": 9.0} and flow.dropped == {}
 
 
-def test_a_collaborator_process_that_dies_fails_the_run_or_is_dropped_never_hangs(tmp_path):
+def test_a_collaborator_process_that_dies_fails_the_run_or_is_dropped_never_hangs(fed):
     from fedloom import StragglerPolicy
 
-    with federation(tmp_path, ENVOYS) as fed:
-        with pytest.raises(FedloomError, match=r"collaborator process of envoy 'New York' "
-                                               r"exited unexpectedly"):
-            run(fed, crash_on="New York", rounds=1)
-        flow = FedAvgFlow(rounds=2, crash_on="New York")
-        flow.runtime = FederatedRuntime(collaborators=list(ENVOYS), director=fed.director_info(),
-                                        straggler_policy=StragglerPolicy(min_collaborators=1))
-        flow.run()
-        fed.envoys["New York"].wait_for(r"exited unexpectedly")
-        assert fed.envoys["New York"].process.poll() is None  # the envoy itself lives on
+    with pytest.raises(FedloomError, match=r"collaborator process of envoy 'New York' "
+                                           r"exited unexpectedly"):
+        run(fed, crash_on="New York", rounds=1)
+    flow = FedAvgFlow(rounds=2, crash_on="New York")
+    flow.runtime = FederatedRuntime(collaborators=list(ENVOYS), director=fed.director_info(),
+                                    straggler_policy=StragglerPolicy(min_collaborators=1))
+    flow.run()
+    fed.envoys["New York"].wait_for(r"exited unexpectedly")
+    assert fed.envoys["New York"].process.poll() is None  # the envoy itself lives on
     np.testing.assert_allclose(flow.model, [2.0, 2.0, 2.0])
     assert "exited unexpectedly" in flow.dropped["New York"]
 
