@@ -702,7 +702,7 @@ def part_sim(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: t
     table.add_row(f"soak: heartbeat round trip ({len(probes)} probes, unary calls)",
                   f"p50 {pct(lat, 50):.1f} ms, p99 {pct(lat, 99):.1f} ms",
                   f"max {max(lat, default=float('nan')):.1f} ms; {beats:,} heartbeats sent on "
-                  f"Beat streams ({beats / soak:,.0f}/s; {2 * n / period:,.0f}/s are due)")
+                  f"Beat streams ({beats / soak:,.0f}/s; {n / period:,.0f}/s are due)")
     table.add_row("soak: director CPU", f"{cpu:.1f} s ({cpu / soak:.0%} of a core)",
                   f"{cpu / max(beats, 1) * 1e6:.0f} µs per heartbeat; the simulators used "
                   f"{sims_cpu:.1f} CPU-s")
@@ -738,7 +738,7 @@ def part_sim(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: t
         f"[bold]What limits these figures[/bold]: {os.cpu_count()} CPU cores shared by the "
         f"director and the {fleet.count} simulator processes ({sim_rss:.0f} MB in all), which "
         f"themselves used {sims_cpu / soak:.0%} of a core over the soak; "
-        f"{n} envoys heartbeat every {period / 2:g} s ({2 * n / period:,.0f} messages/s on Beat "
+        f"{n} envoys heartbeat every {period:g} s ({n / period:,.0f} messages/s on Beat "
         "streams through Python "
         f"grpc.aio {grpc.__version__} on one event loop in the director, each with its "
         "certificate checked); registration is bound by the TLS handshakes of "

@@ -2,7 +2,7 @@
 
 Each simulated envoy has its own certificate and its own grpc.aio channel (the director binds a
 session to the name on the certificate), all on one asyncio loop. Like ``fx envoy`` it
-registers, opens its work stream, sends a heartbeat every half health-check period on one Beat
+registers, opens its work stream, sends a heartbeat every health-check period on one Beat
 stream (and, as the real envoy does, stops when that stream fails: the work stream notices the
 loss), and reconnects with the envoy's back-off when its stream ends (``--keep-beating``: a
 probe that makes each heartbeat a unary call and times its answer, and goes on after a
@@ -152,11 +152,11 @@ class SimEnvoy:
         return True
 
     async def _beat(self, period: float) -> None:
-        """As fx envoy: every half period. Envoys beat on one Beat stream, as fx envoy does
+        """As fx envoy: once a period. Envoys beat on one Beat stream, as fx envoy does
         (each message counts as a heartbeat, with no latency to time); probes
         (``--keep-beating``) make one unary Heartbeat call a beat and time its answer, and go
         on after a failed one."""
-        await asyncio.sleep(random.uniform(0, period / 2))  # not all in step
+        await asyncio.sleep(random.uniform(0, period))  # not all in step
         if self.keep_beating:
             await self._probe(period)
         else:
@@ -169,7 +169,7 @@ class SimEnvoy:
             yield pb.WorkRequest(session=self.session)
             self.stats.hb_ok += 1
             while True:
-                await asyncio.sleep(period / 2)
+                await asyncio.sleep(period)
                 yield pb.WorkRequest()
                 self.stats.hb_ok += 1
 

@@ -95,10 +95,13 @@ class DirectorService(rpc.DirectorServicer):
         with await self._held(context, link.name):
             try:
                 while link.online:
-                    try:
-                        item = await asyncio.wait_for(link.work.get(), idle)
-                    except asyncio.TimeoutError:
-                        item = pb.Work(ping=0.0)  # a dead connection breaks here
+                    try:  # what is queued already goes out without a timer (fan-outs)
+                        item = link.work.get_nowait()
+                    except asyncio.QueueEmpty:
+                        try:
+                            item = await asyncio.wait_for(link.work.get(), idle)
+                        except asyncio.TimeoutError:
+                            item = pb.Work(ping=0.0)  # a dead connection breaks here
                     if item is None:
                         return
                     yield item

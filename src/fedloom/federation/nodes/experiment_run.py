@@ -166,10 +166,12 @@ class ExperimentRun:
 
     def _offer(self, names: tuple[str, ...] | list[str]) -> None:
         exp = self.experiment
-        for name in names:  # envoys run the package they reviewed, not a new copy
-            self.director.send(name, pb.Work(experiment=exp.id, offer=pb.Offer(
-                digest=exp.digest, collaborators=exp.collaborators, run_id=exp.run_id,
-                checkpoint=exp.checkpoint)))
+        # Envoys run the package they reviewed, not a new copy. One message for all of them.
+        offer = pb.Work(experiment=exp.id, offer=pb.Offer(
+            digest=exp.digest, collaborators=exp.collaborators, run_id=exp.run_id,
+            checkpoint=exp.checkpoint))
+        for name in names:
+            self.director.send(name, offer)
 
     async def _wait_ready(self) -> str:
         waiting = set(self.experiment.collaborators)
@@ -261,17 +263,17 @@ class ExperimentRun:
                  "step took %.2f s", exp.id, step, exp.round, len(names), listed(names), took)
         exp.events.put(pb.Event(progress=pb.Progress(
             step=step, round=exp.round, participants=names, at=now, previous_seconds=took)))
+        # The same messages go to every envoy of the fan-out: built once.
         if size <= bulk.INLINE_BYTES:
-            parts = list(transport.chunks(frame))
-            for name in names:
-                for part in parts:
-                    self.director.send(name, pb.Work(experiment=exp.id, chain=pb.ChainRequest(
-                        request=request, step=step, state=part)))
-            return
-        self.director.outbox.offer(exp.id, request, frame, set(names))
+            works = [pb.Work(experiment=exp.id, chain=pb.ChainRequest(
+                request=request, step=step, state=part)) for part in transport.chunks(frame)]
+        else:
+            self.director.outbox.offer(exp.id, request, frame, set(names))
+            works = [pb.Work(experiment=exp.id, chain=pb.ChainRequest(
+                request=request, step=step, bulk_bytes=size))]
         for name in names:
-            self.director.send(name, pb.Work(experiment=exp.id, chain=pb.ChainRequest(
-                request=request, step=step, bulk_bytes=size)))
+            for work in works:
+                self.director.send(name, work)
 
     def _rejoin(self, message: tuple[Any, ...]) -> None:
         """An envoy that was lost and came back: review again (it lost its approval with its

@@ -26,18 +26,21 @@ STATUS_EVERY = 1.0  # seconds between statuses of who is left to review, when ma
 def send_plan(send: Callable[[str, pb.Work], None], experiment: Any,
               names: Sequence[str], outbox: bulk.Outbox) -> None:
     """The experiment's plan to each named envoy, for review: its package inside the work items
-    (in chunks) when small, else announced there and pulled (Bulk) from the one copy here."""
+    (in chunks) when small, else announced there and pulled (Bulk) from the one copy here.
+    Every envoy is sent the same messages (built once: with a thousand envoys, each naming
+    a thousand collaborators, building them per envoy cost seconds)."""
     size = len(experiment.package)
     if size > bulk.INLINE_BYTES:
         outbox.offer(experiment.id, bulk.PACKAGE, experiment.package, set(names))
+    parts = [pb.Chunk(total=size)] if size > bulk.INLINE_BYTES else \
+        transport.chunks(experiment.package)
+    works = [pb.Work(experiment=experiment.id, review=pb.ReviewRequest(
+        digest=experiment.digest, submitter=experiment.submitter,
+        collaborators=experiment.collaborators, package=part,
+        bulk_bytes=size if size > bulk.INLINE_BYTES else 0)) for part in parts]
     for name in names:
-        parts = [pb.Chunk(total=size)] if size > bulk.INLINE_BYTES else \
-            transport.chunks(experiment.package)
-        for part in parts:
-            send(name, pb.Work(experiment=experiment.id, review=pb.ReviewRequest(
-                digest=experiment.digest, submitter=experiment.submitter,
-                collaborators=experiment.collaborators, package=part,
-                bulk_bytes=size if size > bulk.INLINE_BYTES else 0)))
+        for work in works:
+            send(name, work)
 
 
 class ReviewPhase:
