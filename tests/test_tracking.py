@@ -198,6 +198,31 @@ def test_the_display_shows_each_metric_s_latest_values_and_their_mean():
     assert "loss: aggregator 0.5 · mean 0.5 · a 0.25, b 0.75" in shown
 
 
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_at_a_terminal_captured_output_passes_through_the_live_display(monkeypatch, caplog):
+    """A checkpointing step's output is captured and written through to the display's proxy of
+    stdout; the display's console must not write into the capture again (endless recursion)."""
+    from fedloom.capture import capture_output
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    display = RunDisplay("1", title="T run 1", noun="collaborator", logger=logging.getLogger(
+        "fedloom.runtime.local"))
+    try:
+        assert display.live
+        with capture_output(passthrough=True) as out:
+            print("hello from a step")
+        display.on_metrics([MetricRecord("1", "train", "a", 0, 1.0, "loss", 0.5)])
+    finally:
+        display.close()
+    assert out.stdout == "hello from a step\n" and "hello from a step" in terminal.getvalue()
+    assert not [r for r in caplog.records if "loss:" in r.getMessage()]  # it was on the bar
+
+
 def test_plain_lines_elsewhere_and_one_switch_turns_them_off(caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger="fedloom.runtime.local")
     flow = run_tracked(rounds=2)

@@ -116,7 +116,9 @@ class RunDisplay:
         self.values: dict[str, dict[str, float]] = {}
         self._unsaid: list[str] = []  # metrics updated since the last plain line about them
         self._log = logger or log
-        console = console or Console(highlight=False)
+        # The stdout of now, fixed: a step's captured output (checkpointing) writes through to
+        # the live display's proxy, which must not find the capture again as its console's file.
+        console = console or Console(highlight=False, file=sys.stdout)
         self._live: Live | None = None
         if enabled and console.is_terminal:
             self._spinner = Spinner("dots", style="cyan")
@@ -165,6 +167,7 @@ class RunDisplay:
         if self._live is not None:
             self._live.stop()
             self._live = None
+            self._unsaid = []  # the live display showed them
         self._say_metrics()
 
     def metric_line(self, name: str) -> str:
