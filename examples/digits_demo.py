@@ -3,7 +3,9 @@
 Each collaborator makes its own shard of the data where it lives (a private attribute built by a
 ``private_attributes_callable``), trains a small numpy MLP on it with plain SGD, and sends back
 only the model, its sample count and its metrics. The aggregator averages the models (weighted by
-sample counts) and scores the result on a held-out test set that only it holds.
+sample counts) and scores the result on a held-out test set that only it holds. Every step logs
+its numbers with ``fedloom.log_metric``: the console shows them live under a bar of rounds, and
+with ``--checkpoint`` the run's page charts them.
 
     python examples/digits_demo.py [--rounds 10] [--collaborators 4] [--seed 0]
                                    [--backend single_process|ray] [--checkpoint]
@@ -14,12 +16,12 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
@@ -31,6 +33,8 @@ from fedloom import (
     aggregator,
     collaborator,
     fedavg,
+    log_metric,
+    log_metrics,
     weighted_mean,
 )
 
@@ -130,33 +134,28 @@ def collaborator_private_attributes(index: int, n_collaborators: int,
 
 
 def aggregator_private_attributes(seed: int, reporter: RoundReporter) -> dict[str, Any]:
-    """The held-out test set, and the progress display: both stay on the aggregator (private
+    """The held-out test set, and the round reporter: both stay on the aggregator (private
     attributes are never copied to collaborators, so an unpicklable console is fine)."""
     _, x_test, _, y_test = _digits_split(seed)
     return {"test_x": x_test, "test_y": y_test, "reporter": reporter}
 
 
-# -- reporting: a rich progress bar over rounds, one line per round -----------------------------
+# -- reporting: one line per round (the runtime's live bar shows the metrics as they come) ------
 
 
 class RoundReporter:
-    """Prints one line per round above a progress bar. Without a terminal (CI, pipes, pytest)
-    there is no bar, and the lines come out as plain text."""
+    """Prints one line per round, the round's summary; the runtime's own display keeps the bar
+    of rounds and the latest metrics below it (at a terminal)."""
 
     def __init__(self, console: Console, rounds: int) -> None:
+        self.console = console
         self.rounds = rounds
-        self.progress = Progress(
-            TextColumn("[bold]federated training"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=console, auto_refresh=False,  # no refresh thread
-            disable=not console.is_terminal)  # in logs, the per-round lines say it all
-        self.task = self.progress.add_task("rounds", total=rounds)
 
     def round_done(self, round_no: int, global_acc: float, agg_acc: float, local_acc: float,
                    loss: float) -> None:
-        self.progress.console.print(
+        self.console.print(
             f"round {round_no:>3}/{self.rounds}  train loss {loss:.4f}  test acc {global_acc:.4f}"
             f"  local val acc {agg_acc:.4f} -> {local_acc:.4f}", highlight=False, soft_wrap=True)
-        self.progress.update(self.task, advance=1, refresh=True)
 
 
 # -- the flow ------------------------------------------------------------------------------------
@@ -185,6 +184,7 @@ class DigitsFlow(FLSpec):
     @collaborator
     def aggregated_model_validation(self) -> None:
         self.agg_validation_score = accuracy(self.model, self.val_x, self.val_y)
+        log_metric("val/aggregated_accuracy", self.agg_validation_score)
         self.next(self.train)
 
     @collaborator
@@ -193,11 +193,13 @@ class DigitsFlow(FLSpec):
             self.model, self.loss = sgd_epoch(self.model, self.train_x, self.train_y, lr=self.lr,
                                               batch_size=self.batch_size, rng=self.shuffle_rng)
         self.n_samples = len(self.train_y)  # a count, not data: the FedAvg weight
+        log_metric("train/loss", self.loss)
         self.next(self.local_model_validation)
 
     @collaborator
     def local_model_validation(self) -> None:
         self.local_validation_score = accuracy(self.model, self.val_x, self.val_y)
+        log_metric("val/local_accuracy", self.local_validation_score)
         # Send back only what the join uses.
         self.next(self.join, include=["model", "n_samples", "loss", "agg_validation_score",
                                       "local_validation_score"])
@@ -217,6 +219,7 @@ class DigitsFlow(FLSpec):
                 [i.local_validation_score for i in inputs], weights),
         }
         self.history.append(record)
+        log_metrics({"test/accuracy": record["global_accuracy"], "train/loss": record["loss"]})
         self.reporter.round_done(self.current_round, record["global_accuracy"],
                                  record["aggregated_model_accuracy"],
                                  record["local_model_accuracy"], record["loss"])
@@ -282,16 +285,27 @@ def main(argv: Sequence[str] | None = None) -> float:
                   "set\n  local val acc: each collaborator's validation data, global -> "
                   "local model", highlight=False)
     began = time.perf_counter()
-    with reporter.progress:
-        flow.run()
+    flow.run()
     elapsed = time.perf_counter() - began
     flow.runtime.shutdown()
     final = float(flow.final_accuracy)
     console.print(f"final global test accuracy: {final:.4f}  ({elapsed:.1f} s)", highlight=False)
     if args.checkpoint:
-        console.print(f"recorded as DigitsFlow/{flow._run_id}: fx run show DigitsFlow",
+        console.print(f"recorded as DigitsFlow/{flow._run_id} (fx run show / fx run metrics "
+                      f"DigitsFlow); plots of every metric: {run_page('DigitsFlow', flow)}",
                       highlight=False)
+    else:
+        console.print(f"{len(flow.metrics)} metric values in flow.metrics; with --checkpoint "
+                      "the run's page plots them", highlight=False)
     return final
+
+
+def run_page(flow_name: str, flow: FLSpec) -> str:
+    """Where a checkpointed run's page is: .metaflow/<Flow>/<run id>/fedloom-run.html."""
+    from fedloom.checkpoint.metaflow_store import default_datastore_root
+    from fedloom.checkpoint.recorder import REPORT_FILE
+
+    return str(Path(default_datastore_root()) / flow_name / str(flow._run_id) / REPORT_FILE)
 
 
 if __name__ == "__main__":

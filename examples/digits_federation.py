@@ -4,7 +4,8 @@
 
 Each envoy makes its own shard of scikit-learn's digits (its private attributes, configured in
 its envoy YAML); the director's aggregator holds the held-out test set. Only models, sample
-counts and metrics cross the wire.
+counts and metrics cross the wire. The run is recorded (``checkpoint=True``) and fetched into
+``.metaflow`` here, where its page (``fedloom-run.html``) plots every metric.
 
     python examples/digits_federation.py [--rounds 5] [--envoys 3] [--seed 0] [--keep DIR]
 """
@@ -24,7 +25,7 @@ from rich.console import Console
 EXAMPLES = Path(__file__).resolve().parent
 sys.path.insert(0, str(EXAMPLES))
 
-from digits_demo import DigitsFlow, _digits_split, _positive, init_params  # noqa: E402
+from digits_demo import DigitsFlow, _digits_split, _positive, init_params, run_page  # noqa: E402
 
 from fedloom import FederatedRuntime  # noqa: E402
 from fedloom.federation.localhost import local_federation  # noqa: E402
@@ -97,7 +98,8 @@ def main(argv: Sequence[str] | None = None) -> float:
         console.print(f"federation up in {time.perf_counter() - started:.1f} s: director on "
                       f"127.0.0.1:{fed.port}, envoys {', '.join(names)}")
         n_features = _digits_split(args.seed)[0].shape[1]
-        flow = DigitsFlow(model=init_params(n_features, args.seed), rounds=args.rounds)
+        flow = DigitsFlow(model=init_params(n_features, args.seed), rounds=args.rounds,
+                          checkpoint=True)
         flow.runtime = FederatedRuntime(collaborators=names, director=fed.director_info())
         began = time.perf_counter()
         flow.run()
@@ -105,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> float:
     final = float(flow.final_accuracy)
     console.print(f"final global test accuracy: {final:.4f}  ({args.rounds} rounds across "
                   f"{args.envoys} envoys in {elapsed:.1f} s)")
+    console.print(f"plots of every metric: {run_page('DigitsFlow', flow)}  (fx run metrics "
+                  f"DigitsFlow/{flow._run_id} for the numbers)", soft_wrap=True)
     return final
 
 
