@@ -77,65 +77,63 @@ def restart_director(fed: LocalFederation, folder: Path) -> None:
     fed.director.wait_for(rf"director listening on [^:]+:{fed.port}")
 
 
-def test_a_second_director_on_a_port_in_use_is_refused_and_the_first_keeps_serving(tmp_path):
-    with federation(tmp_path, {"envoy_one": 1.0}) as fed:
-        other = tmp_path / "other"
-        other.mkdir()
-        (other / "private_attributes.py").write_text(PRIVATE_ATTRIBUTES)
-        config = other / "director.yaml"
-        config.write_text(director_config().replace("listen_port: 0",
-                                                    f"listen_port: {fed.port}"))
-        second = Node([*FX, "director", "start", "-c", str(config),
-                       *fed.tls_args("director", "director")], other, fed.env)
-        second.wait_for(rf"cannot listen on 127.0.0.1:{fed.port}: the port is in use")
-        assert second.process.wait(timeout=30) == 1
-        flow = run(fed, ["envoy_one"], rounds=1)
-        np.testing.assert_allclose(flow.model, [1.0, 1.0, 1.0])
+def test_a_second_director_on_a_port_in_use_is_refused_and_the_first_keeps_serving(tmp_path,
+                                                                                   fed):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "private_attributes.py").write_text(PRIVATE_ATTRIBUTES)
+    config = other / "director.yaml"
+    config.write_text(director_config().replace("listen_port: 0",
+                                                f"listen_port: {fed.port}"))
+    second = Node([*FX, "director", "start", "-c", str(config),
+                   *fed.tls_args("director", "director")], other, fed.env)
+    second.wait_for(rf"cannot listen on 127.0.0.1:{fed.port}: the port is in use")
+    assert second.process.wait(timeout=30) == 1
+    flow = run(fed, ["envoy_one"], rounds=1)
+    np.testing.assert_allclose(flow.model, [1.0, 1.0, 1.0])
 
 
 def test_a_second_process_under_a_live_envoys_name_is_refused_until_the_first_is_gone(
-        tmp_path):
-    with federation(tmp_path) as fed:
-        twin_folder = tmp_path / "twin"
-        twin_folder.mkdir()
-        twin = Node([*FX, "envoy", "start", "-n", "envoy_one", "-ec",
-                     str(tmp_path / "envoy_envoy_one.yaml"), "-dh", "127.0.0.1", "-dp",
-                     str(fed.port), *fed.tls_args("envoy", "envoy_one")], twin_folder, fed.env)
-        try:
-            twin.wait_for(r"did not register it: envoy 'envoy_one' is already connected from "
-                          r"ipv4:127\.0\.0\.1:\d+")
-            fed.director.wait_for(r"envoy 'envoy_one': another process from "
-                                  r"ipv4:127\.0\.0\.1:\d+ tried to register")
-            fed.envoys["envoy_one"].wait_for(r"another process from ipv4:127\.0\.0\.1:\d+ tried "
-                                             r"to register as envoy 'envoy_one'")
-            flow = run(fed, rounds=1)  # the first one still serves, undisturbed
-            np.testing.assert_allclose(flow.model, [2.0, 2.0, 2.0])
-            fed.envoys["envoy_one"].process.kill()
-            twin.wait_for(r"registered with the director")  # the twin takes over
-            flow = run(fed, rounds=1)
-            np.testing.assert_allclose(flow.model, [2.0, 2.0, 2.0])
-        finally:
-            twin.stop()
+        tmp_path, fed):
+    twin_folder = tmp_path / "twin"
+    twin_folder.mkdir()
+    twin = Node([*FX, "envoy", "start", "-n", "envoy_one", "-ec",
+                 str(fed.folder / "envoy_envoy_one.yaml"), "-dh", "127.0.0.1", "-dp",
+                 str(fed.port), *fed.tls_args("envoy", "envoy_one")], twin_folder, fed.env)
+    try:
+        twin.wait_for(r"did not register it: envoy 'envoy_one' is already connected from "
+                      r"ipv4:127\.0\.0\.1:\d+")
+        fed.director.wait_for(r"envoy 'envoy_one': another process from "
+                              r"ipv4:127\.0\.0\.1:\d+ tried to register")
+        fed.envoys["envoy_one"].wait_for(r"another process from ipv4:127\.0\.0\.1:\d+ tried "
+                                         r"to register as envoy 'envoy_one'")
+        flow = run(fed, rounds=1)  # the first one still serves, undisturbed
+        np.testing.assert_allclose(flow.model, [2.0, 2.0, 2.0])
+        fed.envoys["envoy_one"].process.kill()
+        twin.wait_for(r"registered with the director")  # the twin takes over
+        flow = run(fed, rounds=1)
+        np.testing.assert_allclose(flow.model, [2.0, 2.0, 2.0])
+    finally:
+        twin.stop()
 
 
 def test_after_a_restart_ids_go_on_and_a_finished_run_can_still_be_fetched(
-        tmp_path, metaflow_client):
-    with federation(tmp_path) as fed:
-        first = runtime(fed)
-        flow = FedAvgFlow(rounds=1, checkpoint=True)
-        flow.runtime = first
-        flow.run()
-        restart_director(fed, tmp_path)
-        for name in ENVOYS:
-            fed.director.wait_for(rf"envoy '{name}' registered")
-        later = runtime(fed)
-        again = FedAvgFlow(rounds=1)
-        again.runtime = later
-        again.run()
-        assert int(later.last_experiment.split("-")[0]) > \
-            int(first.last_experiment.split("-")[0])
-        fetched = later.fetch_run(first.last_experiment, datastore_root=tmp_path / "fetched")
-        assert fetched.is_dir() and fetched.name == flow._run_id
+        tmp_path, metaflow_client, fed):
+    first = runtime(fed)
+    flow = FedAvgFlow(rounds=1, checkpoint=True)
+    flow.runtime = first
+    flow.run()
+    restart_director(fed, fed.folder)
+    for name in ENVOYS:
+        fed.director.wait_for(rf"envoy '{name}' registered")
+    later = runtime(fed)
+    again = FedAvgFlow(rounds=1)
+    again.runtime = later
+    again.run()
+    assert int(later.last_experiment.split("-")[0]) > \
+        int(first.last_experiment.split("-")[0])
+    fetched = later.fetch_run(first.last_experiment, datastore_root=tmp_path / "fetched")
+    assert fetched.is_dir() and fetched.name == flow._run_id
 
 
 def test_an_experiment_naming_an_offline_envoy_says_so_and_fails_after_its_deadline(
@@ -151,10 +149,8 @@ def test_an_experiment_naming_an_offline_envoy_says_so_and_fails_after_its_deadl
         np.testing.assert_allclose(flow.model, [1.0, 1.0, 1.0])
 
 
-def test_a_step_that_prints_100_mb_reaches_the_user_cut_and_the_run_completes(
-        tmp_path, capsys):
-    with federation(tmp_path) as fed:
-        flow = run(fed, rounds=1, shout=100_000_000)
+def test_a_step_that_prints_100_mb_reaches_the_user_cut_and_the_run_completes(fed, capsys):
+    flow = run(fed, rounds=1, shout=100_000_000)
     np.testing.assert_allclose(flow.model, [2.0, 2.0, 2.0])
     out = capsys.readouterr().out
     assert out.count("characters of output cut here") == 2  # one per collaborator
@@ -235,30 +231,29 @@ def test_hundreds_of_idle_streams_from_one_certificate_do_not_stall_another_user
     assert "missed its health checks" not in "\n".join(fed.director.seen)
 
 
-def test_malformed_messages_are_refused_as_invalid_argument_naming_what(tmp_path):
-    with federation(tmp_path, {"envoy_one": 1.0}) as fed:
-        from fedloom.federation.pki import TlsFiles, channel_credentials
+def test_malformed_messages_are_refused_as_invalid_argument_naming_what(fed):
+    from fedloom.federation.pki import TlsFiles, channel_credentials
 
-        info = fed.director_info("alice")
-        files = TlsFiles(*(Path(str(info[k])) for k in ("cert_chain", "api_cert",
-                                                         "api_private_key")))
-        with grpc.secure_channel(f"127.0.0.1:{fed.port}", channel_credentials(files)) as channel:
-            submit = channel.stream_unary("/fedloom.v1.Director/Submit",
-                                          request_serializer=None, response_deserializer=None)
-            with pytest.raises(grpc.RpcError) as info_submit:
-                submit(iter([b"\xff\xff\xff not protobuf"]), timeout=30)
-            events = channel.unary_stream("/fedloom.v1.Director/Events",
-                                          request_serializer=None, response_deserializer=None)
-            with pytest.raises(grpc.RpcError) as info_events:
-                list(events(b"\x0a\xff", timeout=30))
-            push = channel.stream_unary("/fedloom.v1.Bulk/Submit", request_serializer=None,
-                                        response_deserializer=None)
-            with pytest.raises(grpc.RpcError) as info_bulk:
-                push(iter([b"\xff\xff"]), timeout=30)
-        for caught, what in ((info_submit, "Submission"), (info_events, "EventsRequest"),
-                             (info_bulk, "SubmissionHeader")):
-            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value
-            assert what in caught.value.details()
+    info = fed.director_info("alice")
+    files = TlsFiles(*(Path(str(info[k])) for k in ("cert_chain", "api_cert",
+                                                     "api_private_key")))
+    with grpc.secure_channel(f"127.0.0.1:{fed.port}", channel_credentials(files)) as channel:
+        submit = channel.stream_unary("/fedloom.v1.Director/Submit",
+                                      request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as info_submit:
+            submit(iter([b"\xff\xff\xff not protobuf"]), timeout=30)
+        events = channel.unary_stream("/fedloom.v1.Director/Events",
+                                      request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as info_events:
+            list(events(b"\x0a\xff", timeout=30))
+        push = channel.stream_unary("/fedloom.v1.Bulk/Submit", request_serializer=None,
+                                    response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as info_bulk:
+            push(iter([b"\xff\xff"]), timeout=30)
+    for caught, what in ((info_submit, "Submission"), (info_events, "EventsRequest"),
+                         (info_bulk, "SubmissionHeader")):
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value
+        assert what in caught.value.details()
 
 
 def test_a_user_over_the_queue_limit_is_refused_and_a_director_gone_for_good_is_said(
@@ -289,20 +284,20 @@ def held_run(fed: LocalFederation, server: socket.socket) -> Future[FedAvgFlow]:
     return future
 
 
-def test_a_run_cut_by_a_director_restart_fails_with_that_reason(tmp_path):
-    with socket.create_server(("127.0.0.1", 0)) as server, federation(tmp_path) as fed:
+def test_a_run_cut_by_a_director_restart_fails_with_that_reason(fed):
+    with socket.create_server(("127.0.0.1", 0)) as server:
         server.settimeout(60)
         result = held_run(fed, server)
         held, _ = server.accept()  # New York's collaborator is inside its step
         with held:
-            restart_director(fed, tmp_path)
+            restart_director(fed, fed.folder)
             with pytest.raises(FedloomError, match=r"experiment \S+ failed: the director "
                                                    r"restarted"):
                 result.result(timeout=120)
 
 
-def test_a_killed_aggregator_is_reported_with_its_exit_code(tmp_path):
-    with socket.create_server(("127.0.0.1", 0)) as server, federation(tmp_path) as fed:
+def test_a_killed_aggregator_is_reported_with_its_exit_code(fed):
+    with socket.create_server(("127.0.0.1", 0)) as server:
         server.settimeout(60)
         result = held_run(fed, server)
         held, _ = server.accept()
