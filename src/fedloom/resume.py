@@ -15,6 +15,7 @@ from typing import Any
 from fedloom.errors import FedloomError
 from fedloom.spec.graph import FlowGraph
 from fedloom.state import State, Transition, transition_from_json
+from fedloom.tracking.records import METRICS_ARTIFACT
 
 
 class ResumeError(FedloomError):
@@ -76,8 +77,9 @@ def _last_completed_aggregator_task(graph: FlowGraph, run: Any) -> Any:
 
 
 def _state_of(task: Any, flow_name: str, run_id: str) -> State:
+    # The task's own metrics are the record's, not the flow's state.
     state = {artifact.id: artifact.data for artifact in task.artifacts
-             if not artifact.id.startswith("_")}
+             if not artifact.id.startswith("_") and artifact.id != METRICS_ARTIFACT}
     unrecorded = task.metadata_dict.get("fedloom-unpicklable", "")
     if unrecorded:
         raise ResumeError(f"{flow_name}/{run_id}: step '{task.path_components[2]}' could not "

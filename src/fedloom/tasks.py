@@ -26,7 +26,7 @@ from fedloom.state import (
     check_no_collision,
     transition_to_json,
 )
-from fedloom.tracking.api import TaskMetrics, collecting
+from fedloom.tracking.api import TaskMetrics, begin_task, end_task
 from fedloom.tracking.records import METRICS_ARTIFACT, MetricRecord
 
 log = logging.getLogger(__name__)
@@ -92,13 +92,13 @@ def execute_step(job: FlowJob, step: str, state: State, private: dict[str, Any],
     state[_STEP_KEY] = ctx
     obj = job.instance(state)
     method = getattr(job.flow_cls, step)
-    task = TaskMetrics(job.run_id, step, participant, round, [] if metrics is None else metrics)
+    logging_to = begin_task(TaskMetrics(job.run_id, step, participant, round,
+                                        [] if metrics is None else metrics))
     try:
-        with collecting(task):
-            if inputs is None:
-                method(obj)
-            else:
-                method(obj, inputs)
+        if inputs is None:
+            method(obj)
+        else:
+            method(obj, inputs)
     except FlowRunError:
         raise
     except Exception as exc:
@@ -107,6 +107,7 @@ def execute_step(job: FlowJob, step: str, state: State, private: dict[str, Any],
                                                 if exc.__traceback__ else None))
         raise StepFailed(step, participant, type(exc).__name__, str(exc), tb) from exc
     finally:
+        end_task(logging_to)
         state.pop(_STEP_KEY, None)
         _take_back_private(private, state)
     leaks.after(private, state, step=step)
