@@ -56,10 +56,21 @@ def private_temp_folder() -> Iterator[Path]:
 def ray_cluster() -> Iterator[Any]:
     """One local Ray for the whole session (2 CPUs, 2 fake GPUs); runtimes join it."""
     ray = pytest.importorskip("ray")
-    # Workers import test flows by module name, whatever directory a test has moved to.
+    # Workers import test flows by module name, whatever directory a test has moved to. The
+    # path goes in the environment Ray's processes start with, not in a runtime_env: workers
+    # with a runtime_env of their own are set up one by one by Ray's agent, and cannot be
+    # the workers Ray starts in advance.
     root = str(Path(__file__).resolve().parents[1])
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, configure_logging=False,
-             log_to_driver=True, runtime_env={"env_vars": {"PYTHONPATH": root}})
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, saved) if p)
+    try:
+        ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, configure_logging=False,
+                 log_to_driver=True)
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
     yield ray
     ray.shutdown()
 
