@@ -71,6 +71,15 @@ def test_numbers_of_every_kind_are_accepted_and_anything_else_is_refused_by_name
             check_name(bad)
 
 
+def test_0_d_tensors_are_numbers_and_larger_ones_are_refused():
+    torch = pytest.importorskip("torch")
+    assert as_number("loss", torch.tensor(0.25)) == 0.25
+    with pytest.raises(MetricError, match=r"metric 'loss': cannot record Tensor .* of shape"):
+        as_number("loss", torch.ones(2))
+    with pytest.raises(MetricError, match="is a bool"):
+        as_number("done", torch.tensor(True))
+
+
 class BadMetricFlow(FLSpec):
     def __init__(self, value=None, name="loss", **kwargs):
         super().__init__(**kwargs)
