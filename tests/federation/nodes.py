@@ -3,12 +3,17 @@ private ``data`` is a vector of one value."""
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
 import queue
 import re
 import select
+import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -21,6 +26,7 @@ import pytest
 from fedloom.errors import FedloomError
 from fedloom.federation.localhost import (
     FX,
+    START_TIMEOUT,
     LocalFederation,
     NodeProcess,
     local_federation,
@@ -121,10 +127,118 @@ def wait_gone(pid: int, timeout: float) -> bool:
         os.close(fd)
 
 
-def fx(args: list[str], cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """``fx ARGS`` run to its end in ``cwd``; its output captured."""
-    return subprocess.run([*FX, *args], cwd=cwd, env={**os.environ, **ENV},
-                          capture_output=True, text=True, timeout=timeout)
+def fx(args: list[str], cwd: Path, timeout: float = 60,
+       env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``fx ARGS`` run to its end in ``cwd`` (with ``env``, by default this process's and
+    ENV); its output captured. As ``python -m fedloom.cli ARGS`` in a new process, but forked
+    from one that imported fedloom's command line once (see FX_SERVER)."""
+    return _fx_server().run(args, cwd, {**os.environ, **ENV} if env is None else env, timeout)
+
+
+# Runs each request line {args, cwd, env, stdout, stderr} as ``python -m fedloom.cli ARGS``
+# does, in a child forked from this process, which imported the command line's modules once
+# (about a second of start-up otherwise); says the child's pid, then its exit code.
+FX_SERVER = """
+import json, os, runpy, sys, traceback
+import fedloom.cli
+
+requests = os.fdopen(0, "rb", buffering=0)
+while line := requests.readline():
+    request = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.chdir(request["cwd"])
+            os.environ.clear()
+            os.environ.update(request["env"])
+            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+            os.dup2(os.open(request["stdout"], os.O_WRONLY), 1)
+            os.dup2(os.open(request["stderr"], os.O_WRONLY), 2)
+            sys.stdin = open(os.devnull)
+            sys.argv = [fedloom.cli.__file__, *request["args"]]
+            del sys.modules["fedloom.cli"]  # as before python -m runs it: not imported yet
+            try:
+                runpy.run_module("fedloom.cli", run_name="__main__", alter_sys=True)
+                code = 0
+            except SystemExit as exc:
+                if exc.code is None or isinstance(exc.code, int):
+                    code = exc.code or 0
+                else:
+                    print(exc.code, file=sys.stderr)
+            except BaseException:
+                traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    print(pid, flush=True)
+    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+"""
+
+
+class _FxServer:
+    def __init__(self) -> None:
+        self.process = subprocess.Popen([sys.executable, "-c", FX_SERVER], cwd=ROOT,
+                                        env={**os.environ, **ENV}, stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE)
+        self._lock = threading.Lock()
+        self._pending = b""
+
+    def run(self, args: list[str], cwd: Path, env: dict[str, str],
+            timeout: float) -> subprocess.CompletedProcess[str]:
+        with self._lock, tempfile.TemporaryDirectory(prefix="fx-") as folder:
+            out, err = Path(folder) / "stdout", Path(folder) / "stderr"
+            out.touch()
+            err.touch()
+            request = {"args": args, "cwd": str(cwd), "env": env, "stdout": str(out),
+                       "stderr": str(err)}
+            assert self.process.stdin is not None
+            self.process.stdin.write(json.dumps(request).encode() + b"\n")
+            self.process.stdin.flush()
+            pid = int(self._line(START_TIMEOUT))
+            try:
+                code = int(self._line(timeout))
+            except TimeoutError:
+                os.kill(pid, signal.SIGKILL)
+                self._line(START_TIMEOUT)
+                raise subprocess.TimeoutExpired([*FX, *args], timeout, out.read_text(),
+                                                err.read_text()) from None
+            return subprocess.CompletedProcess([*FX, *args], code, out.read_text(),
+                                               err.read_text())
+
+    def _line(self, timeout: float) -> str:
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + timeout
+        fd = self.process.stdout.fileno()
+        while b"\n" not in self._pending:
+            if not select.select([fd], [], [], max(deadline - time.monotonic(), 0))[0]:
+                raise TimeoutError
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                raise FedloomError(f"the fx server ended (exit code {self.process.wait()})")
+            self._pending += chunk
+        line, self._pending = self._pending.split(b"\n", 1)
+        return line.decode()
+
+    def stop(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()  # the server ends at the end of its requests
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+
+_server: list[_FxServer] = []
+
+
+def _fx_server() -> _FxServer:
+    if not _server or _server[0].process.poll() is not None:
+        _server[:] = [_FxServer()]
+        atexit.register(_server[0].stop)
+    return _server[0]
 
 
 @contextmanager

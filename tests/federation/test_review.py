@@ -17,6 +17,7 @@ import pytest
 from fedloom import ExperimentRejected
 from fedloom.federation.localhost import LocalFederation
 from fedloom.runtime.federated import FederatedRuntime
+from tests.federation import nodes
 from tests.federation.flows import FedAvgFlow
 from tests.federation.nodes import ROOT, federation
 
@@ -25,11 +26,17 @@ pytestmark = pytest.mark.slow
 ENVOYS = {"envoy_one": 1.0, "New York": 3.0}
 
 
-def fx(folder: Path, *args: str) -> str:
+ADMIN_ENV = {"PYTHONPATH": str(ROOT), "COLUMNS": "200", "PATH": ""}
+
+
+def fx_run(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """An admin's fx command on the node's machine (from the folder the node started in)."""
-    done = subprocess.run([sys.executable, "-m", "fedloom.cli", *args], cwd=folder,
-                          capture_output=True, text=True, timeout=60,
-                          env={"PYTHONPATH": str(ROOT), "COLUMNS": "200", "PATH": ""})
+    return nodes.fx(list(args), folder, env=ADMIN_ENV)
+
+
+def fx(folder: Path, *args: str) -> str:
+    """The output of fx_run, which must succeed."""
+    done = fx_run(folder, *args)
     assert done.returncode == 0, f"fx {' '.join(args)}: {done.stdout}{done.stderr}"
     return done.stdout
 
@@ -46,6 +53,27 @@ def submit(fed: LocalFederation, pool: ThreadPoolExecutor,
         return flow
 
     return pool.submit(run), runtime
+
+
+@pytest.fixture(scope="module")
+def console_director(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """ENVOYS and a director that reviews at its console (a pseudo-terminal), for the tests
+    of that console."""
+    shared = nodes.SharedFederation(
+        lambda folder: federation(folder, ENVOYS, director_review=True, terminal=True),
+        tmp_path_factory, "console-director")
+    yield shared
+    shared.close()
+
+
+@pytest.fixture(scope="module")
+def reviewing_director(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """ENVOYS and a director that reviews (fx ... review), envoys that do not."""
+    shared = nodes.SharedFederation(
+        lambda folder: federation(folder, ENVOYS, director_review=True), tmp_path_factory,
+        "reviewing-director")
+    yield shared
+    shared.close()
 
 
 def awaiting(node: object, experiment: str = r"\S+") -> str:
@@ -159,9 +187,9 @@ def test_the_first_rejection_ends_the_review_and_withdraws_the_other_plans(tmp_p
 
 @pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
 @pytest.mark.parametrize("answer", ["approve", "reject"])
-def test_the_director_decides_at_its_console_prompt(tmp_path, answer):
-    with ThreadPoolExecutor(1) as pool, \
-            federation(tmp_path, ENVOYS, director_review=True, terminal=True) as fed:
+def test_the_director_decides_at_its_console_prompt(console_director, answer):
+    fed = console_director.ready()
+    with ThreadPoolExecutor(1) as pool:
         result, runtime = submit(fed, pool, rounds=1)
         prompt = fed.director.wait_for(r"Approve experiment (\S+) from 'alice'\? \[y\]es")
         assert any("Steps (where each runs):" in line for line in fed.director.seen)
@@ -176,44 +204,41 @@ def test_the_director_decides_at_its_console_prompt(tmp_path, answer):
             fed.director.type("wrong flow\n")
             with pytest.raises(ExperimentRejected, match=r"wrong flow"):
                 result.result(timeout=60)
-        logged = fx(tmp_path, "director", "review", "log")
+        logged = fx(fed.folder, "director", "review", "log")
         assert prompt.group(1) in logged and "console" in logged
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
-def test_a_node_at_a_console_can_also_be_decided_with_fx_review(tmp_path):
-    with ThreadPoolExecutor(1) as pool, \
-            federation(tmp_path, ENVOYS, director_review=True, terminal=True) as fed:
+def test_a_node_at_a_console_can_also_be_decided_with_fx_review(console_director):
+    fed = console_director.ready()
+    with ThreadPoolExecutor(1) as pool:
         result, runtime = submit(fed, pool, rounds=1)
         experiment = fed.director.wait_for(r"Approve experiment (\S+) from 'alice'\?").group(1)
-        fx(tmp_path, "director", "review", "approve", experiment)  # from another shell
+        fx(fed.folder, "director", "review", "approve", experiment)  # from another shell
         np.testing.assert_allclose(result.result(timeout=120).model, [2.0, 2.0, 2.0])
         fed.director.type("n\n")  # the prompt's late answer changes nothing
         fed.director.wait_for(rf"experiment {re.escape(experiment)} was already decided")
     assert runtime.last_review[0].decided_by == "fx review"
 
 
-def test_a_review_command_for_an_unknown_experiment_or_stale_digest_is_refused(tmp_path):
-    with ThreadPoolExecutor(1) as pool, \
-            federation(tmp_path, ENVOYS, director_review=True) as fed:
+def test_a_review_command_for_an_unknown_experiment_or_stale_digest_is_refused(
+        reviewing_director):
+    fed = reviewing_director.ready()
+    with ThreadPoolExecutor(1) as pool:
         result, _runtime = submit(fed, pool, rounds=1)
         experiment = awaiting(fed.director)
-        wrong = subprocess.run([sys.executable, "-m", "fedloom.cli", "director", "review",
-                                "approve", experiment, "--digest", "0" * 64], cwd=tmp_path,
-                               capture_output=True, text=True, timeout=60,
-                               env={"PYTHONPATH": str(ROOT), "PATH": ""})
+        wrong = fx_run(fed.folder, "director", "review", "approve", experiment, "--digest",
+                       "0" * 64)
         assert wrong.returncode != 0 and "not the" in wrong.stderr
-        unknown = subprocess.run([sys.executable, "-m", "fedloom.cli", "director", "review",
-                                  "approve", "no-such"], cwd=tmp_path, capture_output=True,
-                                 text=True, timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": ""})
+        unknown = fx_run(fed.folder, "director", "review", "approve", "no-such")
         assert unknown.returncode != 0 and "no experiment no-such awaits review" in unknown.stderr
-        fx(tmp_path, "director", "review", "approve", experiment)
+        fx(fed.folder, "director", "review", "approve", experiment)
         np.testing.assert_allclose(result.result(timeout=120).model, [2.0, 2.0, 2.0])
 
 
-def test_the_user_can_cancel_while_the_plan_awaits_review(tmp_path):
-    with ThreadPoolExecutor(1) as pool, \
-            federation(tmp_path, ENVOYS, director_review=True) as fed:
+def test_the_user_can_cancel_while_the_plan_awaits_review(reviewing_director):
+    fed = reviewing_director.ready()
+    with ThreadPoolExecutor(1) as pool:
         result, runtime = submit(fed, pool, rounds=1)
         experiment = awaiting(fed.director)
         from fedloom.federation.transport.proto import fedloom_pb2 as pb
@@ -223,7 +248,7 @@ def test_the_user_can_cancel_while_the_plan_awaits_review(tmp_path):
             rpc.DirectorStub(channel).Cancel(pb.CancelRequest(experiment=experiment), timeout=30)
         with pytest.raises(Exception, match="cancelled by the user during the review"):
             result.result(timeout=60)
-        assert "no experiment awaits review" in fx(tmp_path, "director", "review", "list")
+        assert "no experiment awaits review" in fx(fed.folder, "director", "review", "list")
         fed.director.wait_for(rf"experiment {re.escape(experiment)} withdrawn before review")
 
 
@@ -352,23 +377,24 @@ def test_an_envoy_runs_only_the_exact_package_it_approved(tmp_path):
         fake.server.stop(0)
 
 
-def test_a_submitter_that_vanishes_while_its_plan_waits_frees_the_reviewers(tmp_path):
+def test_a_submitter_that_vanishes_while_its_plan_waits_frees_the_reviewers(tmp_path,
+                                                                           reviewing_director):
     import json
 
     from fedloom.federation.localhost import NodeProcess
     from tests.federation.test_federation import USER_SCRIPT
 
-    with federation(tmp_path, ENVOYS, director_review=True) as fed:
-        args = {"hold_on": "", "port": 0, "envoys": list(ENVOYS), "director": fed.director_info()}
-        user = NodeProcess([sys.executable, "-c", USER_SCRIPT, json.dumps(args)], tmp_path,
-                           {"PYTHONPATH": str(ROOT)})
-        experiment = awaiting(fed.director)
-        fed.director.wait_for(rf"experiment {re.escape(experiment)}: following it")
-        user.process.kill()  # the notebook's kernel died
-        user.process.wait(timeout=30)
-        fed.director.wait_for(rf"experiment {re.escape(experiment)} withdrawn before review: "
-                              r"cancelled: its submitter disconnected")
-        assert "no experiment awaits review" in fx(tmp_path, "director", "review", "list")
+    fed = reviewing_director.ready()
+    args = {"hold_on": "", "port": 0, "envoys": list(ENVOYS), "director": fed.director_info()}
+    user = NodeProcess([sys.executable, "-c", USER_SCRIPT, json.dumps(args)], tmp_path,
+                       {"PYTHONPATH": str(ROOT)})
+    experiment = awaiting(fed.director)
+    fed.director.wait_for(rf"experiment {re.escape(experiment)}: following it")
+    user.process.kill()  # the notebook's kernel died
+    user.process.wait(timeout=30)
+    fed.director.wait_for(rf"experiment {re.escape(experiment)} withdrawn before review: "
+                          r"cancelled: its submitter disconnected")
+    assert "no experiment awaits review" in fx(fed.folder, "director", "review", "list")
 
 
 def test_a_plan_nobody_decides_is_rejected_at_the_review_timeout(tmp_path):
