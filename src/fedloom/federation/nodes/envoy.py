@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
 import random
 import shutil
 import threading
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 RECONNECT_SECONDS = (0.5, 1, 2, 5, 10)
 MISSED_ANSWERS = 3  # health-check periods a collaborator process may leave a ping unanswered
 STARTUP_SECONDS = 60.0  # for a new collaborator process to answer at all (Python starts)
+STARTUP_LIMIT = 600.0  # ... while it visibly makes progress (uses CPU), at most this long
 
 
 class EnvoyRefused(FedloomError):
@@ -432,12 +434,19 @@ class Envoy:
         """The collaborator process's health check: a ping every period, answered by a thread
         of its own; silent for MISSED_ANSWERS periods (stopped, or stuck in code that never
         lets that thread run), it is reported as failed and killed."""
-        started = time.monotonic()
+        started, cpu_before = time.monotonic(), -1.0
         while not running.ended.wait(period):
             now = time.monotonic()
             silent = now - (running.answered or started)
             allowed = MISSED_ANSWERS * period if running.answered else \
                 max(STARTUP_SECONDS, MISSED_ANSWERS * period)
+            if not running.answered and silent > allowed and silent < STARTUP_LIMIT:
+                # Still starting: on a crowded machine (a hundred processes starting at
+                # once) Python's imports alone can take minutes. Busy is not hung.
+                cpu_now = _cpu_seconds(running.process)
+                if cpu_now > cpu_before:
+                    cpu_before = cpu_now
+                    continue
             if silent > allowed:
                 if self._experiments.get(running.id) is running and running.report_once():
                     if running.process is not None:
@@ -533,6 +542,18 @@ class Envoy:
     def _end_all(self, reason: str) -> None:
         for experiment_id in list(self._experiments):
             self._end(experiment_id, reason)
+
+
+def _cpu_seconds(process: BaseProcess | None) -> float:
+    """CPU time used so far by ``process`` (Linux: /proc); -1 when unknown or gone."""
+    pid = process.pid if process is not None else None
+    if pid is None:
+        return -1.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return -1.0
 
 
 def _beats(session: str, every: float, closed: threading.Event) -> Iterator[pb.WorkRequest]:
