@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,11 @@ from tests.federation.nodes import (
 )
 
 pytestmark = pytest.mark.slow
+
+# An experiment naming an envoy that never comes ('ghost') waits for it; the tests cancel it
+# and see it cancelled. It must not end by itself meanwhile (wait_for_envoys, 60 s by
+# default), however long the commands before the cancel take on a busy machine.
+WAIT_UNTIL_CANCELLED = {"wait_for_envoys": 3600}
 
 
 def as_user(fed: LocalFederation, user: str = "alice") -> list[str]:
@@ -65,8 +71,8 @@ def submit(pool: ThreadPoolExecutor, fed: LocalFederation, collaborators: list[s
         return flow
 
     future = pool.submit(run)
-    names = re.escape(repr(collaborators))
-    found = fed.director.wait_for(rf"experiment (\S+) submitted by '{user}' for {names}")
+    names = re.escape(f"{len(collaborators)} envoy(s): {', '.join(collaborators)}")
+    found = fed.director.wait_for(rf"experiment (\S+) submitted by '{user}' for {names}$")
     return future, found.group(1)
 
 
@@ -105,8 +111,9 @@ def test_a_user_sees_follows_and_cancels_their_experiments_and_nobody_elses(
 def _scenario(tmp_path: Path, caplog: pytest.LogCaptureFixture, submitter_log: LogLines) -> None:
     envoys = {"envoy_one": 1.0, "New York": 3.0, "Oslo": 2.0}
     with socket.create_server(("127.0.0.1", 0)) as server, ThreadPoolExecutor(4) as pool, \
+            ExitStack() as stack, \
             federation(tmp_path, envoys, reviewing_envoys=["Oslo"], health_check_period=5,
-                       settings={"visibility": "activity"}) as fed:
+                       settings={"visibility": "activity", **WAIT_UNTIL_CANCELLED}) as fed:
         server.settimeout(60)
         alice = FederatedRuntime(director=fed.director_info("alice"))
         mallory = FederatedRuntime(director=fed.director_info("mallory"))
@@ -169,6 +176,8 @@ def _scenario(tmp_path: Path, caplog: pytest.LogCaptureFixture, submitter_log: L
                          *as_user(fed)], tmp_path, ENV)
         leaver = Node([*FX, "experiment", "logs", running_id, "--follow",
                        *as_user(fed)], tmp_path, ENV)
+        stack.callback(follower.stop)  # if the test fails before they end
+        stack.callback(leaver.stop)
         for node in (follower, leaver):
             node.wait_for(r"\[start @ aggregator\] starting with \['New York'\]")
         leaver.process.kill()  # a watcher that leaves cancels nothing
@@ -240,7 +249,7 @@ def test_the_admins_see_what_their_nodes_run(tmp_path: Path):
 
     with socket.create_server(("127.0.0.1", 0)) as server, ThreadPoolExecutor(2) as pool, \
             federation(tmp_path, {"envoy_one": 1.0, "New York": 3.0},
-                       health_check_period=3) as fed:
+                       health_check_period=3, settings=WAIT_UNTIL_CANCELLED) as fed:
         server.settimeout(60)
         held, running_id = submit(pool, fed, ["New York"], rounds=1, hold_on="New York",
                                   hold_port=server.getsockname()[1])
