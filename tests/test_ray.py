@@ -291,7 +291,8 @@ MULTI_NODE = textwrap.dedent("""
     from fedloom import LocalRuntime, Collaborator
     from tests.test_ray import WhereAmI, made_in_pid
 
-    cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1, "include_dashboard": False}})
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={{"num_cpus": 1, "include_dashboard": False}})
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     runtime = LocalRuntime(backend="ray", address=cluster.address, collaborators=[

@@ -96,25 +96,23 @@ def test_a_package_waits_for_every_reviewer_and_outlives_the_fan_outs() -> None:
 
 
 @pytest.mark.slow
-def test_a_large_final_state_goes_to_its_submitter_once_and_to_nobody_else(tmp_path) -> None:
+def test_a_large_final_state_goes_to_its_submitter_once_and_to_nobody_else(fed) -> None:
     import numpy as np
 
     from fedloom.runtime.federated import FederatedRuntime
+    from tests.conftest import SHARED_ENVOYS as envoys
     from tests.federation.flows import FedAvgFlow
-    from tests.federation.nodes import federation
 
-    envoys = {"envoy_one": 1.0, "New York": 3.0}
     model = np.zeros((70_000, 3))  # 1.7 MB: the package, states and result all move on Bulk
-    with federation(tmp_path, envoys) as fed:
-        flow = FedAvgFlow(model=model, rounds=1)
-        flow.runtime = runtime = FederatedRuntime(collaborators=list(envoys),
-                                                  director=fed.director_info())
-        flow.run()
-        np.testing.assert_allclose(flow.model, model + 2.0)
-        experiment = runtime.last_experiment
-        for user, code in (("mallory", grpc.StatusCode.PERMISSION_DENIED),
-                           ("alice", grpc.StatusCode.NOT_FOUND)):  # taken already
-            other = FederatedRuntime(collaborators=list(envoys), director=fed.director_info(user))
-            with other._channel() as channel, pytest.raises(grpc.RpcError) as caught:
-                bulk.result(channel, experiment, model.nbytes)
-            assert caught.value.code() == code, caught.value.details()
+    flow = FedAvgFlow(model=model, rounds=1)
+    flow.runtime = runtime = FederatedRuntime(collaborators=list(envoys),
+                                              director=fed.director_info())
+    flow.run()
+    np.testing.assert_allclose(flow.model, model + 2.0)
+    experiment = runtime.last_experiment
+    for user, code in (("mallory", grpc.StatusCode.PERMISSION_DENIED),
+                       ("alice", grpc.StatusCode.NOT_FOUND)):  # taken already
+        other = FederatedRuntime(collaborators=list(envoys), director=fed.director_info(user))
+        with other._channel() as channel, pytest.raises(grpc.RpcError) as caught:
+            bulk.result(channel, experiment, model.nbytes)
+        assert caught.value.code() == code, caught.value.details()

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from fedloom.federation.transport.proto import fedloom_pb2_grpc as rpc
-from tests.federation.nodes import federation, lone_envoy, make_certificates, unused_port
+from tests.federation.nodes import lone_envoy, make_certificates, unused_port
 
 
 @pytest.mark.slow
@@ -30,22 +30,24 @@ def test_an_envoy_keeps_retrying_while_nothing_listens_until_stopped(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["certificate-of-another-ca", "plaintext-to-tls",
                                   "tls-to-plaintext"])
-def test_an_envoy_stops_with_a_clear_error_when_retrying_cannot_help(tmp_path, case):
-    with federation(tmp_path, {}, tls=case != "tls-to-plaintext") as fed:
-        if case == "plaintext-to-tls":
-            tls = ["--disable-tls"]
-            expected = r"requires TLS \(.*\), and this envoy was started with --disable-tls"
-        else:
-            certs = make_certificates(tmp_path / "other-pki", ["Oslo"])
-            cert, key = certs[("envoy", "Oslo")]
-            tls = ["-rc", str(certs[("ca", "")][0]), "-pk", str(key), "-oc", str(cert)]
-            expected = (r"was not issued by the root CA" if case != "tls-to-plaintext"
-                        else r"does not speak TLS .*started with --disable-tls")
-        envoy = lone_envoy(tmp_path, "Oslo", fed.port, tls)
-        output = "\n".join(envoy.read_all(timeout=60))
-        assert envoy.process.returncode == 1, output
-        assert re.search(rf"Error: envoy 'Oslo' cannot connect to the director: .*"
-                         rf"127\.0\.0\.1:{fed.port}.*{expected}", output), output
+def test_an_envoy_stops_with_a_clear_error_when_retrying_cannot_help(tmp_path, request, case):
+    # A director's that serves other envoys (this one is refused before it registers).
+    fed = request.getfixturevalue("shared_plaintext" if case == "tls-to-plaintext"
+                                  else "shared_tls").ready()
+    if case == "plaintext-to-tls":
+        tls = ["--disable-tls"]
+        expected = r"requires TLS \(.*\), and this envoy was started with --disable-tls"
+    else:
+        certs = make_certificates(tmp_path / "other-pki", ["Oslo"])
+        cert, key = certs[("envoy", "Oslo")]
+        tls = ["-rc", str(certs[("ca", "")][0]), "-pk", str(key), "-oc", str(cert)]
+        expected = (r"was not issued by the root CA" if case != "tls-to-plaintext"
+                    else r"does not speak TLS .*started with --disable-tls")
+    envoy = lone_envoy(tmp_path, "Oslo", fed.port, tls)
+    output = "\n".join(envoy.read_all(timeout=60))
+    assert envoy.process.returncode == 1, output
+    assert re.search(rf"Error: envoy 'Oslo' cannot connect to the director: .*"
+                     rf"127\.0\.0\.1:{fed.port}.*{expected}", output), output
 
 
 class NameTaken(rpc.DirectorServicer):

@@ -19,30 +19,29 @@ from fedloom.federation.review.service import (
     SOCKET_FOLDER,
     LocalReviewServer,
 )
-from tests.federation.nodes import FX, Node, federation, fx, lone_envoy, unused_port
+from tests.federation.nodes import FX, Node, fx, lone_envoy, unused_port
 
 # -- one node per folder -------------------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_a_second_director_in_the_same_folder_is_refused_and_the_first_keeps_serving(tmp_path):
-    with federation(tmp_path, {}) as fed:
-        workdir = tmp_path / ".fedloom" / "director"
-        address = (workdir / ADDRESS_FILE).read_text()
-        socket_path = Path(address.strip().removeprefix("unix:"))
-        if len(os.fsencode(workdir.resolve() / SOCKET_FOLDER / "review.sock")) <= \
-                MAX_SOCKET_PATH:
-            assert socket_path.parent == workdir.resolve() / SOCKET_FOLDER
-        assert stat.S_IMODE(socket_path.parent.stat().st_mode) == 0o700
-        second = Node([*FX, "director", "start", "-c", str(tmp_path / "director.yaml"),
-                       *fed.tls_args("director", "director")], tmp_path, fed.env)
-        second.wait_for(rf"already running \(pid {fed.director.process.pid}\)")
-        assert second.process.wait(timeout=30) == 1
-        assert (workdir / ADDRESS_FILE).read_text() == address  # untouched
-        assert socket_path.exists()
-        listed = fx(["director", "review", "list"], tmp_path)
-        assert listed.returncode == 0, listed.stderr
-        assert "no experiment awaits review" in listed.stdout
+def test_a_second_director_in_the_same_folder_is_refused_and_the_first_keeps_serving(fed):
+    workdir = fed.folder / ".fedloom" / "director"
+    address = (workdir / ADDRESS_FILE).read_text()
+    socket_path = Path(address.strip().removeprefix("unix:"))
+    if len(os.fsencode(workdir.resolve() / SOCKET_FOLDER / "review.sock")) <= \
+            MAX_SOCKET_PATH:
+        assert socket_path.parent == workdir.resolve() / SOCKET_FOLDER
+    assert stat.S_IMODE(socket_path.parent.stat().st_mode) == 0o700
+    second = Node([*FX, "director", "start", "-c", str(fed.folder / "director.yaml"),
+                   *fed.tls_args("director", "director")], fed.folder, fed.env)
+    second.wait_for(rf"already running \(pid {fed.director.process.pid}\)")
+    assert second.process.wait(timeout=30) == 1
+    assert (workdir / ADDRESS_FILE).read_text() == address  # untouched
+    assert socket_path.exists()
+    listed = fx(["director", "review", "list"], fed.folder)
+    assert listed.returncode == 0, listed.stderr
+    assert "no experiment awaits review" in listed.stdout
 
 
 @pytest.mark.slow

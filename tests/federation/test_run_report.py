@@ -7,22 +7,23 @@ from click.testing import CliRunner
 
 from fedloom.cli import main
 from fedloom.runtime.federated import FederatedRuntime
+from tests.conftest import SHARED_ENVOYS
 from tests.federation.flows import FedAvgFlow
-from tests.federation.nodes import federation
 
 pytestmark = pytest.mark.slow
 
 
-def test_fx_run_show_of_a_fetched_run_has_its_task_times_and_graph(tmp_path, metaflow_client):
+def test_fx_run_show_of_a_fetched_run_has_its_task_times_and_graph(tmp_path, metaflow_client,
+                                                                   shared_plaintext):
     from metaflow import Task
 
     from fedloom.checkpoint.report import report_from_metaflow
 
-    with federation(tmp_path, {"a": 1.0, "b": 2.0}, tls=False) as fed:
-        flow = FedAvgFlow(rounds=1, checkpoint=True)
-        flow.runtime = FederatedRuntime(collaborators=["a", "b"], director=fed.director_info(),
-                                        tls=False)
-        flow.run()
+    fed = shared_plaintext.ready()
+    flow = FedAvgFlow(rounds=1, checkpoint=True)
+    flow.runtime = FederatedRuntime(collaborators=list(SHARED_ENVOYS),
+                                    director=fed.director_info(), tls=False)
+    flow.run()
     # The record was written on the director at the end of the run; the report's times are
     # those the tasks ran at (recorded where they ran), not when the record was written.
     report = report_from_metaflow("FedAvgFlow", flow._run_id)

@@ -10,8 +10,8 @@ import pytest
 from fedloom import Aggregator, Collaborator, LocalRuntime
 from fedloom.errors import ParticipantError, TransitionError
 from fedloom.runtime.federated import FederatedRuntime
+from tests.conftest import SHARED_ENVOYS
 from tests.federation.flows_unsendable import LambdaFlow
-from tests.federation.nodes import federation
 
 DIRECTOR = {"director_node_fqdn": "localhost", "director_port": 1}
 
@@ -44,21 +44,23 @@ def test_a_constructor_attribute_that_cannot_be_sent_is_named_before_anything_is
 
 
 @pytest.mark.slow
-def test_a_lambda_set_in_a_step_is_refused_as_in_the_constructor_naming_it(tmp_path) -> None:
+def test_a_lambda_set_in_a_step_is_refused_as_in_the_constructor_naming_it(
+        shared_plaintext) -> None:
     # One rule wherever the value was set: what crosses between processes must be encodable,
     # and the error names the attribute and says how to fix it.
     expected = {"start": r"\[step 'start', participant 'aggregator'\] public attribute 'fn' "
                          r"cannot be sent to each collaborator of 'train' \(cannot encode a "
                          r"lambda",
-                "train": r"\[step 'train', participant '(a|b)'\] public attribute 'fn' cannot "
+                "train": r"\[step 'train', participant '(envoy_one|New York)'\] public attribute "
+                         r"'fn' cannot "
                          r"be sent back to 'join' \(cannot encode a lambda",
                 "end": r"public attribute 'fn' cannot be sent back to run\(\) as the flow's "
                        r"final state \(cannot encode a lambda"}
-    with federation(tmp_path, {"a": 1.0, "b": 2.0}, tls=False) as fed:
-        for step, message in expected.items():
-            flow = LambdaFlow(set_in=step)
-            flow.runtime = FederatedRuntime(collaborators=["a", "b"],
-                                            director=fed.director_info(), tls=False)
-            with pytest.raises(TransitionError, match=message) as info:
-                flow.run()
-            assert FIX in str(info.value)
+    fed = shared_plaintext.ready()
+    for step, message in expected.items():
+        flow = LambdaFlow(set_in=step)
+        flow.runtime = FederatedRuntime(collaborators=list(SHARED_ENVOYS),
+                                        director=fed.director_info(), tls=False)
+        with pytest.raises(TransitionError, match=message) as info:
+            flow.run()
+        assert FIX in str(info.value)
