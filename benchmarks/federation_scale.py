@@ -214,6 +214,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
+def own_and_children_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds of ``pid`` itself, and of its children that ended and were waited for."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0, 0.0
+    return ((int(fields[11]) + int(fields[12])) / CLK_TCK,
+            (int(fields[13]) + int(fields[14])) / CLK_TCK)  # utime+stime, cutime+cstime
+
+
+def role_cpu(director: int, envoys: Sequence[int]) -> np.ndarray:
+    """CPU seconds so far of: the director, its ended aggregators, the envoys, their ended
+    collaborator processes."""
+    d, aggregators = own_and_children_cpu(director)
+    pairs = [own_and_children_cpu(pid) for pid in envoys]
+    return np.array([d, aggregators, sum(p[0] for p in pairs), sum(p[1] for p in pairs)])
+
+
 def children(pid: int) -> dict[int, str]:
     """The processes whose parent is ``pid``: pid -> what it is."""
     found = {}
@@ -524,11 +542,14 @@ def part_real(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: 
     before = len(director.seen)
     ok = True
     with Sampler(director.process.pid) as sampler:
-        flows = []
+        flows, cpu_of_flows = [], []
         for rounds in (1, args.rounds):
             fail0 = fleet.total("hb_fail")
             began = time.monotonic()
+            cpu_before = role_cpu(director.process.pid, envoy_pids)
             flow = run_flow(flow_cls, info, names, rounds, args.features, args.flow_timeout)
+            wait_reaped(director.process.pid, envoy_pids, 30)
+            cpu_of_flows.append(role_cpu(director.process.pid, envoy_pids) - cpu_before)
             fleet.poll()
             flows.append((flow, fleet.window(began, time.monotonic() + 1),
                           fleet.total("hb_fail") - fail0))
@@ -548,6 +569,13 @@ def part_real(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: 
                       f"difference per extra round: "
                       f"{ms((several.seconds - one.seconds) / max(args.rounds - 1, 1))} "
                       "(start-up time varies between runs: the joins tell better)")
+        per_round = (cpu_of_flows[1] - cpu_of_flows[0]) / max(args.rounds - 1, 1)
+        table.add_row("CPU per extra round, per collaborator: director / aggregator / envoy / "
+                      "collaborator process",
+                      " / ".join(ms(x / n) for x in per_round),
+                      f"all together {ms(float(per_round.sum()))} a round on "
+                      f"{os.cpu_count()} cores (the {args.rounds}-round run less the 1-round "
+                      "run)")
         table.add_row("round latency: between successive joins (director's clock)",
                       f"median {ms(float(np.median(later)))}",
                       f"min {ms(float(later.min()))}, max {ms(float(later.max()))}; first round "
@@ -591,6 +619,26 @@ def part_real(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: 
         f"{n} small states each way through Python gRPC (grpc.aio {grpc.__version__}) and the "
         "aggregator decoding them one by one.\n")
     return ok
+
+
+def wait_reaped(director: int, envoys: Sequence[int], timeout: float) -> None:
+    """Until the experiment's processes (the nodes' children but resource trackers) have
+    ended, so that their CPU time is counted."""
+    parents = {director, *envoys}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = 0
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                if ppid in parents and b"resource_tracker" not in \
+                        Path(f"/proc/{entry}/cmdline").read_bytes():
+                    left += 1
+            except (OSError, ValueError, IndexError):
+                continue
+        if not left:
+            return
+        time.sleep(0.1)
 
 
 def wait_registered(director: NodeProcess, fed: LocalFederation, names: list[str],

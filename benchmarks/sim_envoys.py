@@ -13,7 +13,7 @@ failure, to watch the director while it is slow). It answers work without runnin
 - ``offer``: ``ready`` at once;
 - ``chain``: the state it was sent goes back unchanged, as from a collaborator that changed
   nothing (``input`` set to its name, as every collaborator's chain does), with one TaskInfo
-  for the step, on Bulk.Push;
+  for the step, on Bulk.PushSmall (Bulk.Push when large);
 - ``end``, ``ping``, ``notice``: nothing.
 
 The state is decoded with no package module allowed: the flow's public state must be builtins
@@ -251,10 +251,17 @@ class SimEnvoy:
                                                 finished_at=time.time())]),
                          bulk_bytes=len(payload))
         assert self.channel is not None
-        push = self.channel.stream_unary(bulk.PUSH, request_serializer=None,
-                                         response_deserializer=pb.Ack.FromString)
-        await push(iter([head.SerializeToString(), *bulk.pieces(payload)]),
-                   timeout=bulk.deadline(len(payload)))
+        if len(payload) <= bulk.INLINE_BYTES:  # as fx envoy: one unary call (Bulk.PushSmall)
+            header = head.SerializeToString()
+            small = self.channel.unary_unary(bulk.PUSH_SMALL, request_serializer=None,
+                                             response_deserializer=pb.Ack.FromString)
+            await small(len(header).to_bytes(4, "little") + header + payload,
+                        timeout=bulk.deadline(len(payload)))
+        else:
+            push = self.channel.stream_unary(bulk.PUSH, request_serializer=None,
+                                             response_deserializer=pb.Ack.FromString)
+            await push(iter([head.SerializeToString(), *bulk.pieces(payload)]),
+                       timeout=bulk.deadline(len(payload)))
         self.stats.answered["outcome"] += 1
 
     async def _pull(self, experiment: str, request: str, total: int) -> bytes:

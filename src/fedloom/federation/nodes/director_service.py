@@ -173,25 +173,50 @@ class DirectorService(rpc.DirectorServicer):
     async def push_state(self, messages: AsyncIterator[bytes], context: Context) -> pb.Ack:
         """Bulk.Push: a chain's outcome (a Report header) and its state."""
         raw = await self._first(messages, context, "Bulk.Push header")
+        link, experiment, head = await self._outcome_header(raw, context, "Bulk.Push")
+        with await self._held(context, link.name, upload=True):
+            frame = await self._receive(messages, context, head.bulk_bytes,
+                                        f"result of '{link.name}'")
+        self._deliver_outcome(link, experiment, head, frame)
+        return pb.Ack()
+
+    async def push_small_state(self, raw: bytes, context: Context) -> pb.Ack:
+        """Bulk.PushSmall: a chain's outcome and its small state, in one message."""
+        try:
+            header, state = bulk.split_small_push(raw)
+        except transport.TransportError as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        link, experiment, head = await self._outcome_header(header, context, "Bulk.PushSmall")
+        if len(state) != head.bulk_bytes:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         f"Bulk.PushSmall: the header announces {head.bulk_bytes} bytes of "
+                         f"state, {len(state)} came")
+        self._deliver_outcome(link, experiment, head, state)
+        return pb.Ack()
+
+    async def _outcome_header(self, raw: bytes, context: Context, method: str
+                              ) -> tuple[EnvoyLink, Experiment, pb.Report]:
+        """The envoy pushing a chain's outcome, its running experiment and the header."""
         try:
             head = pb.Report.FromString(raw)
         except DecodeError:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                         "Bulk.Push: the header is not a Report message")
+                         f"{method}: the header is not a Report message")
         link, experiment = await self._reporting(head, context)
         if experiment.status != "running":  # a late result of an ended run: nobody reads it
             await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
                          f"experiment {experiment.id} is not running (it is {experiment.status})")
         if head.WhichOneof("kind") != "outcome":
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                         "Bulk.Push carries chain outcomes only")
-        with await self._held(context, link.name, upload=True):
-            frame = await self._receive(messages, context, head.bulk_bytes,
-                                        f"result of '{link.name}'")
+                         f"{method} carries chain outcomes only")
+        return link, experiment, head
+
+    @staticmethod
+    def _deliver_outcome(link: EnvoyLink, experiment: Experiment, head: pb.Report,
+                         frame: bulk.Frame) -> None:
         head.outcome.collaborator = link.name  # an envoy answers for itself only
         experiment.inbox.put_nowait(("outcome", link.name, head.request,
                                      head.outcome.SerializeToString(), frame))
-        return pb.Ack()
 
     # -- users ---------------------------------------------------------------------------------
 

@@ -31,10 +31,12 @@ from fedloom.federation.transport.proto import fedloom_pb2 as pb
 SERVICE = "fedloom.v1.Bulk"
 PULL = f"/{SERVICE}/Pull"
 PUSH = f"/{SERVICE}/Push"
+PUSH_SMALL = f"/{SERVICE}/PushSmall"
 SUBMIT = f"/{SERVICE}/Submit"
 RESULT = f"/{SERVICE}/Result"
 FETCH = f"/{SERVICE}/Fetch"
 _SIZE = struct.Struct("<Q")  # Fetch's first message: the archive's size
+_HEAD_SIZE = struct.Struct("<I")  # PushSmall's request starts with its header's length
 PIECE_BYTES = 4 << 20  # measured: the fastest piece size for gRPC streams here (1-16 MiB)
 INLINE_BYTES = 256 << 10  # smaller states stay inside the control messages (no extra trip)
 PACKAGE = "package"  # the request name under which envoys pull an experiment's package
@@ -124,9 +126,31 @@ def _fetch(channel: grpc.Channel, method: str, request: Any, total: int,
 
 
 def push(channel: grpc.Channel, head: pb.Report, frame: Frame) -> None:
-    """A chain's outcome (``head``) and its state, to the director."""
-    head.bulk_bytes = len(memoryview(frame).cast("B"))
-    _send(channel, PUSH, head, frame, pb.Ack.FromString)
+    """A chain's outcome (``head``) and its state, to the director: a small state in one
+    unary call (a streaming call costs a thread on this side and a stream on the director's,
+    a hundred times a round with a hundred envoys), a large one in pieces."""
+    view = memoryview(frame).cast("B")
+    head.bulk_bytes = len(view)
+    if len(view) > INLINE_BYTES:
+        _send(channel, PUSH, head, frame, pb.Ack.FromString)
+        return
+    call = channel.unary_unary(PUSH_SMALL, request_serializer=None,
+                               response_deserializer=pb.Ack.FromString)
+    header = head.SerializeToString()
+    call(b"".join((_HEAD_SIZE.pack(len(header)), header, view)), timeout=deadline(len(view)))
+
+
+def split_small_push(raw: bytes) -> tuple[bytes, memoryview]:
+    """PushSmall's request as (its Report header, the state); TransportError if malformed."""
+    if len(raw) < _HEAD_SIZE.size:
+        raise TransportError("Bulk.PushSmall: the request is too short to hold a header")
+    (length,) = _HEAD_SIZE.unpack_from(raw)
+    end = _HEAD_SIZE.size + length
+    if end > len(raw):
+        raise TransportError(f"Bulk.PushSmall: the header says {length} bytes, but only "
+                             f"{len(raw) - _HEAD_SIZE.size} follow")
+    view = memoryview(raw)
+    return bytes(view[_HEAD_SIZE.size:end]), view[end:]
 
 
 def submit(channel: grpc.Channel, head: pb.SubmissionHeader, package: Frame) -> pb.SubmitReply:
@@ -194,12 +218,14 @@ class Outbox:
 
 def method_handlers(servicer: Any) -> dict[str, Any]:
     """The Bulk service's methods, around the director's ``pull_state``, ``push_state``,
-    ``submit_package``, ``final_state`` and ``recorded_run``."""
+    ``push_small_state``, ``submit_package``, ``final_state`` and ``recorded_run``."""
     return {
         "Pull": grpc.unary_stream_rpc_method_handler(
             servicer.pull_state, request_deserializer=pb.PullRequest.FromString),
         "Push": grpc.stream_unary_rpc_method_handler(
             servicer.push_state, response_serializer=pb.Ack.SerializeToString),
+        "PushSmall": grpc.unary_unary_rpc_method_handler(
+            servicer.push_small_state, response_serializer=pb.Ack.SerializeToString),
         "Submit": grpc.stream_unary_rpc_method_handler(
             servicer.submit_package, response_serializer=pb.SubmitReply.SerializeToString),
         "Result": grpc.unary_stream_rpc_method_handler(
