@@ -12,24 +12,21 @@ from click.testing import CliRunner
 from fedloom.cli import main
 from fedloom.runtime.federated import FederatedRuntime
 from fedloom.tracking import MetricRecord, Metrics
-from tests.federation.nodes import federation
 from tests.federation.tracking_flows import TrackedFlow, expected, logged
 
 pytestmark = pytest.mark.slow
 
-ENVOYS = {"envoy_one": 1.0, "New York": 3.0}
+ENVOYS = {"envoy_one": 1.0, "New York": 3.0}  # the shared federation's (see tests/conftest.py)
 
 
-def test_every_site_s_metrics_reach_the_submitter_live_and_the_record(tmp_path, metaflow_client,
+def test_every_site_s_metrics_reach_the_submitter_live_and_the_record(fed, metaflow_client,
                                                                       caplog):
     from metaflow import Flow
 
     caplog.set_level(logging.INFO, logger="fedloom.runtime.federated")
-    with federation(tmp_path, ENVOYS) as fed:
-        flow = TrackedFlow(rounds=2, checkpoint=True)
-        flow.runtime = FederatedRuntime(collaborators=list(ENVOYS),
-                                        director=fed.director_info())
-        flow.run()
+    flow = TrackedFlow(rounds=2, checkpoint=True)
+    flow.runtime = FederatedRuntime(collaborators=list(ENVOYS), director=fed.director_info())
+    flow.run()
     want = expected(ENVOYS, 2)
     assert logged(flow.metrics) == want and len(flow.metrics) == len(want)
     assert {m.run_id for m in flow.metrics} == {flow._run_id}
