@@ -258,7 +258,9 @@ def test_plain_lines_elsewhere_and_one_switch_turns_them_off(caplog, monkeypatch
 
 # -- recorded runs and MLflow ------------------------------------------------------------------
 
-def test_recorded_metrics_are_read_back_by_metaflow_and_fx_run_metrics(metaflow_client):
+@pytest.mark.filterwarnings("ignore:.*noload.*")  # MLflow's SQLite store on SQLAlchemy 2.1
+def test_recorded_metrics_are_read_back_by_metaflow_and_fx_run_metrics(metaflow_client,
+                                                                      monkeypatch):
     from metaflow import Flow
 
     flow = run_tracked(rounds=2, checkpoint=True)
@@ -273,12 +275,22 @@ def test_recorded_metrics_are_read_back_by_metaflow_and_fx_run_metrics(metaflow_
             recorded.extend(MetricRecord.from_dict(r) for r in rows)
     assert logged(recorded) == expected(VALUES, 2)
     assert [t.data.fedloom_metrics for t in run["end"]] == [[]]
-    result = CliRunner().invoke(main, ["run", "metrics", "TrackedFlow", "--json"])
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    uri = f"sqlite:///{metaflow_client / 'mlflow.db'}"
+    result = CliRunner().invoke(main, ["run", "metrics", "TrackedFlow", "--json", "--mlflow",
+                                       "--tracking-uri", uri])
     assert result.exit_code == 0, result.output
-    document = json.loads(result.output)
+    document = json.loads(result.stdout)  # MLflow's own log lines go to stderr
     assert (document["flow"], document["run_id"]) == ("TrackedFlow", flow._run_id)
-    assert document["params"]["lr"] == 0.5 and document["params"]["tag"] == "tracked"
+    # The start task's numbers and text: the constructor's, and what start set.
+    assert document["params"] == {"rounds": 2, "lr": 0.5, "tag": "tracked", "round": 0}
     assert logged(Metrics.from_dicts(document["metrics"])) == expected(VALUES, 2)
+    exported = MlflowClient(tracking_uri=uri).get_run(document["mlflow_run_id"])
+    assert exported.data.params["tag"] == "tracked"
+    assert exported.data.tags["fedloom.run_id"] == flow._run_id
     table = CliRunner().invoke(main, ["run", "metrics",
                                                   f"TrackedFlow/{flow._run_id}"])
     assert table.exit_code == 0 and "global/mean" in table.output and "0-1" in table.output
@@ -286,6 +298,7 @@ def test_recorded_metrics_are_read_back_by_metaflow_and_fx_run_metrics(metaflow_
     assert missing.exit_code == 1 and "NoSuchFlow" in missing.output
 
 
+@pytest.mark.filterwarnings("ignore:.*noload.*")  # MLflow's SQLite store on SQLAlchemy 2.1
 def test_a_run_goes_to_mlflow_as_a_run_with_a_child_run_per_participant(tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
     monkeypatch.chdir(tmp_path)  # whatever MLflow makes beside its store stays in tmp_path
