@@ -172,7 +172,9 @@ class RunDisplay:
 
     def metric_line(self, name: str) -> str:
         """``name``'s latest values: the aggregator's, the collaborators' mean and each one's."""
-        values = self.values.get(name, {})
+        # A copy (one C call): the live display's refresh thread calls this while the run's
+        # thread may be adding values.
+        values = dict(self.values.get(name, {}))
         parts = []
         if self.aggregator in values:
             parts.append(f"{self.aggregator} {_number(values[self.aggregator])}")
