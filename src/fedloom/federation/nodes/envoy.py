@@ -271,9 +271,23 @@ class Envoy:
                 if closed.is_set() or _code(exc) in (grpc.StatusCode.UNAVAILABLE,
                                                      grpc.StatusCode.UNAUTHENTICATED):
                     return  # the work stream notices the broken connection too
+                if _code(exc) == grpc.StatusCode.UNIMPLEMENTED:  # an older director
+                    self._beat_unary(stub, reply.session, period, closed)
+                    return
                 log.info("envoy '%s': the health-check stream ended (%s); opening it again",
                          self.config.name, _describe(exc))
                 closed.wait(period / 2)
+
+    def _beat_unary(self, stub: rpc.DirectorStub, session: str, period: float,
+                    closed: threading.Event) -> None:
+        """The health check as one call a beat, for a director without the Beat stream."""
+        while not closed.wait(period / 2):
+            try:
+                stub.Heartbeat(pb.WorkRequest(session=session), timeout=period)
+            except grpc.RpcError as exc:
+                if _code(exc) != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    return  # the work stream notices the broken connection too
+                log.info("envoy '%s': a health check took over %g s", self.config.name, period)
 
     def _cancel_on_stop(self, work: Any) -> None:
         self._stop.wait()
