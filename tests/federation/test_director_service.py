@@ -23,6 +23,7 @@ import pytest
 from fedloom import FedloomError
 from fedloom.federation.localhost import LocalFederation, local_federation
 from fedloom.runtime.federated import FederatedRuntime
+from tests.conftest import SHARED_ENVOYS
 from tests.federation.flows import FedAvgFlow
 from tests.federation.nodes import (
     FX,
@@ -35,7 +36,7 @@ from tests.federation.nodes import (
 
 pytestmark = pytest.mark.slow
 
-ENVOYS = {"envoy_one": 1.0, "New York": 3.0}
+ENVOYS = SHARED_ENVOYS  # the shared federation's, ``fed`` (tests/conftest.py)
 
 
 @contextmanager

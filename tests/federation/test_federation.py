@@ -7,12 +7,13 @@ import pytest
 
 from fedloom import FedloomError, StepFailed
 from fedloom.runtime.federated import FederatedRuntime
+from tests.conftest import SHARED_ENVOYS
 from tests.federation.flows import FedAvgFlow
 from tests.federation.nodes import envoy_config, federation
 
 pytestmark = pytest.mark.slow
 
-ENVOYS = {"envoy_one": 1.0, "New York": 3.0}  # the shared federation's (see tests/conftest.py)
+ENVOYS = SHARED_ENVOYS  # the shared federation's, ``fed`` (tests/conftest.py)
 
 
 def run(fed, **flow_args) -> FedAvgFlow:

@@ -16,6 +16,7 @@ import pytest
 from fedloom import FedloomError
 from fedloom.federation.nodes import lifeline
 from fedloom.runtime.federated import FederatedRuntime
+from tests.conftest import SHARED_ENVOYS
 from tests.federation.flows import FedAvgFlow
 from tests.federation.nodes import Node, experiment_processes, federation, wait_gone
 
@@ -76,7 +77,7 @@ def test_a_child_whose_parent_is_not_the_expected_one_ends_at_once():
     assert process.exitcode == lifeline.ORPHANED_EXIT_CODE
 
 
-ENVOYS = {"envoy_one": 1.0, "New York": 3.0}
+ENVOYS = SHARED_ENVOYS  # the shared federation's, ``fed`` (tests/conftest.py)
 
 
 @pytest.mark.slow
