@@ -88,13 +88,7 @@ def run_show(target: str, html_path: str | None, as_json: bool) -> None:
 
     from fedloom.checkpoint.report import report_from_metaflow
 
-    flow_name, _, run_id = target.partition("/")
-    try:
-        report = report_from_metaflow(flow_name, run_id or None)
-    except FedloomError as exc:
-        raise click.ClickException(str(exc)) from exc
-    except Exception as exc:  # the Metaflow client's own "not found" errors
-        raise click.ClickException(f"cannot read {target}: {exc}") from exc
+    report = _read_recorded(target, report_from_metaflow)
     out = _stdout()
     if html_path:
         Path(html_path).write_text(report.to_html(), encoding="utf-8")
@@ -109,6 +103,18 @@ def run_show(target: str, html_path: str | None, as_json: bool) -> None:
     out.print(report.table())
     if html_path:
         out.print(f"report written to {html_path}", markup=False)
+
+
+def _read_recorded(target: str, read: Callable[[str, str | None], T]) -> T:
+    """What ``read`` makes of the recorded run TARGET (FLOW, its latest run, or FLOW/RUN_ID);
+    a clear command-line error when it cannot be read."""
+    flow_name, _, run_id = target.partition("/")
+    try:
+        return read(flow_name, run_id or None)
+    except FedloomError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except Exception as exc:  # the Metaflow client's own "not found" errors
+        raise click.ClickException(f"cannot read {target}: {exc}") from exc
 
 
 @run.command("metrics")
@@ -131,12 +137,7 @@ def run_metrics(target: str, as_json: bool, to_mlflow: bool, tracking_uri: str |
     from fedloom.tracking.views import metrics_json, metrics_table
 
     flow_name, _, run_id = target.partition("/")
-    try:
-        metrics = recorded_metrics(flow_name, run_id or None)
-    except FedloomError as exc:
-        raise click.ClickException(str(exc)) from exc
-    except Exception as exc:  # the Metaflow client's own "not found" errors
-        raise click.ClickException(f"cannot read {target}: {exc}") from exc
+    metrics = _read_recorded(target, recorded_metrics)
     exported = ""
     if to_mlflow:
         from fedloom.tracking.mlflow_export import to_mlflow as export
