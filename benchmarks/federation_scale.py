@@ -570,12 +570,14 @@ def part_real(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: 
                       f"{ms((several.seconds - one.seconds) / max(args.rounds - 1, 1))} "
                       "(start-up time varies between runs: the joins tell better)")
         per_round = (cpu_of_flows[1] - cpu_of_flows[0]) / max(args.rounds - 1, 1)
+        # The two runs' start-ups differ by seconds of CPU: only many rounds outweigh that.
         table.add_row("CPU per extra round, per collaborator: director / aggregator / envoy / "
                       "collaborator process",
-                      " / ".join(ms(x / n) for x in per_round),
+                      " / ".join(ms(x / n) for x in per_round) if args.rounds >= 100 else
+                      "(--rounds 100 or more)",
                       f"all together {ms(float(per_round.sum()))} a round on "
                       f"{os.cpu_count()} cores (the {args.rounds}-round run less the 1-round "
-                      "run)")
+                      "run)" if args.rounds >= 100 else "")
         table.add_row("round latency: between successive joins (director's clock)",
                       f"median {ms(float(np.median(later)))}",
                       f"min {ms(float(later.min()))}, max {ms(float(later.max()))}; first round "
