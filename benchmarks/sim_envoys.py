@@ -173,11 +173,17 @@ class SimEnvoy:
                 yield pb.WorkRequest()
                 self.stats.hb_ok += 1
 
-        try:
-            await self.stub.Beat(beats())
-        except grpc.aio.AioRpcError as exc:
-            self.stats.hb_fail += 1
-            self.stats.error("Beat", exc)
+        while True:  # as fx envoy: a broken Beat stream is opened again, unless the
+            try:     # connection or the session is gone (the work stream ends then too)
+                await self.stub.Beat(beats())
+                return
+            except grpc.aio.AioRpcError as exc:
+                self.stats.hb_fail += 1
+                self.stats.error("Beat", exc)
+                if exc.code() in (grpc.StatusCode.UNAVAILABLE,
+                                  grpc.StatusCode.UNAUTHENTICATED):
+                    return
+            await asyncio.sleep(period / 2)
 
     async def _probe(self, period: float) -> None:
         assert self.stub is not None

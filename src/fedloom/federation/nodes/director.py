@@ -42,6 +42,8 @@ from fedloom.runtime.local.runtime import new_run_id
 log = logging.getLogger(__name__)
 
 MISSED_HEALTH_CHECKS = 3  # periods of silence after which an envoy counts as lost
+FIRST_BEAT_GRACE = 10.0  # more seconds for a new connection's first health check (a thousand
+#                          envoys reconnecting at once to a restarted director are slow to)
 ENDED_KEPT_SECONDS = 600.0  # an ended experiment's events and large final state stay this long
 STORE_FILE = "director.sqlite"
 FINAL = ("done", "failed", "cancelled", "rejected")
@@ -58,6 +60,7 @@ class EnvoyLink:
     work: asyncio.Queue[pb.Work | None] = field(default_factory=asyncio.Queue)
     online: bool = True
     last_seen: float = field(default_factory=time.time)
+    beating: bool = False  # its health checks have begun (it registered before)
     since: float = field(default_factory=time.time)  # online (or offline) since
     experiment: str = ""
     lost_reason: str = "disconnected"
@@ -280,7 +283,9 @@ class Director:
             now = time.time()
             for link in list(self.envoys.values()):
                 silent = now - link.last_seen
-                if link.online and silent > MISSED_HEALTH_CHECKS * period + late:
+                allowed = MISSED_HEALTH_CHECKS * period + late + \
+                    (0.0 if link.beating else FIRST_BEAT_GRACE)
+                if link.online and silent > allowed:
                     link.lost_reason = (f"missed its health checks (silent for {silent:.0f} s; "
                                         f"expected every {period:g} s)")
                     self.envoy_lost(link)

@@ -109,7 +109,8 @@ class DirectorService(rpc.DirectorServicer):
                 self.d.envoy_lost(link)
 
     async def Heartbeat(self, request: pb.WorkRequest, context: Context) -> pb.Ack:
-        (await self._link(request.session, context)).last_seen = time.time()
+        link = await self._link(request.session, context)
+        link.last_seen, link.beating = time.time(), True
         return pb.Ack()
 
     async def Beat(self, request_iterator: AsyncIterator[pb.WorkRequest],
@@ -118,7 +119,7 @@ class DirectorService(rpc.DirectorServicer):
         with its connection, or when the session it named is replaced or lost."""
         first = await self._first(request_iterator, context, "health check")
         link = await self._link(first.session, context)
-        link.last_seen = time.time()
+        link.last_seen, link.beating = time.time(), True
         with await self._held(context, link.name):
             async for _ in request_iterator:
                 if not link.online:
