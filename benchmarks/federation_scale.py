@@ -885,7 +885,8 @@ def part_idle(args: argparse.Namespace, root: Path, procs: Processes) -> None:
     folder.mkdir()
     names = [f"beat_{i:03d}" for i in range(args.idle_envoys)]
     certs, _ = certificates(folder / "pki", names, ("alice", "mallory"))
-    table = Table(title=f"part 3: {args.idle_envoys} simulated envoys heartbeat (every 0.5 s) "
+    table = Table(title=f"part 3: {args.idle_envoys} simulated envoys time unary heartbeats "
+                        "(every 0.5 s) "
                         "while one user certificate holds idle Submit calls (no first "
                         "message), mutual TLS, 127.0.0.1", title_justify="left")
     for column in ("director limits", "idle calls", "refused (RESOURCE_EXHAUSTED)",
@@ -902,7 +903,9 @@ def part_idle(args: argparse.Namespace, root: Path, procs: Processes) -> None:
         director, port = start_director(procs, sub, certs, {
             "envoy_health_check_period": 1, "review_experiment": False, **limits},
             args.start_timeout)
-        fleet = SimFleet(procs, sub, folder / "pki", names, 1, port)
+        # Probes: each heartbeat a unary call whose answer is timed (fx envoy's Beat stream
+        # has no answer to time); what they see is what any new call sees.
+        fleet = SimFleet(procs, sub, folder / "pki", names, 1, port, ["--keep-beating"])
         fleet.start(args.start_timeout)
         fleet.go()
         fleet.wait(lambda f=fleet: f.total("online") >= len(names), args.start_timeout,
