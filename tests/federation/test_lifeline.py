@@ -155,3 +155,37 @@ def test_a_stopped_collaborator_process_fails_the_run_within_three_health_checks
             assert wait_gone(collaborator, 30)  # and the envoy killed it
         fed.envoys["New York"].wait_for(r"stopped answering")
         assert fed.envoys["New York"].process.poll() is None  # the envoy itself lives on
+
+
+# A node stand-in whose child's target lives in a module of its own (as the experiment
+# processes' do): the child must not import the node's __main__ again.
+MAIN_NOT_AGAIN = """
+import multiprocessing, os, sys
+from fedloom.federation.nodes import lifeline
+from tests.federation.test_lifeline import report_main_modules
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    process = ctx.Process(target=report_main_modules, args=(child,), daemon=True)
+    lifeline.start(process)
+    print(parent.recv(), flush=True)
+    process.join(30)
+"""
+
+
+def report_main_modules(conn) -> None:  # type: ignore[no-untyped-def]
+    main = sys.modules.get("__mp_main__")  # the node's __main__, had it been imported again
+    conn.send([getattr(main, "__file__", None), "fedloom.cli" in sys.modules])
+
+
+def test_an_experiment_process_does_not_import_the_nodes_main_module_again(tmp_path):
+    import subprocess
+
+    script = tmp_path / "node_stand_in.py"
+    script.write_text(MAIN_NOT_AGAIN + "\nimport fedloom.cli  # the node's own imports\n")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, cwd=root, env={**os.environ, "PYTHONPATH": root})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[None, False]", done.stdout  # not the script, not the CLI

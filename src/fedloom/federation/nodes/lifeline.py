@@ -29,9 +29,11 @@ import queue
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 PR_SET_PDEATHSIG = 1
 ORPHANED_EXIT_CODE = 70  # what an orphaned child exits with (it is usually killed first)
@@ -62,11 +64,34 @@ def _spawn_forever() -> None:
     while True:  # never returns: its children's parent-death signal is tied to this thread
         process, started = _requests.get()
         try:
-            process.start()
+            # A target defined in __main__ needs it imported in the child: only then keep it.
+            target = getattr(process, "_target", None)
+            with contextlib.nullcontext() if getattr(target, "__module__", "__main__") == \
+                    "__main__" else _main_module_hidden():
+                process.start()
         except BaseException as exc:
             started.set_exception(exc)
         else:
             started.set_result(None)
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """While a child is started: 'spawn' would have it import the node's ``__main__`` again
+    (the whole ``fx`` command line, about 0.1 s of CPU per experiment process), though its
+    target lives in a module of its own and it needs nothing from there."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved: dict[str, Any] = {key: main.__dict__[key] for key in ("__spec__", "__file__")
+                             if key in main.__dict__}
+    main.__dict__["__spec__"] = None
+    main.__dict__.pop("__file__", None)
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)
 
 
 def bind_to_parent(expected_parent: int) -> None:
