@@ -22,6 +22,7 @@ from rich.logging import RichHandler
 from fedloom import __version__
 from fedloom.errors import FedloomError, FlowDefinitionError
 from fedloom.federation.review.cli import director_workdir, envoy_workdir
+from fedloom.output import command_console
 from fedloom.spec.flowspec import FLSpec, check_flow, flow_picture, flow_warnings, graph_of
 
 console = Console(stderr=False, highlight=False)
@@ -51,7 +52,7 @@ def flow_check(target: str) -> None:
             broken += 1
             click.echo(str(FlowDefinitionError(cls.__name__, problems)), err=True)
         else:
-            _stdout().print(f"[green]ok[/green] {cls.__name__}: {len(graph_of(cls).steps)} "
+            command_console().print(f"[green]ok[/green] {cls.__name__}: {len(graph_of(cls).steps)} "
                             "steps")
         for warning in flow_warnings(cls):
             click.echo(f"warning: {warning}", err=True)
@@ -89,7 +90,7 @@ def run_show(target: str, html_path: str | None, as_json: bool) -> None:
     from fedloom.checkpoint.report import report_from_metaflow
 
     report = _read_recorded(target, report_from_metaflow)
-    out = _stdout()
+    out = command_console()
     if html_path:
         Path(html_path).write_text(report.to_html(), encoding="utf-8")
     if as_json:
@@ -152,7 +153,7 @@ def run_metrics(target: str, as_json: bool, to_mlflow: bool, tracking_uri: str |
             document["mlflow_run_id"] = exported
         click.echo(json.dumps(document, indent=2, ensure_ascii=False))
         return
-    out = _stdout()
+    out = command_console()
     title = f"{flow_name}/{metrics.run_id or run_id or '(latest)'}: {len(metrics)} values"
     out.print(metrics_table(metrics, title) if metrics else f"{title} (none logged)",
               markup=False)
@@ -370,17 +371,6 @@ def _or_exit(make: Callable[[], T]) -> T:
         return make()
     except FedloomError as exc:
         raise click.ClickException(str(exc)) from exc
-
-
-_UNWRAPPED = 100_000  # columns of a console that writes into a file or a pipe
-
-
-def _stdout() -> Console:
-    """The console for a command's output: wrapped to a terminal's width, but into a file or a
-    pipe a line stays one line, however long (and a table as wide as it needs)."""
-    if console.is_terminal:
-        return console
-    return Console(highlight=False, soft_wrap=True, width=_UNWRAPPED)
 
 
 def _logging() -> None:

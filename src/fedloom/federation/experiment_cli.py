@@ -21,14 +21,14 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-from rich.console import Console
 
 from fedloom.errors import FedloomError
+from fedloom.output import command_console as out
+from fedloom.output import echo_json
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
-_UNWRAPPED = 100_000  # columns of a console that writes into a file or a pipe
 
 
 def director_options(func: F) -> F:
@@ -87,16 +87,6 @@ def _or_fail(make: Callable[[], T]) -> T:
         raise click.ClickException(str(exc)) from exc
 
 
-def out() -> Console:
-    """Wrapped to a terminal's width; into a file or a pipe a line stays one line."""
-    console = Console(highlight=False)
-    if console.is_terminal:
-        return console
-    return Console(highlight=False, soft_wrap=True, width=_UNWRAPPED)
-
-
-def echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
 @click.group()

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from fedloom.errors import FedloomError
@@ -28,19 +27,8 @@ from fedloom.federation.overview import (
 )
 from fedloom.federation.review.cli import director_workdir, envoy_workdir
 from fedloom.federation.transport.proto import fedloom_pb2 as pb
-
-_UNWRAPPED = 100_000
-
-
-def _out() -> Console:
-    console = Console(highlight=False)
-    if console.is_terminal:
-        return console
-    return Console(highlight=False, soft_wrap=True, width=_UNWRAPPED)
-
-
-def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+from fedloom.output import command_console as _out
+from fedloom.output import echo_json as _echo_json
 
 
 def _workdir_option(f: Any) -> Any:

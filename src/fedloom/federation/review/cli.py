@@ -12,7 +12,6 @@ node running as a service (no terminal), from the node's own machine.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +25,7 @@ from fedloom.errors import FedloomError
 from fedloom.federation.review.desk import ReviewLog
 from fedloom.federation.transport.proto import fedloom_pb2 as pb
 from fedloom.federation.transport.proto import fedloom_pb2_grpc as rpc
+from fedloom.output import echo_json as _echo_json
 
 T = TypeVar("T")
 
@@ -65,8 +65,6 @@ def _json_option(f: Callable[..., None]) -> Callable[..., None]:
                         help="Print JSON (schema: docs/operating.md).")(f)
 
 
-def _echo_json(data: object) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
 def _pending_json(p: pb.PendingReview) -> dict[str, object]:
