@@ -258,11 +258,9 @@ class SimEnvoy:
                          bulk_bytes=len(payload))
         assert self.channel is not None
         if len(payload) <= bulk.INLINE_BYTES:  # as fx envoy: one unary call (Bulk.PushSmall)
-            header = head.SerializeToString()
             small = self.channel.unary_unary(bulk.PUSH_SMALL, request_serializer=None,
                                              response_deserializer=pb.Ack.FromString)
-            await small(len(header).to_bytes(4, "little") + header + payload,
-                        timeout=bulk.deadline(len(payload)))
+            await small(bulk.small_push(head, payload), timeout=bulk.deadline(len(payload)))
         else:
             push = self.channel.stream_unary(bulk.PUSH, request_serializer=None,
                                              response_deserializer=pb.Ack.FromString)

@@ -136,8 +136,13 @@ def push(channel: grpc.Channel, head: pb.Report, frame: Frame) -> None:
         return
     call = channel.unary_unary(PUSH_SMALL, request_serializer=None,
                                response_deserializer=pb.Ack.FromString)
+    call(small_push(head, view), timeout=deadline(len(view)))
+
+
+def small_push(head: pb.Report, frame: Frame) -> bytes:
+    """PushSmall's request: the header's length, the header, the state."""
     header = head.SerializeToString()
-    call(b"".join((_HEAD_SIZE.pack(len(header)), header, view)), timeout=deadline(len(view)))
+    return b"".join((_HEAD_SIZE.pack(len(header)), header, memoryview(frame).cast("B")))
 
 
 def split_small_push(raw: bytes) -> tuple[bytes, memoryview]:
