@@ -158,6 +158,12 @@ def test_a_step_that_prints_100_mb_reaches_the_user_cut_and_the_run_completes(fe
     assert "[train @ New York] xxxx" in out
 
 
+def test_chain_outcomes_ride_each_envoys_outcome_stream(fed):
+    run(fed, rounds=2)
+    for node in fed.envoys.values():  # said once per connection, at its first outcome
+        node.wait_for(r"chain outcomes go on one stream to the director", timeout=30)
+
+
 class IdleUploads:
     """``count`` Submit calls from one certificate that never send anything, on a loop of
     their own; counts the ones the director refuses."""
@@ -251,8 +257,15 @@ def test_malformed_messages_are_refused_as_invalid_argument_naming_what(fed):
                                     response_deserializer=None)
         with pytest.raises(grpc.RpcError) as info_bulk:
             push(iter([b"\xff\xff"]), timeout=30)
+        outcomes = channel.stream_unary("/fedloom.v1.Bulk/PushStream", request_serializer=None,
+                                        response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as info_outcomes:
+            outcomes(iter([b"\xff\xff"]), timeout=30)
+        with pytest.raises(grpc.RpcError) as info_session:
+            outcomes(iter([b"\x0a\x02s1"]), timeout=30)  # a WorkRequest, an unknown session
+    assert info_session.value.code() == grpc.StatusCode.UNAUTHENTICATED, info_session.value
     for caught, what in ((info_submit, "Submission"), (info_events, "EventsRequest"),
-                         (info_bulk, "SubmissionHeader")):
+                         (info_bulk, "SubmissionHeader"), (info_outcomes, "WorkRequest")):
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value
         assert what in caught.value.details()
 

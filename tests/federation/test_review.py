@@ -302,7 +302,7 @@ class FakeDirector:
         rpc.add_DirectorServicer_to_server(Servicer(), self.server)
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
             bulk.SERVICE, bulk.method_handlers(SimpleNamespace(
-                pull_state=pull_state, push_state=None, push_small_state=None,
+                pull_state=pull_state, push_state=None, push_small_state=None, push_stream=None,
                 submit_package=None, final_state=None, recorded_run=None))),))
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.server.start()

@@ -195,6 +195,46 @@ class DirectorService(rpc.DirectorServicer):
         self._deliver_outcome(link, experiment, head, state)
         return pb.Ack()
 
+    async def push_stream(self, messages: AsyncIterator[bytes], context: Context) -> pb.Ack:
+        """Bulk.PushStream: an envoy connection's small chain outcomes, one message each (as
+        PushSmall's request) after one naming the session. A late outcome of an ended run is
+        dropped; anything malformed or not the envoy's ends the stream (and so, on the envoy's
+        side, its connection: its chains are then known to be lost)."""
+        raw = await self._first(messages, context, "Bulk.PushStream session")
+        try:
+            opening = pb.WorkRequest.FromString(raw)
+        except DecodeError:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         "Bulk.PushStream: the first message is not a WorkRequest")
+        link = await self._link(opening.session, context)
+        with await self._held(context, link.name):
+            await context.send_initial_metadata(())  # accepted: the envoy starts sending
+            async for raw in messages:
+                if not link.online:
+                    break  # its experiments heard that it was lost
+                await self._push_one(link, raw, context)
+        return pb.Ack()
+
+    async def _push_one(self, link: EnvoyLink, raw: bytes, context: Context) -> None:
+        try:
+            header, state = bulk.split_small_push(raw)
+            head = pb.Report.FromString(header)
+        except (transport.TransportError, DecodeError) as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         f"Bulk.PushStream: a malformed outcome: {exc}")
+        link.last_seen = time.time()
+        experiment = self.d.experiments.get(head.experiment)
+        if experiment is None or link.name not in experiment.collaborators:
+            await _abort(context, grpc.StatusCode.PERMISSION_DENIED,
+                         f"envoy '{link.name}' is not part of experiment {head.experiment}")
+        if head.WhichOneof("kind") != "outcome" or len(state) != head.bulk_bytes:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         "Bulk.PushStream carries chain outcomes only, each with as many "
+                         f"bytes of state as its header announces ({head.bulk_bytes}; "
+                         f"{len(state)} came)")
+        if experiment.status == "running":  # else a late result of an ended run: unread
+            self._deliver_outcome(link, experiment, head, state)
+
     async def _outcome_header(self, raw: bytes, context: Context, method: str
                               ) -> tuple[EnvoyLink, Experiment, pb.Report]:
         """The envoy pushing a chain's outcome, its running experiment and the header."""

@@ -102,6 +102,7 @@ class Envoy:
         self._experiments: dict[str, RunningExperiment] = {}
         self._stub: rpc.DirectorStub | None = None
         self._channel: grpc.Channel | None = None  # for Bulk (large states)
+        self._outcomes: bulk.OutcomeStream | None = None  # small outcomes, on one stream
         self._session = ""
         self.desk = ReviewDesk(config.name, config.review_experiment, workdir,
                                config.review_timeout)
@@ -205,6 +206,8 @@ class Envoy:
             log.info("envoy '%s' registered with the director at %s", self.config.name,
                      self.endpoint.address)
             work = self._stub.GetWork(pb.WorkRequest(session=reply.session))
+            self._outcomes = bulk.OutcomeStream(channel, reply.session,
+                                                lambda why: self._outcomes_lost(work, why))
             stopper = threading.Thread(target=self._cancel_on_stop, args=(work,), daemon=True)
             stopper.start()
             threading.Thread(target=self._beat, args=(self._stub, reply, closed),
@@ -222,7 +225,17 @@ class Envoy:
                 raise
         finally:
             closed.set()
+            if self._outcomes is not None:
+                self._outcomes.close()
+                self._outcomes = None
             channel.close()
+
+    def _outcomes_lost(self, work: Any, why: str) -> None:
+        """The outcome stream ended under a live connection: what it carried may be lost,
+        so this connection ends, and with it (for the director) this envoy's chains."""
+        log.warning("envoy '%s': the stream of chain outcomes to the director ended (%s); "
+                    "reconnecting", self.config.name, why)
+        work.cancel()
 
     def _say_stopping(self) -> None:
         """Tells the director, while still connected, that this envoy's experiments cannot go
@@ -529,6 +542,10 @@ class Envoy:
             _, request, outcome, frame = message
             head.request = request
             head.outcome.CopyFrom(pb.ChainOutcome.FromString(outcome))
+            outcomes = self._outcomes
+            if outcomes is not None and memoryview(frame).nbytes <= bulk.INLINE_BYTES and \
+                    outcomes.send(head, frame):
+                return
             if self._channel is None:
                 raise transport.TransportError("not connected to the director")
             bulk.push(self._channel, head, frame)

@@ -9,6 +9,10 @@ written (so a size announced by a peer costs nothing until the bytes arrive).
 - ``Pull``: the envoy asks for the state of a chain it was sent (by experiment and request);
   the director streams it, only to an envoy the chain was addressed to.
 - ``Push``: the envoy sends a chain's outcome: a ``Report`` header, then the state's pieces.
+- ``PushSmall``: an outcome with a state up to :data:`INLINE_BYTES`, in one unary call.
+- ``PushStream``: such outcomes as messages on one long-lived call per connection (a message
+  on an open stream costs the director a fraction of a call); fx envoy uses it when the
+  director has it, and PushSmall otherwise.
 - ``Submit``: the user sends an experiment: a ``SubmissionHeader``, then the package's pieces.
 - ``Result``: the user takes its experiment's final state (once; it is kept for a while).
 - ``Fetch``: the user fetches its experiment's recorded run (its size, then a tar archive).
@@ -16,6 +20,8 @@ written (so a size announced by a peer costs nothing until the bytes arrive).
 
 from __future__ import annotations
 
+import logging
+import queue
 import struct
 import threading
 from collections.abc import Callable, Iterator
@@ -28,10 +34,13 @@ from fedloom.federation.transport.channels import MAX_FRAME_BYTES, TransportErro
 from fedloom.federation.transport.pipes import MemoryFrame
 from fedloom.federation.transport.proto import fedloom_pb2 as pb
 
+log = logging.getLogger(__name__)
+
 SERVICE = "fedloom.v1.Bulk"
 PULL = f"/{SERVICE}/Pull"
 PUSH = f"/{SERVICE}/Push"
 PUSH_SMALL = f"/{SERVICE}/PushSmall"
+PUSH_STREAM = f"/{SERVICE}/PushStream"
 SUBMIT = f"/{SERVICE}/Submit"
 RESULT = f"/{SERVICE}/Result"
 FETCH = f"/{SERVICE}/Fetch"
@@ -158,6 +167,91 @@ def split_small_push(raw: bytes) -> tuple[bytes, memoryview]:
     return bytes(view[_HEAD_SIZE.size:end]), view[end:]
 
 
+class OutcomeStream:
+    """An envoy's small chain outcomes, as messages on one long-lived ``PushStream`` call.
+
+    The call opens at the first outcome and waits for the director to accept it (its initial
+    metadata); a director without the method, or one that refuses the call, makes
+    :meth:`send` return False, and the caller sends that outcome, and the later ones, with
+    PushSmall. Messages carry no answer: an outcome is lost only if the call ends, so the
+    call's end (``on_end``, unless :meth:`close` ended it) must end the connection, which
+    tells the director this envoy's chains are lost.
+    """
+
+    OPEN_TIMEOUT = 60.0  # seconds for the director to accept the call
+
+    def __init__(self, channel: grpc.Channel, session: str,
+                 on_end: Callable[[str], None]) -> None:
+        self._channel, self._session, self._on_end = channel, session, on_end
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._call: Any = None
+        self._usable: bool | None = None  # None: not opened yet
+        self._closed = False
+
+    def send(self, head: pb.Report, frame: Frame) -> bool:
+        """Queues the outcome (``head``) and its state (at most INLINE_BYTES); False if this
+        connection cannot stream outcomes (send it with PushSmall); TransportError if the
+        call ended."""
+        view = memoryview(frame).cast("B")
+        head.bulk_bytes = len(view)
+        if not self._open():
+            return False
+        if self._call.done():
+            raise TransportError(f"the director's outcome stream ended: {_why_ended(self._call)}")
+        self._queue.put(small_push(head, view))
+        return True
+
+    def close(self) -> None:
+        """Ends the call (its connection is closing): the messages queued go out first."""
+        with self._lock:
+            self._closed = True
+        self._queue.put(None)
+
+    def _open(self) -> bool:
+        with self._lock:
+            if self._usable is None and not self._closed:
+                self._usable = self._start()
+            return bool(self._usable) and not self._closed
+
+    def _start(self) -> bool:
+        call = self._channel.stream_unary(PUSH_STREAM, request_serializer=None,
+                                          response_deserializer=pb.Ack.FromString)
+        self._queue.put(pb.WorkRequest(session=self._session).SerializeToString())
+        self._call = call.future(iter(self._queue.get, None))
+        accepted = threading.Event()
+
+        def wait_accepted() -> None:
+            self._call.initial_metadata()  # returns also when the call ends
+            accepted.set()
+
+        threading.Thread(target=wait_accepted, daemon=True,
+                         name="fedloom-outcome-stream").start()
+        if not accepted.wait(self.OPEN_TIMEOUT) or self._call.done():
+            why = _why_ended(self._call) if self._call.done() else \
+                f"not accepted within {self.OPEN_TIMEOUT:g} s"
+            self._call.cancel()
+            log.info("the director's outcome stream is not available (%s): chain outcomes go "
+                     "in one call each", why)
+            return False
+        self._call.add_done_callback(self._call_ended)
+        log.info("chain outcomes go on one stream to the director (Bulk.PushStream)")
+        return True
+
+    def _call_ended(self, call: Any) -> None:
+        if not self._closed:
+            self._on_end(_why_ended(call))
+
+
+def _why_ended(call: Any) -> str:
+    if call.cancelled():
+        return "cancelled"
+    error = call.exception()
+    if error is None:
+        return "closed by the director"
+    return f"{error.code().name}: {error.details()}"
+
+
 def submit(channel: grpc.Channel, head: pb.SubmissionHeader, package: Frame) -> pb.SubmitReply:
     """An experiment's package, to the director."""
     head.bulk_bytes = len(memoryview(package).cast("B"))
@@ -223,7 +317,8 @@ class Outbox:
 
 def method_handlers(servicer: Any) -> dict[str, Any]:
     """The Bulk service's methods, around the director's ``pull_state``, ``push_state``,
-    ``push_small_state``, ``submit_package``, ``final_state`` and ``recorded_run``."""
+    ``push_small_state``, ``push_stream``, ``submit_package``, ``final_state`` and
+    ``recorded_run``."""
     return {
         "Pull": grpc.unary_stream_rpc_method_handler(
             servicer.pull_state, request_deserializer=pb.PullRequest.FromString),
@@ -231,6 +326,8 @@ def method_handlers(servicer: Any) -> dict[str, Any]:
             servicer.push_state, response_serializer=pb.Ack.SerializeToString),
         "PushSmall": grpc.unary_unary_rpc_method_handler(
             servicer.push_small_state, response_serializer=pb.Ack.SerializeToString),
+        "PushStream": grpc.stream_unary_rpc_method_handler(
+            servicer.push_stream, response_serializer=pb.Ack.SerializeToString),
         "Submit": grpc.stream_unary_rpc_method_handler(
             servicer.submit_package, response_serializer=pb.SubmitReply.SerializeToString),
         "Result": grpc.unary_stream_rpc_method_handler(
