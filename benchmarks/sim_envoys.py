@@ -13,7 +13,7 @@ failure, to watch the director while it is slow). It answers work without runnin
 - ``offer``: ``ready`` at once;
 - ``chain``: the state it was sent goes back unchanged, as from a collaborator that changed
   nothing (``input`` set to its name, as every collaborator's chain does), with one TaskInfo
-  for the step, on Bulk.PushSmall (Bulk.Push when large);
+  for the step, on one Bulk.PushStream call per connection as fx envoy (Bulk.Push when large);
 - ``end``, ``ping``, ``notice``: nothing.
 
 The state is decoded with no package module allowed: the flow's public state must be builtins
@@ -42,6 +42,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -108,6 +109,8 @@ class SimEnvoy:
         self.chains: dict[tuple[str, str], transport.Assembler] = {}
         self.channel: grpc.aio.Channel | None = None
         self.stub: rpc.DirectorStub | None = None
+        self.outcomes: asyncio.Queue[bytes | None] | None = None  # this connection's stream
+        self.outcome_call: Any = None
 
     async def run(self) -> None:
         self.channel = grpc.aio.secure_channel(self.address, self.credentials, options=OPTIONS)
@@ -148,6 +151,9 @@ class SimEnvoy:
             self.stats.online -= 1
             self.stats.stream_ends += 1
             beat.cancel()
+            if self.outcomes is not None:  # the next connection opens its own
+                self.outcomes.put_nowait(None)
+                self.outcomes = None
             work.cancel()
         return True
 
@@ -257,16 +263,35 @@ class SimEnvoy:
                                                 finished_at=time.time())]),
                          bulk_bytes=len(payload))
         assert self.channel is not None
-        if len(payload) <= bulk.INLINE_BYTES:  # as fx envoy: one unary call (Bulk.PushSmall)
-            small = self.channel.unary_unary(bulk.PUSH_SMALL, request_serializer=None,
-                                             response_deserializer=pb.Ack.FromString)
-            await small(bulk.small_push(head, payload), timeout=bulk.deadline(len(payload)))
+        if len(payload) <= bulk.INLINE_BYTES:  # as fx envoy: on its one outcome stream
+            await self._push_small(bulk.small_push(head, payload))
         else:
             push = self.channel.stream_unary(bulk.PUSH, request_serializer=None,
                                              response_deserializer=pb.Ack.FromString)
             await push(iter([head.SerializeToString(), *bulk.pieces(payload)]),
                        timeout=bulk.deadline(len(payload)))
         self.stats.answered["outcome"] += 1
+
+    async def _push_small(self, message: bytes) -> None:
+        """On this connection's Bulk.PushStream call, opened at its first outcome."""
+        assert self.channel is not None
+        if self.outcomes is None:
+            outcomes: asyncio.Queue[bytes | None] = asyncio.Queue()
+            self.outcomes = outcomes
+
+            async def messages() -> AsyncIterator[bytes]:
+                yield pb.WorkRequest(session=self.session).SerializeToString()
+                while (item := await outcomes.get()) is not None:
+                    yield item
+
+            call = self.channel.stream_unary(bulk.PUSH_STREAM, request_serializer=None,
+                                             response_deserializer=pb.Ack.FromString)
+            self.outcome_call = call(messages())
+            await self.outcome_call.initial_metadata()
+        if self.outcome_call.done():
+            raise transport.TransportError("the outcome stream ended: "
+                                           f"{await self.outcome_call.code()}")
+        self.outcomes.put_nowait(message)
 
     async def _pull(self, experiment: str, request: str, total: int) -> bytes:
         assert self.channel is not None
