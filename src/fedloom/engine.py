@@ -57,6 +57,10 @@ class ChainResult:
     metrics: list[MetricRecord] = field(default_factory=list)  # logged by its tasks, in order
 
 
+_NO_STEP = object()  # a transition to a step the flow does not have
+_CHECKED = Given()  # a state that checked steps left: nothing more is known (never changed)
+
+
 def run_chain_with_fault(site: CollaboratorSite, job: FlowJob, step: str, received: State,
                          fault: Fault, fan_out: int, tolerant: bool,
                          given: Given | None = None) -> ChainResult | Dropped:
@@ -166,11 +170,15 @@ class CollaboratorSite:
         copy) until a transition leads to an aggregator step. ``given``: what the leak check
         may assume about ``received`` (see :func:`copies_for`); ``None`` checks it all."""
         state = self.kept
-        self.kept = {}
-        state.update(received)
+        if state:
+            self.kept = {}
+            state.update(received)
+        else:
+            state = received  # ours alone (a copy made for this chain): no merge needed
         leaks = self._leak_check(job)
         # In this process and not checkpointing, a task is just its step (no record to make).
         plain = self.in_process and not job.record_tasks
+        roles, retries, rounds, name = job.roles, job.retries, self._rounds, self.name
         records: list[TaskRecord] = []
         metrics: list[MetricRecord] = []
         held_back: State = {}  # filtered out between collaborator steps: stays with us
@@ -178,43 +186,43 @@ class CollaboratorSite:
             while True:
                 # Every step of the chain knows whose it is, whatever include=/exclude= (or the
                 # step itself) did to 'input' on the way.
-                state["input"] = self.name
-                round_ = self._next_round(step)
-                if step in job.retries:
+                state["input"] = name
+                round_ = rounds[step]  # this site's round of the step: how often it ran before
+                rounds[step] = round_ + 1
+                if step in retries:
                     state, transition, record = self._attempts(job, step, state, records, given,
                                                                leaks, metrics, round_)
                 elif plain:
-                    state, transition = execute_step(job, step, state, self.private, self.name,
-                                                     given=given, leaks=leaks, metrics=metrics,
-                                                     round=round_)
+                    state, transition = execute_step(job, step, state, self.private, name,
+                                                     None, given, leaks, metrics, round_)
                     record = None
                 else:
                     state, transition, record = run_task(job, step, state, self.private,
-                                                         self.name, live=self.in_process,
+                                                         name, live=self.in_process,
                                                          given=given, leaks=leaks,
                                                          metrics=metrics, round=round_)
                 if given is None:
-                    given = Given()  # what one step leaves was checked
+                    given = _CHECKED  # what one step leaves was checked
                 if record is not None:
                     records.append(record)
-                target = job.graph.steps.get(transition.step)
-                if target is None or transition.foreach is not None:
+                role = roles.get(transition.step, _NO_STEP)
+                if role is _NO_STEP or transition.foreach is not None:
                     raise TransitionError(
                         f"a collaborator step cannot go to {transition.describe()}; go to an "
                         "aggregator join or another collaborator step", step=step,
-                        participant=self.name)
+                        participant=name)
                 if transition.include is None and transition.exclude is None:
                     sent = state  # everything moves on; nothing is left to keep or filter
                 else:
-                    sent = select(state, transition, step=step, participant=self.name,
+                    sent = select(state, transition, step=step, participant=name,
                                   private=self.private)
                     held_back.update((k, v) for k, v in state.items() if k not in sent)
-                if target.role == "aggregator":
+                if role == "aggregator":
                     if held_back:
                         self.kept = self._keep({k: v for k, v in held_back.items()
                                                 if k not in sent})
-                    sent["input"] = self.name  # a join can always tell who sent what
-                    return ChainResult(self.name, transition.step, sent, records, metrics)
+                    sent["input"] = name  # a join can always tell who sent what
+                    return ChainResult(name, transition.step, sent, records, metrics)
                 state, step = sent, transition.step
         except FlowRunError as err:
             err.tasks[:0] = records  # the chain's finished tasks are kept with the failure

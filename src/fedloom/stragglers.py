@@ -198,6 +198,7 @@ class SimulatedClock:
         self._now = 0.0  # simulated time at which the last collaborator phase ended
         self._since = time.perf_counter()  # real time then: the aggregator's steps since count
         self._busy_until: dict[str, float] = {}
+        self._latest = 0.0  # the latest of the _busy_until times (0 when there are none)
 
     def begin_fan_out(self) -> float:
         """The simulated time of a fan-out that begins now."""
@@ -208,7 +209,15 @@ class SimulatedClock:
         starts (once the collaborator is free) and when it ends."""
         start = max(offered, self._busy_until.get(collaborator, offered))
         end = self._busy_until[collaborator] = start + seconds
+        self._latest = max(self._latest, end)
         return start, end
+
+    def idle_at(self, offered: float) -> bool:
+        """Whether no collaborator is busy past ``offered`` (a fan-out's begin). Then, without
+        a deadline, each chain runs from ``offered`` and the fan-out ends at ``offered`` plus
+        the longest, and nobody need be remembered as busy: whatever ends then is over by
+        every later fan-out's begin (simulated time never goes back)."""
+        return self._latest <= offered
 
     def end_fan_out(self, at: float) -> None:
         """The collaborator phase of the current fan-out ended at ``at`` (simulated)."""

@@ -26,7 +26,7 @@ from fedloom.state import (
     check_no_collision,
     transition_to_json,
 )
-from fedloom.tracking.api import TaskMetrics, begin_task, end_task
+from fedloom.tracking.api import begin_task_of, end_task
 from fedloom.tracking.records import METRICS_ARTIFACT, MetricRecord
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,11 @@ class FlowJob:
                 if node.placement is not None and node.placement.retries}
 
     @cached_property
+    def roles(self) -> dict[str, str | None]:
+        """Step name -> its role ("aggregator", "collaborator"; None if unplaced)."""
+        return {name: node.role for name, node in self.graph.steps.items()}
+
+    @cached_property
     def public_texts(self) -> frozenset[str]:
         """Text that is public whoever holds it: the participants' names."""
         return frozenset(self.collaborators)
@@ -72,7 +77,7 @@ class FlowJob:
 
 
 def execute_step(job: FlowJob, step: str, state: State, private: dict[str, Any],
-                 participant: str, inputs: list[Any] | None = None, *,
+                 participant: str, inputs: list[Any] | None = None,
                  given: Given | None = None, leaks: LeakCheck | None = None,
                  metrics: list[MetricRecord] | None = None,
                  round: int = 0) -> tuple[State, Transition]:
@@ -90,10 +95,12 @@ def execute_step(job: FlowJob, step: str, state: State, private: dict[str, Any],
     ctx = StepContext(step, participant, job.runtime_view, job.step_names)
     state.update(private)
     state[_STEP_KEY] = ctx
-    obj = job.instance(state)
-    method = getattr(job.flow_cls, step)
-    logging_to = begin_task(TaskMetrics(job.run_id, step, participant, round,
-                                        [] if metrics is None else metrics))
+    cls = job.flow_cls
+    obj = cls.__new__(cls)  # as job.instance(state) makes it, without the call
+    obj.__dict__ = state
+    method = getattr(cls, step)
+    logging_to = begin_task_of(job.run_id, step, participant, round,
+                               [] if metrics is None else metrics)
     try:
         if inputs is None:
             method(obj)

@@ -47,17 +47,28 @@ class TaskMetrics:
                                          time.time(), name, value))
 
 
-_current: ContextVar[TaskMetrics | None] = ContextVar("fedloom_task_metrics", default=None)
+# The task that runs now: its TaskMetrics, or the fields to make one from (run_id, step,
+# participant, round, records), made only if the step logs something (most tasks log nothing,
+# and a tuple is much cheaper to make than a TaskMetrics, once per task of a large round).
+_Fields = tuple[str, str, str, int, list[MetricRecord]]
+_Current = TaskMetrics | _Fields | None
+_current: ContextVar[_Current] = ContextVar("fedloom_task_metrics", default=None)
 
 
-def begin_task(target: TaskMetrics) -> Token[TaskMetrics | None]:
+def begin_task(target: TaskMetrics) -> Token[_Current]:
     """From now on (in this thread or task), metrics logged go to ``target``; pass the token
     to :func:`end_task` when the step is over. (Plain calls, not a context manager: this runs
     once per task, and a generator-based one costs several times more.)"""
     return _current.set(target)
 
 
-def end_task(token: Token[TaskMetrics | None]) -> None:
+def begin_task_of(run_id: str, step: str, participant: str, round: int,
+                  records: list[MetricRecord]) -> Token[_Current]:
+    """:func:`begin_task` of ``TaskMetrics(run_id, step, participant, round, records)``."""
+    return _current.set((run_id, step, participant, round, records))
+
+
+def end_task(token: Token[_Current]) -> None:
     _current.reset(token)
 
 
@@ -89,7 +100,8 @@ def _task() -> TaskMetrics:
         raise FedloomError("fedloom.log_metric() records a value for the step that runs now; "
                            "call it inside a step (a method marked @aggregator or "
                            "@collaborator) while the flow runs")
-    return task
+    # Made per call from the fields: each one appends to the task's same list of records.
+    return TaskMetrics(*task) if isinstance(task, tuple) else task
 
 
 def check_name(name: Any) -> str:
