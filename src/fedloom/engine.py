@@ -15,6 +15,8 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import attrgetter
 from typing import Any, Protocol
 
 from fedloom.errors import FlowRunError, StepFailed, TransitionError
@@ -93,8 +95,10 @@ def copies_for(sites: Mapping[str, CollaboratorSite], job: FlowJob, names: Seque
     copier = StateCopier(sent)
     suspects = owners_reached(sent, {name: sites[name].private for name in names},
                               job.public_texts, texts_only=copier.shares_only_immutables)
-    given = copier.given()
-    return copier, {name: None if name in suspects else given for name in names}
+    given: dict[str, Given | None] = dict.fromkeys(names, copier.given())
+    for name in suspects:
+        given[name] = None
+    return copier, given
 
 
 def keep_finished_tasks(err: FlowRunError, finished: Sequence[ChainResult]) -> None:
@@ -393,9 +397,7 @@ class FlowEngine:
             # The backend could not even ship the state: that is this step's transition.
             raise TransitionError(str(err), step=step, participant=self.aggregator_name) \
                 from err
-        results = [o for o in outcomes if isinstance(o, ChainResult)]
-        dropped = [o for o in outcomes if isinstance(o, Dropped)]
-        received = [m for r in results for m in r.metrics]
+        results, dropped, received = _sorted_outcomes(outcomes)
         if received:
             self.metrics.extend(received)
             self._tell_metrics(received)
@@ -405,7 +407,7 @@ class FlowEngine:
         if dropped:
             self._check_enough(transition.step, policy, len(names), results, dropped)
         join = _common_join(results, transition.step)
-        return join, Inputs([self.job.instance(r.state) for r in results],
+        return join, Inputs(self.job.instances([r.state for r in results]),
                             {d.collaborator: d.reason for d in dropped})
 
     def _tell_metrics(self, records: Sequence[MetricRecord]) -> None:
@@ -433,10 +435,10 @@ class FlowEngine:
                        f"self.{attr} = self.runtime.collaborators first")
         names = state[attr]
         if isinstance(names, str) or not isinstance(names, Sequence) or \
-                not all(isinstance(n, str) for n in names):
+                not all(map(isinstance, names, repeat(str))):  # in C: once per collaborator
             raise fail(f"foreach='{attr}' must hold a list of collaborator names, got {names!r}")
         known = self.job.public_texts  # the collaborators' names
-        unknown = [n for n in names if n not in known]
+        unknown = [] if known.issuperset(names) else [n for n in names if n not in known]
         if unknown:
             raise fail(f"foreach='{attr}' names {unknown}, which are not collaborators of this "
                        f"run (collaborators: {list(self.job.collaborators)})")
@@ -468,8 +470,25 @@ def _fewer_gc_pauses(young_threshold: int = 20_000) -> Iterator[None]:
         gc.set_threshold(*saved)
 
 
+def _sorted_outcomes(outcomes: Sequence[ChainResult | Dropped]) -> tuple[
+        list[ChainResult], list[Dropped], list[MetricRecord]]:
+    """The results, the dropped, and the metrics the results bring, in order."""
+    results: list[ChainResult] = []
+    dropped: list[Dropped] = []
+    received: list[MetricRecord] = []
+    keep, drop, more = results.append, dropped.append, received.extend
+    for outcome in outcomes:  # once per collaborator: kept lean
+        if isinstance(outcome, ChainResult):
+            keep(outcome)
+            if outcome.metrics:
+                more(outcome.metrics)
+        elif isinstance(outcome, Dropped):
+            drop(outcome)
+    return results, dropped, received
+
+
 def _common_join(results: list[ChainResult], fan_out_step: str) -> str:
-    joins = {r.join_step for r in results}
+    joins: set[str] = set(map(attrgetter("join_step"), results))  # in C: once per collaborator
     if not joins:
         raise FlowRunError(f"no collaborator finished the fan-out to '{fan_out_step}'",
                            step=fan_out_step)

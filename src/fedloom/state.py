@@ -23,6 +23,10 @@ State = dict[str, Any]
 
 # Values that can be shared between participants without a copy: nobody can change them.
 _IMMUTABLE_TYPES = (int, float, complex, bool, str, bytes, type(None), range)
+# As tuples, not ``str | bytes``: that makes a new union object each time it is evaluated.
+_TEXT = (str, bytes)
+_TUPLES = (tuple, frozenset)
+_TEXT_OR_TUPLE = (str, bytes, tuple, frozenset)
 
 
 @dataclass(frozen=True)
@@ -200,7 +204,7 @@ def _copier_for(value: Any) -> Copier | None:
 
 
 def _is_immutable(value: Any) -> bool:
-    if isinstance(value, tuple | frozenset):  # immutable only if what they hold is
+    if isinstance(value, _TUPLES):  # immutable only if what they hold is
         return all(_is_immutable(v) for v in value)
     return isinstance(value, _IMMUTABLE_TYPES)
 
@@ -313,24 +317,23 @@ class LeakCheck:
         self._ids = list(map(id, self._before.values()))
         self._targets = _targets_of(self._before, self._participant, self._public)
 
-    def after(self, private: Mapping[str, Any], state: Mapping[str, Any], *, step: str) -> None:
+    def after(self, private: Mapping[str, Any], state: Mapping[str, Any], step: str) -> None:
         # First, before this frame holds a private object itself.
-        counts = list(map(sys.getrefcount, self._targets.objects)) \
-            if self._counts is not None else None
-        new_references = counts is not None and counts != self._counts and any(
-            now > then for now, then in zip(counts, self._counts or (), strict=True))
-        targets: _Targets = self._targets
-        rebound: list[str] = []
-        if list(map(id, private.values())) != self._ids:
+        then = self._counts
+        counts = list(map(sys.getrefcount, self._targets.objects)) if then is not None else None
+        new_references = counts is not None and counts != then and any(
+            now > before for now, before in zip(counts, then or (), strict=True))
+        rebound: Sequence[str] = ()
+        if list(map(id, private.values())) == self._ids:
+            targets = self._targets
+        else:
             targets, rebound = self._rebound(private)  # the step rebound or deleted some
             self._remember(private)  # where the next task starts
         if not targets.ids:
             return
-        if self._given is None:
-            found = next(_walk(state.items(), targets), None)
-        else:
-            found = self._changed(self._given, private, state, targets, rebound,
-                                  new_references)
+        given = self._given
+        found = next(_walk(state.items(), targets), None) if given is None else \
+            self._changed(given, private, state, targets, rebound, new_references)
         if found is not None:
             name, owner = found[0], targets.ids[found[1]]
             raise PrivateAttributeError(
@@ -354,12 +357,11 @@ class LeakCheck:
         return targets, rebound
 
     def _changed(self, given: Given, private: Mapping[str, Any], state: Mapping[str, Any],
-                 targets: _Targets, rebound: list[str],
+                 targets: _Targets, rebound: Sequence[str],
                  new_references: bool) -> tuple[str, int] | None:
         """The first hit, looking only where the step could have made one."""
         ids, texts = targets.ids, targets.text_values
-        flat, shared = given.flat, given.shared
-        atoms, nothing = _ATOM_TYPES, _NOTHING
+        flat, atoms, fresh = given.flat, _ATOM_TYPES, _ndarray[0]
         walk: list[tuple[str, Any]] = []
         skipped: list[tuple[str, Any]] = []  # only needed for rebound private attributes
         for name, value in state.items():  # once per task: kept lean
@@ -370,11 +372,15 @@ class LeakCheck:
                 continue  # nothing inside; as a rebound target it was just looked at
             if id(value) in ids:
                 return name, id(value)
-            original = flat.get(name, nothing)
-            if original is not nothing:
+            if kind is fresh and value.base is None:
+                # Owns its data (e.g. a fan-out's fresh copy): it reaches nothing, whatever
+                # its name, unless it holds objects.
+                unchanged = value.dtype.kind != "O"
+            elif name in flat:
                 # Whether the flat copy holds what it was copied from: == compares each
                 # element's identity first, in C; an element replaced by another object equal
                 # to it is ruled out by the reference counts and the text values.
+                original = flat[name]
                 unchanged = False
                 if not new_references and kind is type(original):
                     try:
@@ -383,10 +389,8 @@ class LeakCheck:
                         unchanged = False
                 if unchanged and texts:
                     unchanged = not any(text in given.texts_in(name) for text in texts)
-            elif kind is _ndarray[0] and value.base is None:  # e.g. a fan-out's fresh copy
-                unchanged = value.dtype.kind != "O"
             else:
-                unchanged = shared.get(name, nothing) is value or (
+                unchanged = given.shared.get(name, _NOTHING) is value or (
                     kind.__name__ == "ndarray" and _inert_array(value, ids))
             if not unchanged:
                 walk.append((name, value))
@@ -416,7 +420,7 @@ def owners_reached(state: Mapping[str, Any], privates: Mapping[str, Mapping[str,
     owners: dict[int, list[str]] = {}
     for owner, private in privates.items():
         for name, value in private.items():
-            if (not texts_only or isinstance(value, str | bytes)) and \
+            if (not texts_only or isinstance(value, _TEXT)) and \
                     _is_tracked(value, owner, public_texts):
                 targets.add(value, name)
                 owners.setdefault(id(value), []).append(owner)
@@ -452,7 +456,7 @@ class _Targets:
     def add(self, value: Any, name: str) -> None:
         self.ids[id(value)] = name
         self.objects.append(value)
-        if isinstance(value, str | bytes):
+        if isinstance(value, _TEXT):
             if self.texts is None or self.text_values is None:
                 self.texts, self.text_values = set(), []
             self.texts.add(id(value))
@@ -473,7 +477,7 @@ def _is_tracked(value: Any, participant: str, public_texts: Collection[str]) -> 
     by_type = _TRACKED_BY_TYPE.get(type(value))
     if by_type is not None:  # checked for every private attribute of every task: keep it quick
         return by_type
-    if not isinstance(value, str | bytes | tuple | frozenset):
+    if not isinstance(value, _TEXT_OR_TUPLE):
         # Otherwise it depends on the type only (see _trackable).
         if len(_TRACKED_BY_TYPE) < 1000:
             _TRACKED_BY_TYPE[type(value)] = _trackable(value)
@@ -548,16 +552,16 @@ def _inert_array(value: Any, targets: Mapping[int, str]) -> bool:
 def _texts_within(value: Any) -> Iterator[Any]:
     items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
     for item in items:
-        if isinstance(item, str | bytes):
+        if isinstance(item, _TEXT):
             yield item
-        elif isinstance(item, tuple | frozenset):
+        elif isinstance(item, _TUPLES):
             yield from _texts_within(item)
 
 
 def _may_pass_for_immutable(value: Any) -> bool:
     """Whether ``value`` may compare equal to text, a number or a tuple of them (and so sit in
     a flat container unnoticed by ``==``)."""
-    if isinstance(value, str | bytes):
+    if isinstance(value, _TEXT):
         return True
     if type(value).__eq__ is _IDENTITY_EQ or type(value) in (list, dict):
         return False

@@ -75,6 +75,15 @@ class FlowJob:
         obj.__dict__ = state
         return obj
 
+    def instances(self, states: list[State]) -> list[FLSpec]:
+        """:meth:`instance` of each state (a join's inputs: once per collaborator)."""
+        cls = self.flow_cls
+        new = cls.__new__
+        objs = [new(cls) for _ in states]
+        for obj, state in zip(objs, states, strict=True):
+            obj.__dict__ = state
+        return objs
+
 
 def execute_step(job: FlowJob, step: str, state: State, private: dict[str, Any],
                  participant: str, inputs: list[Any] | None = None,
@@ -87,7 +96,7 @@ def execute_step(job: FlowJob, step: str, state: State, private: dict[str, Any],
     leak check after the step looks only at what the step changed; ``None`` checks it all.
     ``leaks``: the participant's own leak check, kept between its tasks. ``metrics``: where
     the step's ``log_metric`` calls go, as this participant's ``round`` of ``step``."""
-    if not private.keys().isdisjoint(state.keys()):
+    if not state.keys().isdisjoint(private):
         check_no_collision(private, state, step=step, participant=participant)
     if leaks is None:
         leaks = LeakCheck(participant, job.public_texts)
@@ -117,7 +126,7 @@ def execute_step(job: FlowJob, step: str, state: State, private: dict[str, Any],
         end_task(logging_to)
         state.pop(_STEP_KEY, None)
         _take_back_private(private, state)
-    leaks.after(private, state, step=step)
+    leaks.after(private, state, step)
     if METRICS_ARTIFACT in state:
         raise FlowRunError(f"the attribute name '{METRICS_ARTIFACT}' is reserved (a recorded "
                            "task keeps its logged metrics under it); rename the attribute",
@@ -130,13 +139,18 @@ def execute_step(job: FlowJob, step: str, state: State, private: dict[str, Any],
 
 def _take_back_private(private: dict[str, Any], state: State) -> None:
     # The step may have replaced a private attribute (its latest value persists) or deleted it.
-    for name in list(private):
-        if name in state:
-            private[name] = state.pop(name)
+    deleted = None
+    for name in private:  # rebinding a key while iterating is fine; deleting is not
+        value = state.pop(name, _DELETED)
+        if value is _DELETED:
+            deleted = [*(deleted or ()), name]
         else:
-            del private[name]
+            private[name] = value
+    for name in deleted or ():
+        del private[name]
 
 
+_DELETED: Any = object()
 
 
 @dataclass
