@@ -156,12 +156,6 @@ class CollaboratorSite:
         self.kept = {}
         self._rounds = Counter()
 
-    def _next_round(self, step: str) -> int:
-        """This site's round of ``step`` (from 0): how often it ran it before in this run."""
-        round_ = self._rounds[step]
-        self._rounds[step] = round_ + 1
-        return round_
-
     def _leak_check(self, job: FlowJob) -> LeakCheck:
         """This site's leak check for ``job`` (kept between tasks: see LeakCheck)."""
         if self._leaks is None or self._leaks[0] is not job:
@@ -179,7 +173,8 @@ class CollaboratorSite:
             state.update(received)
         else:
             state = received  # ours alone (a copy made for this chain): no merge needed
-        leaks = self._leak_check(job)
+        cached = self._leaks
+        leaks = cached[1] if cached is not None and cached[0] is job else self._leak_check(job)
         # In this process and not checkpointing, a task is just its step (no record to make).
         plain = self.in_process and not job.record_tasks
         roles, retries, rounds, name = job.roles, job.retries, self._rounds, self.name

@@ -13,6 +13,7 @@ import sys
 import types
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from operator import methodcaller
 from typing import Any
 
 import cloudpickle
@@ -101,21 +102,23 @@ class StateCopier:
         # Without deep copies, a copy is a dict copy of the shared values (in the state's
         # order) and a C call per copied attribute (a fan-out makes one per collaborator);
         # a second name for an object gets the first name's copy.
-        self._quick: tuple[State, list[tuple[str, Callable[[], Any]]],
+        self._quick: tuple[State, tuple[str, ...], tuple[Any, ...],
                            list[tuple[str, str]]] | None = None
         if all(copier is not copy.deepcopy for _, _, copier in self._plan):
             first: dict[int, str] = {}
             template: State = {}
-            copies: list[tuple[str, Callable[[], Any]]] = []
+            names: list[str] = []
+            values: list[Any] = []  # each copied with its own .copy() (arrays, flat ones)
             aliases: list[tuple[str, str]] = []
             for name, value, copier in self._plan:
                 template[name] = value
                 alias = first.setdefault(id(value), name)
                 if copier is not None and alias == name:
-                    copies.append((name, value.copy))
+                    names.append(name)
+                    values.append(value)
                 elif copier is not None:
                     aliases.append((name, alias))
-            self._quick = (template, copies, aliases)
+            self._quick = (template, tuple(names), tuple(values), aliases)
         self._given = Given(
             flat={name: value for name, value, copier in self._plan if copier is _copy_flat},
             shared={name: value for name, value, copier in self._plan
@@ -134,10 +137,9 @@ class StateCopier:
 
     def copy(self) -> State:
         if self._quick is not None:
-            template, copies, aliases = self._quick
+            template, names, values, aliases = self._quick
             out = template.copy()
-            for name, copy_method in copies:
-                out[name] = copy_method()
+            out.update(zip(names, map(_COPY, values), strict=True))  # in C, in the same order
             for name, alias in aliases:
                 out[name] = out[alias]
             return out
@@ -187,6 +189,7 @@ def copy_state(state: Mapping[str, Any]) -> State:
 
 
 Copier = Callable[[Any, dict[int, Any]], Any]
+_COPY = methodcaller("copy")
 
 
 def _copier_for(value: Any) -> Copier | None:
