@@ -139,18 +139,11 @@ def execute_step(job: FlowJob, step: str, state: State, private: dict[str, Any],
 
 def _take_back_private(private: dict[str, Any], state: State) -> None:
     # The step may have replaced a private attribute (its latest value persists) or deleted it.
-    deleted = None
-    for name in private:  # rebinding a key while iterating is fine; deleting is not
-        value = state.pop(name, _DELETED)
-        if value is _DELETED:
-            deleted = [*(deleted or ()), name]
+    for name in list(private):
+        if name in state:
+            private[name] = state.pop(name)
         else:
-            private[name] = value
-    for name in deleted or ():
-        del private[name]
-
-
-_DELETED: Any = object()
+            del private[name]
 
 
 @dataclass
