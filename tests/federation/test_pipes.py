@@ -60,3 +60,22 @@ def test_a_frame_in_pieces_arrives_as_the_frame(echo: FramePipe, size: int) -> N
     assert tag == "parts" and frame == wire.dumps(state)
     back = wire.loads(frame)
     np.testing.assert_array_equal(back["model"], state["model"])
+
+
+def test_the_aggregators_task_outputs_go_in_batches_never_behind_another_message():
+    from fedloom.federation.nodes.experiment_process import OutputBatchingPipe
+
+    ours, theirs = multiprocessing.Pipe()
+    pipe, other = OutputBatchingPipe(ours), FramePipe(theirs)
+    pipe.OUTPUT_DELAY = 60.0  # no timer can cut the batch below, however slow this machine
+    for i in range(100):  # a fan-out's tasks, recorded one after the other
+        pipe.add_output(b"task %d" % i)
+    pipe.send(("chains", "r2"))  # the next message: the outputs go first, in one message
+    assert other.recv() == ("outputs", [b"task %d" % i for i in range(100)])
+    assert other.recv() == ("chains", "r2")
+    pipe.OUTPUT_DELAY = 0.01
+    pipe.add_output(b"alone")  # nothing follows: it goes out by itself, soon
+    assert other.poll(30)
+    assert other.recv() == ("outputs", [b"alone"])
+    pipe.close()
+    other.close()

@@ -101,10 +101,12 @@ class NodeProcess:
             raise NodeFailed("this process has no terminal (start it with terminal=True)")
         os.write(self._terminal, text.encode())
 
-    def wait_for(self, pattern: str, timeout: float = START_TIMEOUT) -> re.Match[str]:
-        """The first line so far, or to come, matching ``pattern``."""
+    def wait_for(self, pattern: str, timeout: float = START_TIMEOUT,
+                 since: int = 0) -> re.Match[str]:
+        """The first line so far (from line ``since`` of :attr:`seen` on), or to come,
+        matching ``pattern``."""
         regex = re.compile(pattern)
-        for earlier in self.seen:
+        for earlier in self.seen[since:]:
             found = regex.search(earlier)
             if found:
                 return found

@@ -137,8 +137,8 @@ class FederatedRuntime:
             failure: pb.Failure | None = None
             for event in rpc.DirectorStub(channel).Events(request):
                 kind = event.WhichOneof("kind")
-                if kind == "output":
-                    yield TaskOutput.from_message(event.output)
+                if kind in ("output", "outputs"):
+                    yield from map(TaskOutput.from_message, messages.outputs_of(event))
                 elif kind == "failure":
                     failure = event.failure
             if failure is not None and follow:
@@ -267,14 +267,14 @@ class FederatedRuntime:
         try:
             for event in self._events(channel, stub, experiment):
                 kind = event.WhichOneof("kind")
-                if kind == "output":
-                    out = event.output
-                    print_attributed(out.step, out.participant, out.stdout, out.stderr)
-                    display.on_output(out)
-                    if out.metrics and out.ok:  # a failed attempt's do not count
-                        records = messages.metric_records(out, run_id)
-                        received.extend(records)
-                        display.on_metrics(records)
+                if kind in ("output", "outputs"):
+                    for out in messages.outputs_of(event):
+                        print_attributed(out.step, out.participant, out.stdout, out.stderr)
+                        display.on_output(out)
+                        if out.metrics and out.ok:  # a failed attempt's do not count
+                            records = messages.metric_records(out, run_id)
+                            received.extend(records)
+                            display.on_metrics(records)
                 elif kind == "status":
                     display.on_status(event.status)
                 elif kind == "progress":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -171,15 +172,48 @@ class RemoteChains:
                            metrics)
 
 
+class OutputBatchingPipe(FramePipe):
+    """The aggregator's pipe to the director, with the tasks' output sent in batches: the
+    hundred tasks of a fan-out, recorded one after the other, go as one message (and reach
+    the user as one event), not a hundred. A batch goes out :data:`OUTPUT_DELAY` seconds
+    after its first task, or before any other message, so it never falls behind one."""
+
+    OUTPUT_DELAY = 0.02
+
+    def __init__(self, conn: Connection) -> None:
+        super().__init__(conn)
+        self._outputs: list[bytes] = []
+        self._outputs_lock = threading.Lock()
+
+    def add_output(self, task_info: bytes) -> None:
+        with self._outputs_lock:
+            self._outputs.append(task_info)
+            if len(self._outputs) > 1:
+                return  # a flush is due already
+        flush = threading.Timer(self.OUTPUT_DELAY, self.flush_outputs)
+        flush.daemon = True
+        flush.start()
+
+    def flush_outputs(self) -> None:
+        with self._outputs_lock:  # held while sending: batches leave in order
+            if self._outputs:
+                outputs, self._outputs = self._outputs, []
+                super().send(("outputs", outputs))
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        self.flush_outputs()
+        super().send(message)
+
+
 class OutputForwarder:
     """Sends every task's output to the director (for the user), then records it if asked."""
 
-    def __init__(self, conn: FramePipe, inner: TaskRecorder | None) -> None:
+    def __init__(self, conn: OutputBatchingPipe, inner: TaskRecorder | None) -> None:
         self._conn = conn
         self._inner = inner
 
     def record(self, task: TaskRecord) -> None:
-        self._conn.send(("output", messages.task_info(task).SerializeToString()))
+        self._conn.add_output(messages.task_info(task).SerializeToString())
         if self._inner is not None:
             self._inner.record(task)
 
@@ -191,7 +225,7 @@ class OutputForwarder:
 def aggregator_main(connection: Connection, spec: ExperimentSpec) -> None:
     """Entry point of the aggregator process."""
     lifeline.bind_to_parent(spec.parent_pid)
-    conn = FramePipe(connection)
+    conn = OutputBatchingPipe(connection)
     try:
         package, job = _load(spec, conn)
         allowed = frozenset({package.module})

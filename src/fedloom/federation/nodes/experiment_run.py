@@ -214,8 +214,9 @@ class ExperimentRun:
             elif kind == "outcome":
                 _, _name, request, outcome, frame = message
                 aggregator.send(("result", request, outcome, frame))
-            elif kind == "output":
-                exp.events.put(pb.Event(output=pb.TaskInfo.FromString(message[1])))
+            elif kind == "outputs":
+                exp.events.put(pb.Event(outputs=pb.Outputs(
+                    tasks=[pb.TaskInfo.FromString(info) for info in message[1]])))
             elif kind == "done":
                 self._final_state(message[1])
                 return ""

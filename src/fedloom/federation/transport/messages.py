@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from fedloom.checkpoint.artifacts import Artifact
 from fedloom.errors import FedloomError, FlowRunError, StepFailed, TransitionError
@@ -43,6 +43,15 @@ def task_info(task: TaskRecord) -> pb.TaskInfo:
                        unpicklable=task.unpicklable, attempt=task.attempt,
                        metrics=[pb.Metric(name=m.name, value=m.value, round=m.round, time=m.time)
                                 for m in task.metrics])
+
+
+def outputs_of(event: pb.Event) -> Sequence[pb.TaskInfo]:
+    """The tasks whose output ``event`` carries: one (``output``), a batch (``outputs``), or
+    none."""
+    kind = event.WhichOneof("kind")
+    if kind == "outputs":
+        return event.outputs.tasks
+    return [event.output] if kind == "output" else []
 
 
 def task_record(info: pb.TaskInfo, artifacts: dict[str, Artifact] | None = None,

@@ -263,7 +263,7 @@ class EventsRequest(_message.Message):
     def __init__(self, experiment: _Optional[str] = ..., after: _Optional[int] = ..., watch: _Optional[bool] = ..., follow: _Optional[bool] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("output", "status", "final_state", "failure", "review", "final_state_bulk", "progress")
+    __slots__ = ("output", "status", "final_state", "failure", "review", "final_state_bulk", "progress", "outputs")
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     FINAL_STATE_FIELD_NUMBER: _ClassVar[int]
@@ -271,6 +271,7 @@ class Event(_message.Message):
     REVIEW_FIELD_NUMBER: _ClassVar[int]
     FINAL_STATE_BULK_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     output: TaskInfo
     status: str
     final_state: Chunk
@@ -278,7 +279,14 @@ class Event(_message.Message):
     review: ReviewOutcome
     final_state_bulk: int
     progress: Progress
-    def __init__(self, output: _Optional[_Union[TaskInfo, _Mapping]] = ..., status: _Optional[str] = ..., final_state: _Optional[_Union[Chunk, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., review: _Optional[_Union[ReviewOutcome, _Mapping]] = ..., final_state_bulk: _Optional[int] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
+    outputs: Outputs
+    def __init__(self, output: _Optional[_Union[TaskInfo, _Mapping]] = ..., status: _Optional[str] = ..., final_state: _Optional[_Union[Chunk, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., review: _Optional[_Union[ReviewOutcome, _Mapping]] = ..., final_state_bulk: _Optional[int] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., outputs: _Optional[_Union[Outputs, _Mapping]] = ...) -> None: ...
+
+class Outputs(_message.Message):
+    __slots__ = ("tasks",)
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskInfo]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("step", "round", "participants", "at", "previous_seconds")
