@@ -214,24 +214,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
-def own_and_children_cpu(pid: int) -> tuple[float, float]:
-    """CPU seconds of ``pid`` itself, and of its children that ended and were waited for."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0, 0.0
-    return ((int(fields[11]) + int(fields[12])) / CLK_TCK,
-            (int(fields[13]) + int(fields[14])) / CLK_TCK)  # utime+stime, cutime+cstime
-
-
-def role_cpu(director: int, envoys: Sequence[int]) -> np.ndarray:
-    """CPU seconds so far of: the director, its ended aggregators, the envoys, their ended
-    collaborator processes."""
-    d, aggregators = own_and_children_cpu(director)
-    pairs = [own_and_children_cpu(pid) for pid in envoys]
-    return np.array([d, aggregators, sum(p[0] for p in pairs), sum(p[1] for p in pairs)])
-
-
 def children(pid: int) -> dict[int, str]:
     """The processes whose parent is ``pid``: pid -> what it is."""
     found = {}
@@ -281,6 +263,70 @@ class Sampler:
             for child, kind in children(self.pid).items():
                 self.child_peak[kind] = max(self.child_peak.get(kind, 0.0), rss_mb(child))
             self._stop.wait(self.every)
+
+
+class RoleCpu:
+    """Samples, every ``every`` s, the CPU seconds so far of each role of a running experiment:
+    the director, its aggregator process, the envoys and their collaborator processes (one
+    scan of /proc a sample). :meth:`per_round` then divides what they used between two
+    samples inside the run's steady part by the rounds that ended meanwhile."""
+
+    def __init__(self, director: int, envoys: Sequence[int], every: float = 0.5) -> None:
+        self.director, self.envoys, self.every = director, set(envoys), every
+        self.samples: list[tuple[float, np.ndarray]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RoleCpu:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.time(), self._sample()))
+            self._stop.wait(self.every)
+
+    def _sample(self) -> np.ndarray:
+        roles = np.zeros(4)  # director, aggregator, envoys, collaborators
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            pid, parent = int(entry), int(fields[1])
+            cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+            if pid == self.director:
+                roles[0] += cpu
+            elif pid in self.envoys:
+                roles[2] += cpu
+            elif parent == self.director and fields[0] != "Z":
+                roles[1] += cpu  # its aggregator (and resource tracker, idle)
+            elif parent in self.envoys and fields[0] != "Z":
+                roles[3] += cpu
+        return roles
+
+    def per_round(self, stamps: Sequence[float], skip: float = 0.25) -> tuple[np.ndarray, int]:
+        """CPU seconds a round of each role, from the first sample after ``skip`` of the
+        rounds ended to the last one before the run's last join; and how many rounds that
+        window held (0: too short a run to tell)."""
+        if len(stamps) < 4:
+            return np.zeros(4), 0
+        begin, end = stamps[max(1, int(len(stamps) * skip))], stamps[-1]
+        inside = [(t, cpu) for t, cpu in self.samples if begin <= t <= end]
+        if len(inside) < 2:
+            return np.zeros(4), 0
+        (t0, first), (t1, last) = inside[0], inside[-1]
+        rounds = sum(1 for stamp in stamps if t0 < stamp <= t1)
+        if not rounds:
+            return np.zeros(4), 0
+        # Collaborator and aggregator processes live for the whole run: nothing ended inside.
+        return (last - first) / rounds, rounds
 
 
 # -- the director, flows, envoys' status --------------------------------------------------------
@@ -542,14 +588,14 @@ def part_real(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: 
     before = len(director.seen)
     ok = True
     with Sampler(director.process.pid) as sampler:
-        flows, cpu_of_flows = [], []
+        flows = []
         for rounds in (1, args.rounds):
             fail0 = fleet.total("hb_fail")
             began = time.monotonic()
-            cpu_before = role_cpu(director.process.pid, envoy_pids)
-            flow = run_flow(flow_cls, info, names, rounds, args.features, args.flow_timeout)
+            with RoleCpu(director.process.pid, envoy_pids) as steady:
+                flow = run_flow(flow_cls, info, names, rounds, args.features,
+                                args.flow_timeout)
             wait_reaped(director.process.pid, envoy_pids, 30)
-            cpu_of_flows.append(role_cpu(director.process.pid, envoy_pids) - cpu_before)
             fleet.poll()
             flows.append((flow, fleet.window(began, time.monotonic() + 1),
                           fleet.total("hb_fail") - fail0))
@@ -569,15 +615,15 @@ def part_real(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: 
                       f"difference per extra round: "
                       f"{ms((several.seconds - one.seconds) / max(args.rounds - 1, 1))} "
                       "(start-up time varies between runs: the joins tell better)")
-        per_round = (cpu_of_flows[1] - cpu_of_flows[0]) / max(args.rounds - 1, 1)
-        # The two runs' start-ups differ by seconds of CPU: only many rounds outweigh that.
-        table.add_row("CPU per extra round, per collaborator: director / aggregator / envoy / "
+        # Sampled while the rounds go on: start-up (seconds of CPU per process) is left out.
+        per_round, measured = steady.per_round(several.stamps)
+        table.add_row("CPU a round, per collaborator: director / aggregator / envoy / "
                       "collaborator process",
-                      " / ".join(ms(x / n) for x in per_round) if args.rounds >= 100 else
-                      "(--rounds 100 or more)",
+                      " / ".join(ms(x / n) for x in per_round) if measured else
+                      "(too few rounds to tell: --rounds 20 or more)",
                       f"all together {ms(float(per_round.sum()))} a round on "
-                      f"{os.cpu_count()} cores (the {args.rounds}-round run less the 1-round "
-                      "run)" if args.rounds >= 100 else "")
+                      f"{os.cpu_count()} cores (sampled over {measured} rounds of the "
+                      f"{args.rounds}-round run)" if measured else "")
         table.add_row("round latency: between successive joins (director's clock)",
                       f"median {ms(float(np.median(later)))}",
                       f"min {ms(float(later.min()))}, max {ms(float(later.max()))}; first round "
