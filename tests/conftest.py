@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -41,6 +42,12 @@ def private_temp_folder() -> Iterator[Path]:
     folder = Path(tempfile.mkdtemp(prefix="fedloom-tests-"))
     saved_env, saved_dir = os.environ.get("TMPDIR"), tempfile.tempdir
     os.environ["TMPDIR"], tempfile.tempdir = str(folder), str(folder)
+    # The Metaflow client caches what it reads in /tmp/metaflow_client, whatever TMPDIR says.
+    cache = str(folder / "metaflow_client")
+    os.environ["METAFLOW_CLIENT_CACHE_PATH"] = cache
+    for module in ("metaflow.metaflow_config", "metaflow.client.filecache"):
+        if module in sys.modules:  # imported already: their copies
+            sys.modules[module].CLIENT_CACHE_PATH = cache  # type: ignore[attr-defined]
     try:
         yield folder
     finally:
@@ -97,6 +104,8 @@ def metaflow_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     monkeypatch.delenv("USERNAME", raising=False)
     for key in [k for k in os.environ if k.startswith("METAFLOW_")]:
         monkeypatch.delenv(key)
+    # and for the fx commands a test starts: their cache in the test's folder too
+    monkeypatch.setenv("METAFLOW_CLIENT_CACHE_PATH", str(tmp_path / "mf-cache"))
     monkeypatch.setattr(LocalStorage, "datastore_root", None)  # the client's sticky root
     monkeypatch.setattr(LocalStorage, "SYSROOT_VAR", None)  # import-time config value
     monkeypatch.setattr(mf_core, "current_metadata", False)

@@ -103,6 +103,7 @@ print("ROUND", flow.round, "MODEL", flow.model.round(6).tolist())
 
 
 def test_fx_run_resume_runs_the_users_script_with_its_flow_resuming(metaflow_client):
+    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -116,10 +117,14 @@ def test_fx_run_resume_runs_the_users_script_with_its_flow_resuming(metaflow_cli
     script = metaflow_client / "train.py"
     script.write_text(SCRIPT)
 
+    # A bare environment, but the session's temporary folders (see tests/conftest.py).
+    env = {"PYTHONPATH": root, "PATH": "", **{key: os.environ[key] for key in (
+        "TMPDIR", "METAFLOW_CLIENT_CACHE_PATH") if key in os.environ}}
+
     def fx(target: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "fedloom.cli", "run", "resume",
                                str(script), target], cwd=metaflow_client, capture_output=True,
-                              text=True, timeout=120, env={"PYTHONPATH": root, "PATH": ""})
+                              text=True, timeout=120, env=env)
 
     done = fx(f"Training/{failing._run_id}")
     assert done.returncode == 0, done.stderr[-2000:]
