@@ -367,7 +367,8 @@ def test_a_collaborator_process_that_dies_fails_the_run_or_is_dropped_never_hang
     from fedloom import StragglerPolicy
 
     with pytest.raises(FedloomError, match=r"collaborator process of envoy 'New York' "
-                                           r"exited unexpectedly"):
+                                           r"exited unexpectedly \(killed by SIGKILL; what "
+                                           r"it printed last is in this envoy's log\)"):
         run(fed, crash_on="New York", rounds=1)
     flow = FedAvgFlow(rounds=2, crash_on="New York")
     flow.runtime = FederatedRuntime(collaborators=list(ENVOYS), director=fed.director_info(),

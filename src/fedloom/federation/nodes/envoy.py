@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import random
 import shutil
+import signal
 import threading
 import time
 import uuid
@@ -497,7 +498,8 @@ class Envoy:
             process.join(timeout=5)
             code = process.exitcode
         self._report_failure(running, f"the collaborator process of envoy '{self.config.name}' "
-                                      f"exited unexpectedly (exit code {code})")
+                                      f"exited unexpectedly ({_exit_status(code)}; what it "
+                                      "printed last is in this envoy's log)")
 
     def _report_failure(self, running: RunningExperiment, why: str) -> None:
         """Its collaborator is gone: the director hears it as this envoy's failure."""
@@ -592,6 +594,16 @@ def _beats(session: str, every: float, closed: threading.Event) -> Iterator[pb.W
     yield pb.WorkRequest(session=session)
     while not closed.wait(every):
         yield pb.WorkRequest()
+
+
+def _exit_status(code: int | None) -> str:
+    """A process's exit code in words: a signal by its name."""
+    if code is None:
+        return "exit code unknown"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
 
 
 def _stop_process(running: RunningExperiment, aborted: bool) -> None:
