@@ -48,7 +48,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -235,19 +235,18 @@ def children(pid: int) -> dict[int, str]:
     return found
 
 
-class Sampler:
-    """Samples a process's RSS and its children's (by kind) while running; keeps the peaks."""
+P = TypeVar("P", bound="Periodic")
 
-    def __init__(self, pid: int, every: float = 0.25) -> None:
-        self.pid = pid
+
+class Periodic:
+    """Calls :meth:`tick` every ``every`` s on a thread of its own while in a ``with`` block."""
+
+    def __init__(self, every: float) -> None:
         self.every = every
-        self.peak = 0.0
-        self.load = 0.0  # the 1-minute load average, at its highest
-        self.child_peak: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> Sampler:
+    def __enter__(self: P) -> P:
         self._thread.start()
         return self
 
@@ -257,38 +256,44 @@ class Sampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, rss_mb(self.pid))
-            with contextlib.suppress(OSError, ValueError):
-                self.load = max(self.load, float(Path("/proc/loadavg").read_text().split()[0]))
-            for child, kind in children(self.pid).items():
-                self.child_peak[kind] = max(self.child_peak.get(kind, 0.0), rss_mb(child))
+            self.tick()
             self._stop.wait(self.every)
 
+    def tick(self) -> None:
+        raise NotImplementedError
 
-class RoleCpu:
+
+class Sampler(Periodic):
+    """Samples a process's RSS and its children's (by kind) while running; keeps the peaks."""
+
+    def __init__(self, pid: int, every: float = 0.25) -> None:
+        super().__init__(every)
+        self.pid = pid
+        self.peak = 0.0
+        self.load = 0.0  # the 1-minute load average, at its highest
+        self.child_peak: dict[str, float] = {}
+
+    def tick(self) -> None:
+        self.peak = max(self.peak, rss_mb(self.pid))
+        with contextlib.suppress(OSError, ValueError):
+            self.load = max(self.load, float(Path("/proc/loadavg").read_text().split()[0]))
+        for child, kind in children(self.pid).items():
+            self.child_peak[kind] = max(self.child_peak.get(kind, 0.0), rss_mb(child))
+
+
+class RoleCpu(Periodic):
     """Samples, every ``every`` s, the CPU seconds so far of each role of a running experiment:
     the director, its aggregator process, the envoys and their collaborator processes (one
     scan of /proc a sample). :meth:`per_round` then divides what they used between two
     samples inside the run's steady part by the rounds that ended meanwhile."""
 
     def __init__(self, director: int, envoys: Sequence[int], every: float = 0.5) -> None:
-        self.director, self.envoys, self.every = director, set(envoys), every
+        super().__init__(every)
+        self.director, self.envoys = director, set(envoys)
         self.samples: list[tuple[float, np.ndarray]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> RoleCpu:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append((time.time(), self._sample()))
-            self._stop.wait(self.every)
+    def tick(self) -> None:
+        self.samples.append((time.time(), self._sample()))
 
     def _sample(self) -> np.ndarray:
         roles = np.zeros(4)  # director, aggregator, envoys, collaborators
@@ -620,7 +625,7 @@ def part_real(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: 
         table.add_row("CPU a round, per collaborator: director / aggregator / envoy / "
                       "collaborator process",
                       " / ".join(ms(x / n) for x in per_round) if measured else
-                      "(too few rounds to tell: --rounds 20 or more)",
+                      "(the run was too short to sample: more --rounds)",
                       f"all together {ms(float(per_round.sum()))} a round on "
                       f"{os.cpu_count()} cores (sampled over {measured} rounds of the "
                       f"{args.rounds}-round run)" if measured else "")

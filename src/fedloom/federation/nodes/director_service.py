@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any, NoReturn, TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from fedloom.checkpoint.transfer import pack_run
 from fedloom.errors import FedloomError
@@ -39,6 +39,7 @@ from fedloom.federation.transport.proto import fedloom_pb2_grpc as rpc
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 Context = Any  # grpc.aio.ServicerContext (grpc ships no type hints)
 
 
@@ -201,11 +202,8 @@ class DirectorService(rpc.DirectorServicer):
         dropped; anything malformed or not the envoy's ends the stream (and so, on the envoy's
         side, its connection: its chains are then known to be lost)."""
         raw = await self._first(messages, context, "Bulk.PushStream session")
-        try:
-            opening = pb.WorkRequest.FromString(raw)
-        except DecodeError:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                         "Bulk.PushStream: the first message is not a WorkRequest")
+        opening = await _parsed(pb.WorkRequest, raw, context,
+                                "Bulk.PushStream: the first message is not a WorkRequest")
         link = await self._link(opening.session, context)
         with await self._held(context, link.name):
             await context.send_initial_metadata(())  # accepted: the envoy starts sending
@@ -238,11 +236,8 @@ class DirectorService(rpc.DirectorServicer):
     async def _outcome_header(self, raw: bytes, context: Context, method: str
                               ) -> tuple[EnvoyLink, Experiment, pb.Report]:
         """The envoy pushing a chain's outcome, its running experiment and the header."""
-        try:
-            head = pb.Report.FromString(raw)
-        except DecodeError:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                         f"{method}: the header is not a Report message")
+        head = await _parsed(pb.Report, raw, context,
+                             f"{method}: the header is not a Report message")
         link, experiment = await self._reporting(head, context)
         if experiment.status != "running":  # a late result of an ended run: nobody reads it
             await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
@@ -285,11 +280,8 @@ class DirectorService(rpc.DirectorServicer):
         submitter = await self._authenticate(context, None, "user")
         with await self._held(context, submitter, upload=True):
             raw = await self._first(messages, context, "Bulk.Submit header")
-            try:
-                header = pb.SubmissionHeader.FromString(raw)
-            except DecodeError:
-                await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                             "Bulk.Submit: the header is not a SubmissionHeader message")
+            header = await _parsed(pb.SubmissionHeader, raw, context,
+                                   "Bulk.Submit: the header is not a SubmissionHeader message")
             frame = await self._receive(messages, context, header.bulk_bytes,
                                         "experiment package")
         return await self._accept(submitter, header, frame.view.tobytes(), context)
@@ -565,6 +557,15 @@ class DirectorService(rpc.DirectorServicer):
 async def _aiter(items: list[T]) -> AsyncIterator[T]:
     for item in items:
         yield item
+
+
+async def _parsed(kind: type[M], raw: bytes, context: Context, refusal: str) -> M:
+    """``raw`` as a ``kind`` message; a call that sent something else is ended with
+    ``INVALID_ARGUMENT`` and ``refusal``."""
+    try:
+        return kind.FromString(raw)
+    except DecodeError:
+        await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, refusal)
 
 
 async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:

@@ -545,8 +545,7 @@ class Envoy:
             head.request = request
             head.outcome.CopyFrom(pb.ChainOutcome.FromString(outcome))
             outcomes = self._outcomes
-            if outcomes is not None and memoryview(frame).nbytes <= bulk.INLINE_BYTES and \
-                    outcomes.send(head, frame):
+            if outcomes is not None and outcomes.send(head, frame):
                 return
             if self._channel is None:
                 raise transport.TransportError("not connected to the director")

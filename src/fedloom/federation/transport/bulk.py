@@ -190,13 +190,13 @@ class OutcomeStream:
         self._closed = False
 
     def send(self, head: pb.Report, frame: Frame) -> bool:
-        """Queues the outcome (``head``) and its state (at most INLINE_BYTES); False if this
-        connection cannot stream outcomes (send it with PushSmall); TransportError if the
-        call ended."""
+        """Queues the outcome (``head``) and its state; False if the state is over
+        INLINE_BYTES or this connection cannot stream outcomes (send it with :func:`push`);
+        TransportError if the call ended."""
         view = memoryview(frame).cast("B")
-        head.bulk_bytes = len(view)
-        if not self._open():
+        if len(view) > INLINE_BYTES or not self._open():
             return False
+        head.bulk_bytes = len(view)
         if self._call.done():
             raise TransportError(f"the director's outcome stream ended: {_why_ended(self._call)}")
         self._queue.put(small_push(head, view))
