@@ -57,7 +57,7 @@ def test_outcomes_follow_the_session_on_one_call_and_closing_ends_it_quietly():
     finished = threading.Event()
 
     def push_stream(messages: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
-        context.send_initial_metadata(())
+        context.send_initial_metadata((bulk.STREAM_OPEN,))
         for message in messages:
             received.put(message)
         finished.set()
@@ -98,7 +98,7 @@ def test_without_the_stream_each_outcome_goes_in_a_call_of_its_own(caplog):
 ])
 def test_a_stream_that_ends_under_a_live_connection_is_reported(ending: str, says: str):
     def push_stream(messages: Iterator[bytes], context: grpc.ServicerContext) -> Any:
-        context.send_initial_metadata(())
+        context.send_initial_metadata((bulk.STREAM_OPEN,))
         next(messages), next(messages)  # the session, one outcome
         if ending == "abort":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no more")

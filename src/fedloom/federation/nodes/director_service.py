@@ -206,7 +206,7 @@ class DirectorService(rpc.DirectorServicer):
                                 "Bulk.PushStream: the first message is not a WorkRequest")
         link = await self._link(opening.session, context)
         with await self._held(context, link.name):
-            await context.send_initial_metadata(())  # accepted: the envoy starts sending
+            await context.send_initial_metadata((bulk.STREAM_OPEN,))  # the envoy may send
             async for raw in messages:
                 if not link.online:
                     break  # its experiments heard that it was lost

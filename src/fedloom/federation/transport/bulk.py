@@ -20,6 +20,7 @@ written (so a size announced by a peer costs nothing until the bytes arrive).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import struct
@@ -41,6 +42,9 @@ PULL = f"/{SERVICE}/Pull"
 PUSH = f"/{SERVICE}/Push"
 PUSH_SMALL = f"/{SERVICE}/PushSmall"
 PUSH_STREAM = f"/{SERVICE}/PushStream"
+# The director's initial metadata on a PushStream it accepted: an answer that a call refused
+# at once (no such method) cannot be mistaken for, as its empty metadata can.
+STREAM_OPEN = ("fedloom-outcome-stream", "open")
 SUBMIT = f"/{SERVICE}/Submit"
 RESULT = f"/{SERVICE}/Result"
 FETCH = f"/{SERVICE}/Fetch"
@@ -219,15 +223,19 @@ class OutcomeStream:
                                           response_deserializer=pb.Ack.FromString)
         self._queue.put(pb.WorkRequest(session=self._session).SerializeToString())
         self._call = call.future(iter(self._queue.get, None))
-        accepted = threading.Event()
+        answered = threading.Event()
+        metadata: list[tuple[str, Any]] = []
 
-        def wait_accepted() -> None:
-            self._call.initial_metadata()  # returns also when the call ends
-            accepted.set()
+        def wait_answer() -> None:
+            metadata.extend(self._call.initial_metadata() or ())  # or the call's end
+            answered.set()
 
-        threading.Thread(target=wait_accepted, daemon=True,
+        threading.Thread(target=wait_answer, daemon=True,
                          name="fedloom-outcome-stream").start()
-        if not accepted.wait(self.OPEN_TIMEOUT) or self._call.done():
+        if not answered.wait(self.OPEN_TIMEOUT) or STREAM_OPEN not in metadata:
+            if answered.is_set():
+                with contextlib.suppress(grpc.FutureTimeoutError, grpc.FutureCancelledError):
+                    self._call.exception(timeout=self.OPEN_TIMEOUT)  # why it was refused
             why = _why_ended(self._call) if self._call.done() else \
                 f"not accepted within {self.OPEN_TIMEOUT:g} s"
             self._call.cancel()
