@@ -34,29 +34,41 @@ def make_runtime(names: Sequence[str] = NAMES, *, agg_private: dict[str, Any] | 
     return LocalRuntime(aggregator=agg, collaborators=collaborators, backend=backend, **options)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def private_temp_folder() -> Iterator[Path]:
-    """Every temporary file of the session — this process's and the nodes' it starts (a node
-    killed with -9 cannot clean up its review socket's folder) — in one folder, removed at the
-    end: the suite leaves nothing in the machine's temp folder."""
-    folder = Path(tempfile.mkdtemp(prefix="fedloom-tests-"))
-    saved_env, saved_dir = os.environ.get("TMPDIR"), tempfile.tempdir
-    os.environ["TMPDIR"], tempfile.tempdir = str(folder), str(folder)
+# Every temporary file of the run — the tests', pytest's own (tmp_path), the worker processes'
+# (pytest-xdist) and the nodes' they start (a node killed with -9 cannot clean up its review
+# socket's folder) — goes in one folder, removed at the end: the suite leaves nothing in the
+# machine's temp folder. Made before pytest picks its base temp folder; workers inherit it.
+_TEMP_ENV = "FEDLOOM_TESTS_TEMP"
+_OWN_TEMP = pytest.StashKey[tuple[str, str | None, str | None]]()  # folder, saved TMPDIR, tempdir
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    folder = os.environ.get(_TEMP_ENV)
+    if folder is None:  # the main process (a worker was given its folder)
+        folder = tempfile.mkdtemp(prefix="fedloom-tests-")
+        config.stash[_OWN_TEMP] = (folder, os.environ.get("TMPDIR"), tempfile.tempdir)
+        os.environ[_TEMP_ENV] = folder
+    os.environ["TMPDIR"], tempfile.tempdir = folder, folder
     # The Metaflow client caches what it reads in /tmp/metaflow_client, whatever TMPDIR says.
-    cache = str(folder / "metaflow_client")
+    cache = str(Path(folder) / "metaflow_client")
     os.environ["METAFLOW_CLIENT_CACHE_PATH"] = cache
     for module in ("metaflow.metaflow_config", "metaflow.client.filecache"):
         if module in sys.modules:  # imported already: their copies
             sys.modules[module].CLIENT_CACHE_PATH = cache  # type: ignore[attr-defined]
-    try:
-        yield folder
-    finally:
-        tempfile.tempdir = saved_dir
-        if saved_env is None:
-            os.environ.pop("TMPDIR", None)
-        else:
-            os.environ["TMPDIR"] = saved_env
-        shutil.rmtree(folder, ignore_errors=True)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    own = config.stash.get(_OWN_TEMP, None)
+    if own is None:
+        return
+    folder, saved_env, saved_dir = own
+    tempfile.tempdir = saved_dir
+    os.environ.pop(_TEMP_ENV, None)
+    if saved_env is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved_env
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -231,6 +231,7 @@ def test_ctrl_c_cancels_the_experiment_everywhere_and_frees_the_envoys(tmp_path,
         with held:
             held.settimeout(60)
             user.process.send_signal(signal.SIGINT)
+            user.wait_for(r"experiment \S+: cancelling it everywhere \(Ctrl-C again")
             user.wait_for("CANCELLED")
             assert user.process.wait(timeout=30) == 3
             assert held.recv(1) == b""  # its envoy stopped the collaborator mid-step

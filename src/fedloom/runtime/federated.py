@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import sys
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -188,6 +189,8 @@ class FederatedRuntime:
                 final = self._follow(channel, stub, experiment, package, type(flow),
                                      rounds_of(flow), (reply.run_id, metrics))
             except KeyboardInterrupt:
+                print(f"experiment {experiment}: cancelling it everywhere (Ctrl-C again to "
+                      "stop waiting for the director)", file=sys.stderr, flush=True)
                 with suppress(grpc.RpcError):  # it may have ended meanwhile
                     stub.Cancel(pb.CancelRequest(experiment=experiment), timeout=30)
                 raise
