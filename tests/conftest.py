@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import multiprocessing.util
 import os
 import shutil
 import sys
@@ -68,7 +69,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         os.environ.pop("TMPDIR", None)
     else:
         os.environ["TMPDIR"] = saved_env
-    shutil.rmtree(folder, ignore_errors=True)
+    # At exit, after multiprocessing has removed its own temporary folder (in this one, when
+    # a test started a fork server here), which it would otherwise fail to find.
+    multiprocessing.util.Finalize(None, shutil.rmtree, args=(folder,),
+                                  kwargs={"ignore_errors": True}, exitpriority=-200)
 
 
 @pytest.fixture(scope="session")

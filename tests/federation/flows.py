@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import socket
@@ -49,7 +50,8 @@ class FedAvgFlow(FLSpec):
         if self.input == self.crash_on:
             os.kill(os.getpid(), signal.SIGKILL)
         if self.input == self.die_on and self.die_round in (-1, self.round):
-            os.kill(os.getppid(), signal.SIGKILL)  # the envoy process dies mid-round
+            # the envoy process dies mid-round (the parent that made this process)
+            os.kill(multiprocessing.parent_process().pid, signal.SIGKILL)
         if self.input == self.hold_on and self.hold_round in (-1, self.round):
             # stays in this step until the test's socket closes
             socket.create_connection(("127.0.0.1", self.hold_port)).recv(1)

@@ -98,9 +98,10 @@ def federation(folder: Path, envoys: dict[str, float], tls: bool = True,
 
 
 def experiment_processes(node_pid: int) -> list[int]:
-    """The processes a node started with multiprocessing 'spawn' (its aggregator or
-    collaborator processes; not multiprocessing's resource tracker), from /proc."""
-    found = []
+    """The aggregator or collaborator processes a node started, from /proc: the children of
+    its multiprocessing fork server (see lifeline.context), or its own children made with
+    'spawn'; not the fork server itself, nor multiprocessing's resource tracker."""
+    table: dict[int, tuple[int, bytes]] = {}  # pid -> parent, command line
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -109,10 +110,11 @@ def experiment_processes(node_pid: int) -> list[int]:
             command = Path(f"/proc/{entry}/cmdline").read_bytes()
         except OSError:  # ended meanwhile
             continue
-        parent = int(stat.rpartition(")")[2].split()[1])
-        if parent == node_pid and b"spawn_main" in command:
-            found.append(int(entry))
-    return found
+        table[int(entry)] = (int(stat.rpartition(")")[2].split()[1]), command)
+    servers = {pid for pid, (parent, command) in table.items()
+               if parent == node_pid and b"multiprocessing.forkserver" in command}
+    return [pid for pid, (parent, command) in table.items()
+            if parent in servers or (parent == node_pid and b"spawn_main" in command)]
 
 
 def wait_gone(pid: int, timeout: float) -> bool:

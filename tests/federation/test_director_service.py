@@ -5,7 +5,6 @@ and end, output of any size, and limits that keep one peer from stalling the oth
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -32,6 +31,7 @@ from tests.federation.nodes import (
     Node,
     director_config,
     envoy_config,
+    experiment_processes,
 )
 
 pytestmark = pytest.mark.slow
@@ -314,28 +314,11 @@ def test_a_killed_aggregator_is_reported_with_its_exit_code(fed):
         result = held_run(fed, server)
         held, _ = server.accept()
         with held:
-            aggregator = next(pid for pid in children(fed.director.process.pid)
-                              if b"multiprocessing.spawn" in cmdline(pid)
-                              and b"resource_tracker" not in cmdline(pid))
+            [aggregator] = experiment_processes(fed.director.process.pid)
             os.kill(aggregator, signal.SIGKILL)
             with pytest.raises(FedloomError, match=r"the aggregator process of experiment \S+ "
                                                    r"died \(exit code -9\)"):
                 result.result(timeout=60)
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            found += [int(c) for c in (task / "children").read_text().split()]
-    return found
-
-
-def cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 def test_an_upload_that_never_sends_its_first_message_is_ended_at_the_deadline(tmp_path):

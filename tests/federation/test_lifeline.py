@@ -33,8 +33,8 @@ def child(expected, busy):
     threading.Event().wait()
 
 if __name__ == "__main__":
-    how, busy = sys.argv[1], sys.argv[2] == "busy"
-    ctx = multiprocessing.get_context("spawn")
+    how, busy, made = sys.argv[1], sys.argv[2] == "busy", sys.argv[3]
+    ctx = lifeline.context() if made == "node" else multiprocessing.get_context(made)
     process = ctx.Process(target=child, args=(os.getpid(), busy), daemon=True)
     starter = lifeline.start if how == "lifeline" else ctx.Process.start
     thread = threading.Thread(target=starter, args=(process,))
@@ -45,13 +45,15 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("how, busy", [("lifeline", "busy"), ("plain", "idle")],
-                         ids=["started-by-lifeline-stuck-with-the-gil", "plain-start-idle"])
+@pytest.mark.parametrize("how, busy, made", [
+    ("lifeline", "busy", "spawn"), ("lifeline", "busy", "node"), ("plain", "idle", "spawn")],
+    ids=["started-by-lifeline-stuck-with-the-gil", "forked-by-the-nodes-server-stuck-with-the-gil",
+         "plain-start-idle"])
 def test_a_child_dies_with_its_parent_process_not_with_the_thread_that_started_it(
-        tmp_path, how, busy):
+        tmp_path, how, busy, made):
     script = tmp_path / "parent.py"
     script.write_text(PARENT)
-    parent = Node([sys.executable, str(script), how, busy], tmp_path,
+    parent = Node([sys.executable, str(script), how, busy, made], tmp_path,
                   {"PYTHONPATH": os.pathsep.join(sys.path)})
     child = int(parent.wait_for(r"child (\d+)").group(1))
     try:
@@ -69,8 +71,9 @@ def _bound(expected: int) -> None:
     lifeline.bind_to_parent(expected)
 
 
-def test_a_child_whose_parent_is_not_the_expected_one_ends_at_once():
-    ctx = multiprocessing.get_context("spawn")
+@pytest.mark.parametrize("made", ["spawn", "node"])
+def test_a_child_whose_parent_is_not_the_expected_one_ends_at_once(made):
+    ctx = lifeline.context() if made == "node" else multiprocessing.get_context(made)
     process = ctx.Process(target=_bound, args=(1,))  # "its parent died before it started"
     process.start()
     process.join(timeout=60)
@@ -165,7 +168,8 @@ from fedloom.federation.nodes import lifeline
 from tests.federation.test_lifeline import report_main_modules
 
 if __name__ == "__main__":
-    ctx = multiprocessing.get_context("spawn")
+    made = sys.argv[1]
+    ctx = lifeline.context() if made == "node" else multiprocessing.get_context(made)
     parent, child = ctx.Pipe()
     process = ctx.Process(target=report_main_modules, args=(child,), daemon=True)
     lifeline.start(process)
@@ -179,13 +183,14 @@ def report_main_modules(conn) -> None:  # type: ignore[no-untyped-def]
     conn.send([getattr(main, "__file__", None), "fedloom.cli" in sys.modules])
 
 
-def test_an_experiment_process_does_not_import_the_nodes_main_module_again(tmp_path):
+@pytest.mark.parametrize("made", ["spawn", "node"])
+def test_an_experiment_process_does_not_import_the_nodes_main_module_again(tmp_path, made):
     import subprocess
 
     script = tmp_path / "node_stand_in.py"
     script.write_text(MAIN_NOT_AGAIN + "\nimport fedloom.cli  # the node's own imports\n")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, str(script), made], capture_output=True, text=True,
                           timeout=120, cwd=root, env={**os.environ, "PYTHONPATH": root})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[None, False]", done.stdout  # not the script, not the CLI

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import os
 import random
 import shutil
@@ -385,7 +384,7 @@ class Envoy:
                                        failure=pb.Failure(kind="ReviewError", message=why))]))
             return
         running.offer = offer
-        ctx = multiprocessing.get_context("spawn")
+        ctx = lifeline.context()
         parent, child = ctx.Pipe()
         spec = ExperimentSpec(offer.digest, tuple(offer.collaborators),
                               offer.run_id, offer.checkpoint, self.config.collaborator,

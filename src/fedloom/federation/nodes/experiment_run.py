@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import queue
 import threading
 import time
@@ -48,7 +47,7 @@ class AggregatorLink:
     def start(self) -> None:
         """Spawn the process and hand it the package (in a worker thread: it takes a while)."""
         exp, director = self._experiment, self._director
-        ctx = multiprocessing.get_context("spawn")
+        ctx = lifeline.context()
         parent, child = ctx.Pipe()
         spec = ExperimentSpec(exp.digest, exp.collaborators, exp.run_id, exp.checkpoint,
                               director.config.aggregator, str(director.workdir / "aggregator"),
