@@ -214,24 +214,42 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
-def children(pid: int) -> dict[int, str]:
-    """The processes whose parent is ``pid``: pid -> what it is."""
-    found = {}
+def process_table() -> dict[int, tuple[int, str, float]]:
+    """Every process: pid -> (parent, state, CPU seconds so far)."""
+    table = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[1]) != pid:
-                continue
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
             continue
-        if not cmdline:  # a zombie: it has ended
-            continue
-        kind = "resource tracker" if "resource_tracker" in cmdline else \
-            "aggregator" if "spawn_main" in cmdline else cmdline[:40]
-        found[int(entry)] = kind
+        table[int(entry)] = (int(fields[1]), fields[0],
+                             (int(fields[11]) + int(fields[12])) / CLK_TCK)
+    return table
+
+
+def kind_of(pid: int) -> str:
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+    return "resource tracker" if "resource_tracker" in command else \
+        "fork server" if "multiprocessing.forkserver" in command else \
+        "experiment process" if "spawn_main" in command else command[:40]
+
+
+def experiment_processes(node: int, table: dict[int, tuple[int, str, float]]) -> dict[int, str]:
+    """A node's helper processes (fork server, resource tracker: by kind) and its experiment
+    processes (the fork server's children, or its own 'spawn' children), live ones only."""
+    found: dict[int, str] = {}
+    for pid, (parent, state, _) in table.items():
+        if parent == node and state != "Z" and (kind := kind_of(pid)):
+            found[pid] = kind
+    servers = {pid for pid, kind in found.items() if kind == "fork server"}
+    for pid, (parent, state, _) in table.items():
+        if parent in servers and state != "Z":
+            found[pid] = "experiment process"
     return found
 
 
@@ -277,7 +295,7 @@ class Sampler(Periodic):
         self.peak = max(self.peak, rss_mb(self.pid))
         with contextlib.suppress(OSError, ValueError):
             self.load = max(self.load, float(Path("/proc/loadavg").read_text().split()[0]))
-        for child, kind in children(self.pid).items():
+        for child, kind in experiment_processes(self.pid, process_table()).items():
             self.child_peak[kind] = max(self.child_peak.get(kind, 0.0), rss_mb(child))
 
 
@@ -290,36 +308,32 @@ class RoleCpu(Periodic):
     def __init__(self, director: int, envoys: Sequence[int], every: float = 0.5) -> None:
         super().__init__(every)
         self.director, self.envoys = director, set(envoys)
-        self.samples: list[tuple[float, np.ndarray]] = []
+        # when, and pid -> (role, CPU seconds so far); roles: director, aggregator, envoys,
+        # collaborators (with the nodes' fork servers and resource trackers, idle)
+        self.samples: list[tuple[float, dict[int, tuple[int, float]]]] = []
 
     def tick(self) -> None:
         self.samples.append((time.time(), self._sample()))
 
-    def _sample(self) -> np.ndarray:
-        roles = np.zeros(4)  # director, aggregator, envoys, collaborators
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            pid, parent = int(entry), int(fields[1])
-            cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
-            if pid == self.director:
-                roles[0] += cpu
-            elif pid in self.envoys:
-                roles[2] += cpu
-            elif parent == self.director and fields[0] != "Z":
-                roles[1] += cpu  # its aggregator (and resource tracker, idle)
-            elif parent in self.envoys and fields[0] != "Z":
-                roles[3] += cpu
-        return roles
+    def _sample(self) -> dict[int, tuple[int, float]]:
+        table = process_table()
+        by_parent: dict[int, list[int]] = {}
+        for pid, (parent, *_) in table.items():
+            by_parent.setdefault(parent, []).append(pid)
+        found: dict[int, tuple[int, float]] = {}
+        for node, role in [(self.director, 0), *((envoy, 2) for envoy in self.envoys)]:
+            if node in table:
+                found[node] = (role, table[node][2])
+            for child in by_parent.get(node, []):  # experiment processes and helpers
+                for pid in [child, *by_parent.get(child, [])]:  # a fork server's children
+                    found[pid] = (role + 1, table[pid][2])
+        return found
 
     def per_round(self, stamps: Sequence[float], skip: float = 0.25) -> tuple[np.ndarray, int]:
         """CPU seconds a round of each role, from the first sample after ``skip`` of the
         rounds ended to the last one before the run's last join; and how many rounds that
-        window held (0: too short a run to tell)."""
+        window held (0: too short a run to tell). Only processes alive at both ends count:
+        one that ended meanwhile (a previous run's, late to go) takes its CPU time along."""
         if len(stamps) < 4:
             return np.zeros(4), 0
         begin, end = stamps[max(1, int(len(stamps) * skip))], stamps[-1]
@@ -330,8 +344,11 @@ class RoleCpu(Periodic):
         rounds = sum(1 for stamp in stamps if t0 < stamp <= t1)
         if not rounds:
             return np.zeros(4), 0
-        # Collaborator and aggregator processes live for the whole run: nothing ended inside.
-        return (last - first) / rounds, rounds
+        used = np.zeros(4)
+        for pid, (role, cpu) in last.items():
+            if pid in first:
+                used[role] += cpu - first[pid][1]
+        return used / rounds, rounds
 
 
 # -- the director, flows, envoys' status --------------------------------------------------------
@@ -373,6 +390,7 @@ def load_flow(root: Path) -> type:
 @dataclass
 class FlowRun:
     seconds: float = 0.0
+    began: float = 0.0  # time.time() at run(), the clock of the stamps (one machine)
     stamps: list[float] = field(default_factory=list)
     error: str = ""
     contributors: int = 0
@@ -386,7 +404,7 @@ def run_flow(flow_cls: type, info: dict[str, object], names: list[str], rounds: 
     flow.runtime = FederatedRuntime(collaborators=names, director=info)
 
     def run() -> None:
-        started = time.perf_counter()
+        started, outcome.began = time.perf_counter(), time.time()
         try:
             flow.run()
             outcome.stamps = list(flow.stamps)
@@ -608,18 +626,19 @@ def part_real(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: 
     (one, one_beats, one_failed), (several, several_beats, several_failed) = flows
     table.add_row(f"1-round flow over all {n}, run() to return",
                   f"{one.seconds:.1f} s" if not one.error else f"FAILED ({one.error})",
-                  f"joined {one.contributors} results; starts {n} collaborator processes"
-                  if not one.error else "")
+                  f"joined {one.contributors} results; the federation's first run: each "
+                  "envoy starts its fork server (a Python importing fedloom and numpy), then "
+                  "forks its collaborator process" if not one.error else "")
     if several.error:
         table.add_row(f"{args.rounds}-round flow", f"FAILED ({several.error})", "")
     else:
         gaps = np.diff(several.stamps)  # [first round (from start), then join to join]
         later = gaps[1:] if len(gaps) > 1 else gaps
         table.add_row(f"{args.rounds}-round flow over all {n}, run() to return",
-                      f"{several.seconds:.1f} s", f"1-round run: {one.seconds:.1f} s; the "
-                      f"difference per extra round: "
-                      f"{ms((several.seconds - one.seconds) / max(args.rounds - 1, 1))} "
-                      "(start-up time varies between runs: the joins tell better)")
+                      f"{several.seconds:.1f} s", "the collaborator processes are forks of "
+                      "the fork servers the first run started; run() to the first join "
+                      f"{several.stamps[1] - several.began:.1f} s"
+                      if len(several.stamps) > 1 else "")
         # Sampled while the rounds go on: start-up (seconds of CPU per process) is left out.
         per_round, measured = steady.per_round(several.stamps)
         table.add_row("CPU a round, per collaborator: director / aggregator / envoy / "
@@ -665,9 +684,9 @@ def part_real(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: 
     console.print(
         f"[bold]What limits these figures[/bold]: {os.cpu_count()} CPU cores shared by the "
         f"director, {n} envoy processes and, per experiment, {n} collaborator processes that "
-        "each envoy starts with multiprocessing 'spawn' (a fresh Python importing fedloom, "
-        f"numpy and grpc: the ~{statistics.mean(envoy_cpu):.1f} CPU-s an envoy needs to start "
-        "is paid again per collaborator), so registration and a run's start-up are bound by "
+        "each envoy forks from its fork server (the server starts with the first run and "
+        f"costs about what an envoy's own start does, ~{statistics.mean(envoy_cpu):.1f} CPU-s; "
+        "later runs only fork), so registration and a first run's start-up are bound by "
         "process start-up on 2 cores; a round's latency by the director relaying "
         f"{n} small states each way through Python gRPC (grpc.aio {grpc.__version__}) and the "
         "aggregator decoding them one by one.\n")
@@ -675,21 +694,13 @@ def part_real(args: argparse.Namespace, root: Path, procs: Processes, flow_cls: 
 
 
 def wait_reaped(director: int, envoys: Sequence[int], timeout: float) -> None:
-    """Until the experiment's processes (the nodes' children but resource trackers) have
-    ended, so that their CPU time is counted."""
-    parents = {director, *envoys}
+    """Until the experiment's processes have ended (not the nodes' fork servers and resource
+    trackers, which stay), so that their CPU time is counted."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        left = 0
-        for entry in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-                if ppid in parents and b"resource_tracker" not in \
-                        Path(f"/proc/{entry}/cmdline").read_bytes():
-                    left += 1
-            except (OSError, ValueError, IndexError):
-                continue
-        if not left:
+        table = process_table()
+        if not any(kind == "experiment process" for node in (director, *envoys)
+                   for kind in experiment_processes(node, table).values()):
             return
         time.sleep(0.1)
 
