@@ -3,12 +3,12 @@ with its envoy, also when the node is killed with ``kill -9`` (which runs no cle
 
 Two mechanisms, both set up by :func:`bind_to_parent` first thing in the child:
 
-- The lifeline, which does not depend on which thread started the child: multiprocessing's
-  'spawn' start method gives the child the read end of a pipe whose write end only the parent
-  process holds (``multiprocessing.parent_process().sentinel``); the kernel closes it when the
-  parent dies, however it dies. A daemon thread in the child waits on it and ends the process
-  at once. It needs the interpreter, so a child stuck in C code that holds the GIL is not
-  ended by it.
+- The lifeline, which does not depend on which thread started the child: multiprocessing
+  ('spawn', or the fork server, which passes it on) gives the child the read end of a pipe
+  whose write end only the node holds (``multiprocessing.parent_process().sentinel``); the
+  kernel closes it when the node dies, however it dies. A daemon thread in the child waits
+  on it and ends the process at once. It needs the interpreter, so a child stuck in C code
+  that holds the GIL is not ended by it.
 - Linux's parent-death signal (``prctl(PR_SET_PDEATHSIG, SIGKILL)``), which the kernel sends
   even to a child that holds the GIL or is stopped. Linux ties it to the *thread* that forked
   the child: it fires when that thread ends, even if the parent process lives on. So it is
@@ -107,9 +107,9 @@ def _spawn_forever() -> None:
 
 @contextlib.contextmanager
 def _main_module_hidden() -> Iterator[None]:
-    """While a child is started: 'spawn' would have it import the node's ``__main__`` again
-    (the whole ``fx`` command line, about 0.1 s of CPU per experiment process), though its
-    target lives in a module of its own and it needs nothing from there."""
+    """While a child is started: 'spawn' (and the fork server alike) would have it import the
+    node's ``__main__`` again (the whole ``fx`` command line, about 0.1 s of CPU per experiment
+    process), though its target lives in a module of its own and it needs nothing from there."""
     main = sys.modules.get("__main__")
     if main is None:
         yield
