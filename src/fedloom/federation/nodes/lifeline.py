@@ -132,6 +132,8 @@ def bind_to_parent(expected_parent: int) -> None:
         _parent_death_signal(signal.SIGKILL)
     if os.getppid() != expected_parent and not _forked_for(expected_parent):
         os._exit(ORPHANED_EXIT_CODE)  # it died before the signal was armed
+    if getattr(me, "_start_method", None) == "forkserver":
+        _let_go_of_fork_server()
     parent = multiprocessing.parent_process()
     if parent is None:
         return  # not started by multiprocessing: the signal (if armed) is all there is
@@ -147,6 +149,21 @@ def _forked_for(node: int) -> bool:
     if getattr(multiprocessing.current_process(), "_start_method", None) != "forkserver":
         return False
     return _parent_of(os.getppid()) == node
+
+
+def _let_go_of_fork_server() -> None:
+    """A fork server ends when every holder of its 'alive' pipe has closed it: the node and,
+    as multiprocessing passes it on, each of the server's children. Its end is what fires this
+    child's parent-death signal, so the child must not keep it alive past the node (a child
+    stuck in C code would otherwise outlive the node, server and all): it closes its copy."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    alive = getattr(server, "_forkserver_alive_fd", None)
+    if isinstance(alive, int):
+        with contextlib.suppress(OSError):
+            os.close(alive)
+        server._forkserver_alive_fd = None  # type: ignore[union-attr]
 
 
 def _parent_of(pid: int) -> int | None:
