@@ -194,3 +194,55 @@ def test_an_experiment_process_does_not_import_the_nodes_main_module_again(tmp_p
                           timeout=120, cwd=root, env={**os.environ, "PYTHONPATH": root})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[None, False]", done.stdout  # not the script, not the CLI
+
+
+# A node stand-in that warms its fork server up (as a node does when a plan arrives for review),
+# waits until the server runs, then starts an experiment process.
+WARM_UP = """
+import glob, json, os, sys, time
+from fedloom.federation.nodes import lifeline
+from tests.federation.test_lifeline import report_parent
+
+def fork_servers():
+    found = []
+    for children in glob.glob(f"/proc/{os.getpid()}/task/*/children"):
+        for pid in open(children).read().split():
+            try:
+                if b"multiprocessing.forkserver" in open(f"/proc/{pid}/cmdline", "rb").read():
+                    found.append(int(pid))
+            except OSError:
+                pass
+    return found
+
+if __name__ == "__main__":
+    lifeline.warm_up()
+    deadline = time.monotonic() + 120
+    while not fork_servers() and time.monotonic() < deadline:
+        time.sleep(0.05)  # polls /proc for the server, within the deadline
+    servers = fork_servers()
+    ctx = lifeline.context()
+    parent, child = ctx.Pipe()
+    process = ctx.Process(target=report_parent, args=(child,), daemon=True)
+    lifeline.start(process)
+    print(json.dumps([servers, parent.recv(), fork_servers()]), flush=True)
+    process.join(30)
+"""
+
+
+def report_parent(conn) -> None:  # type: ignore[no-untyped-def]
+    conn.send(os.getppid())
+
+
+def test_a_warmed_up_node_forks_its_experiment_processes_from_the_server_it_started(tmp_path):
+    import json
+    import subprocess
+
+    script = tmp_path / "warm_up.py"
+    script.write_text(WARM_UP)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=180, cwd=root, env={**os.environ, "PYTHONPATH": root})
+    assert done.returncode == 0, done.stderr
+    servers, parent, after = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(servers) == 1, "warm_up() started no fork server (or several)"
+    assert parent == servers[0] and after == servers, "the process came from another server"

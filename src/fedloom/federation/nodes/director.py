@@ -24,6 +24,7 @@ import grpc
 
 from fedloom.federation import transport
 from fedloom.federation.names import SHOWN_IN_ERRORS, listed
+from fedloom.federation.nodes import lifeline
 from fedloom.federation.nodes.config import DirectorConfig
 from fedloom.federation.nodes.events import EventLog
 from fedloom.federation.nodes.limits import PeerCounters
@@ -310,6 +311,7 @@ class Director:
             participants=experiment.collaborators, state="queued",
             submitted_at=experiment.submitted_at))
         self.experiments[experiment.id] = experiment
+        lifeline.warm_up()  # while it is queued and reviewed: its aggregator starts at once
         self.queue.append(experiment.id)
         experiment.events.status("queued")
         log.info("experiment %s submitted by '%s' for %d envoy(s): %s", experiment.id,

@@ -320,6 +320,7 @@ class Envoy:
             log.warning("envoy '%s': the director says: %s", self.config.name, work.notice)
 
     def _on_review(self, experiment_id: str, request: pb.ReviewRequest) -> None:
+        lifeline.warm_up()  # while the plan is reviewed: its process starts at once later
         running = self._experiments.setdefault(
             experiment_id, RunningExperiment(experiment_id, transport.Assembler("package")))
         if request.bulk_bytes:

@@ -50,7 +50,7 @@ _PRELOAD = ["fedloom.federation.nodes.experiment_process"]
 _context: ForkServerContext | SpawnContext | None = None
 _context_lock = threading.Lock()
 
-_requests: queue.SimpleQueue[tuple[BaseProcess, Future[None]]] = queue.SimpleQueue()
+_requests: queue.SimpleQueue[tuple[BaseProcess | None, Future[None]]] = queue.SimpleQueue()
 _spawner: threading.Thread | None = None
 _spawner_lock = threading.Lock()
 
@@ -78,22 +78,42 @@ def start(process: BaseProcess) -> None:
     """Start ``process`` (not yet started; its target calls :func:`bind_to_parent` first) from
     this module's spawner thread, so that its parent-death signal fires only when this process
     dies. Raises what ``process.start()`` raises."""
-    global _spawner
     setattr(process, _ARMED, True)
+    _ask_spawner(process).result()
+
+
+def warm_up() -> None:
+    """Start the fork server now, in the background, when an experiment is on its way (its
+    plan is being reviewed): its process then starts at once when it is wanted. Nothing to
+    do where experiment processes are fresh interpreters ('spawn')."""
+    if isinstance(context(), ForkServerContext):
+        _ask_spawner(None)  # not waited for: a failure shows when a process is started
+
+
+def _ask_spawner(process: BaseProcess | None) -> Future[None]:
+    """Have the spawner thread start ``process`` (``None``: the fork server alone)."""
+    global _spawner
     with _spawner_lock:
         if _spawner is None:
             _spawner = threading.Thread(target=_spawn_forever, name="fedloom-spawner",
                                         daemon=True)
             _spawner.start()
-    started: Future[None] = Future()
-    _requests.put((process, started))
-    started.result()
+    done: Future[None] = Future()
+    _requests.put((process, done))
+    return done
 
 
 def _spawn_forever() -> None:
     while True:  # never returns: its children's parent-death signal is tied to this thread
         process, started = _requests.get()
         try:
+            if process is None:
+                from multiprocessing import forkserver  # not on every platform
+
+                with _main_module_hidden():
+                    forkserver.ensure_running()
+                started.set_result(None)
+                continue
             # A target defined in __main__ needs it imported in the child: only then keep it.
             target = getattr(process, "_target", None)
             with contextlib.nullcontext() if getattr(target, "__module__", "__main__") == \
@@ -156,7 +176,7 @@ def _let_go_of_fork_server() -> None:
     as multiprocessing passes it on, each of the server's children. Its end is what fires this
     child's parent-death signal, so the child must not keep it alive past the node (a child
     stuck in C code would otherwise outlive the node, server and all): it closes its copy."""
-    from multiprocessing import forkserver
+    from multiprocessing import forkserver  # not on every platform
 
     server = getattr(forkserver, "_forkserver", None)
     alive = getattr(server, "_forkserver_alive_fd", None)
