@@ -246,3 +246,17 @@ def test_a_warmed_up_node_forks_its_experiment_processes_from_the_server_it_star
     servers, parent, after = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(servers) == 1, "warm_up() started no fork server (or several)"
     assert parent == servers[0] and after == servers, "the process came from another server"
+
+
+def test_the_fork_servers_preload_imports_no_gpu_framework():
+    # A process forked after CUDA is set up cannot use it: the server must never import torch
+    # (the experiment's own code imports it in the child).
+    import subprocess
+
+    code = ("import sys; from fedloom.federation.nodes import lifeline; "
+            "[__import__(m) for m in lifeline._PRELOAD]; "
+            "print(sorted(m for m in ('torch', 'tensorflow', 'jax', 'ray') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
