@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing.util
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -63,6 +65,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if own is None:
         return
     folder, saved_env, saved_dir = own
+    left = _kill_processes_in(folder)
+    if left:  # a test lost track of a node it started (e.g. one it meant to kill lived on)
+        print(f"\nconftest: killed {len(left)} process(es) the tests left running: {left}",
+              file=sys.stderr)
     tempfile.tempdir = saved_dir
     os.environ.pop(_TEMP_ENV, None)
     if saved_env is None:
@@ -73,6 +79,26 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     # a test started a fork server here), which it would otherwise fail to find.
     multiprocessing.util.Finalize(None, shutil.rmtree, args=(folder,),
                                   kwargs={"ignore_errors": True}, exitpriority=-200)
+
+
+def _kill_processes_in(folder: str) -> list[str]:
+    """Kill every other process working in ``folder`` (its current directory, or named on
+    its command line): whatever nodes the tests started and did not stop."""
+    killed = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        pid = int(entry)
+        if pid == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:  # ended meanwhile, or not ours to look at
+            continue
+        if cwd.startswith(folder) or folder in command:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(f"{pid} {command[:80]}")
+    return killed
 
 
 @pytest.fixture(scope="session")
