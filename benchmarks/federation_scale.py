@@ -239,17 +239,24 @@ def kind_of(pid: int) -> str:
         "experiment process" if "spawn_main" in command else command[:40]
 
 
-def experiment_processes(node: int, table: dict[int, tuple[int, str, float]]) -> dict[int, str]:
+def children_of(table: dict[int, tuple[int, str, float]]) -> dict[int, list[int]]:
+    """Parent -> its live children, from :func:`process_table`."""
+    children: dict[int, list[int]] = {}
+    for pid, (parent, state, _) in table.items():
+        if state != "Z":  # a zombie has ended
+            children.setdefault(parent, []).append(pid)
+    return children
+
+
+def experiment_processes(node: int, children: dict[int, list[int]]) -> dict[int, str]:
     """A node's helper processes (fork server, resource tracker: by kind) and its experiment
-    processes (the fork server's children, or its own 'spawn' children), live ones only."""
+    processes (the fork server's children, or its own 'spawn' children)."""
     found: dict[int, str] = {}
-    for pid, (parent, state, _) in table.items():
-        if parent == node and state != "Z" and (kind := kind_of(pid)):
+    for pid in children.get(node, []):
+        if kind := kind_of(pid):
             found[pid] = kind
-    servers = {pid for pid, kind in found.items() if kind == "fork server"}
-    for pid, (parent, state, _) in table.items():
-        if parent in servers and state != "Z":
-            found[pid] = "experiment process"
+            if kind == "fork server":
+                found.update(dict.fromkeys(children.get(pid, []), "experiment process"))
     return found
 
 
@@ -295,7 +302,7 @@ class Sampler(Periodic):
         self.peak = max(self.peak, rss_mb(self.pid))
         with contextlib.suppress(OSError, ValueError):
             self.load = max(self.load, float(Path("/proc/loadavg").read_text().split()[0]))
-        for child, kind in experiment_processes(self.pid, process_table()).items():
+        for child, kind in experiment_processes(self.pid, children_of(process_table())).items():
             self.child_peak[kind] = max(self.child_peak.get(kind, 0.0), rss_mb(child))
 
 
@@ -317,9 +324,7 @@ class RoleCpu(Periodic):
 
     def _sample(self) -> dict[int, tuple[int, float]]:
         table = process_table()
-        by_parent: dict[int, list[int]] = {}
-        for pid, (parent, *_) in table.items():
-            by_parent.setdefault(parent, []).append(pid)
+        by_parent = children_of(table)
         found: dict[int, tuple[int, float]] = {}
         for node, role in [(self.director, 0), *((envoy, 2) for envoy in self.envoys)]:
             if node in table:
@@ -698,9 +703,9 @@ def wait_reaped(director: int, envoys: Sequence[int], timeout: float) -> None:
     trackers, which stay), so that their CPU time is counted."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        table = process_table()
+        children = children_of(process_table())
         if not any(kind == "experiment process" for node in (director, *envoys)
-                   for kind in experiment_processes(node, table).values()):
+                   for kind in experiment_processes(node, children).values()):
             return
         time.sleep(0.1)
 

@@ -59,9 +59,9 @@ def context() -> ForkServerContext | SpawnContext:
     """The multiprocessing context that experiment processes are made with. On Linux, a fork
     server that has imported fedloom once: each child is a fork of it and starts in
     milliseconds, where a fresh interpreter ('spawn') spends about half a second of CPU on
-    the same imports, for every experiment at every site. The server starts with the node's
-    first experiment process (a node that runs none pays nothing) and ends with the node.
-    Elsewhere, 'spawn'."""
+    the same imports, for every experiment at every site. The server starts when the node's
+    first experiment arrives (:func:`warm_up`; a node that runs none pays nothing) and ends
+    with the node. Elsewhere, 'spawn'."""
     global _context
     with _context_lock:
         if _context is None:
@@ -150,9 +150,12 @@ def bind_to_parent(expected_parent: int) -> None:
     me = multiprocessing.current_process()
     if getattr(me, _ARMED, False):
         _parent_death_signal(signal.SIGKILL)
-    if os.getppid() != expected_parent and not _forked_for(expected_parent):
-        os._exit(ORPHANED_EXIT_CODE)  # it died before the signal was armed
-    if getattr(me, "_start_method", None) == "forkserver":
+    # A fork server's child: its parent is the server, itself the node's child.
+    forked = getattr(me, "_start_method", None) == "forkserver"
+    parent_now = _parent_of(os.getppid()) if forked else os.getppid()
+    if parent_now != expected_parent:  # it died before the signal was armed
+        os._exit(ORPHANED_EXIT_CODE)
+    if forked:
         _let_go_of_fork_server()
     parent = multiprocessing.parent_process()
     if parent is None:
@@ -162,13 +165,6 @@ def bind_to_parent(expected_parent: int) -> None:
         os._exit(ORPHANED_EXIT_CODE)
     threading.Thread(target=_exit_when_ready, args=(sentinel,), daemon=True,
                      name="fedloom-lifeline").start()
-
-
-def _forked_for(node: int) -> bool:
-    """Whether this process was forked by a fork server that is still ``node``'s child."""
-    if getattr(multiprocessing.current_process(), "_start_method", None) != "forkserver":
-        return False
-    return _parent_of(os.getppid()) == node
 
 
 def _let_go_of_fork_server() -> None:
