@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine_speed import speed_line
 from rich.console import Console
 from rich.table import Table
 
@@ -150,6 +151,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="best of this many runs (3)")
     args = parser.parse_args()
     console = Console()
+    console.print(speed_line())
     tiny = np.zeros(1000, np.float32)
     big = np.zeros(args.big_mb * 250_000, np.float32)
     table = Table(title="federation: director + 2 envoys, 127.0.0.1, mutual TLS unless noted")

@@ -52,6 +52,7 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+from machine_speed import speed_line
 from rich.console import Console
 from rich.table import Table
 
@@ -1061,7 +1062,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, terminated)
     console.print(f"fedloom federation at scale: {os.cpu_count()} CPUs, Python "
                   f"{platform.python_version()}, grpcio {grpc.__version__}, "
-                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+    console.print(speed_line("at the start") + "\n")
     root = Path(tempfile.mkdtemp(prefix="fedloom-scale-"))
     procs = Processes()
     failed = False
@@ -1105,6 +1107,7 @@ def main() -> None:
     finally:
         procs.stop_all()
         shutil.rmtree(root, ignore_errors=True)
+    console.print(speed_line("at the end"))
     sys.exit(1 if failed else 0)
 
 

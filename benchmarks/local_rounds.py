@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from machine_speed import speed_line
 from numpy.typing import NDArray
 from rich.console import Console
 from rich.table import Table
@@ -294,10 +295,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(json.dumps(run_one(n, p, args.rounds + 1, floats)))  # + the first round
         return
     ns, ps = (QUICK_N, QUICK_P) if args.quick else (FULL_N, FULL_P)
+    speed = speed_line("before the grid")
     began = time.perf_counter()
     rows = run_grid(ns, ps, args.rounds, args.max_gb * 1e9, args.private_mib)
     console = Console(width=None if sys.stdout.isatty() else 120)  # logs: no wrapped tables
     console.print(machine_line())
+    console.print(speed)
     console.print(HEADER, highlight=False)
     console.print(results_table(rows, args.rounds, args.private_mib))
     console.print(targets_table(rows))

@@ -23,6 +23,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
+from machine_speed import speed_line
 from rich.console import Console
 from rich.table import Table
 
@@ -164,6 +165,7 @@ def main() -> None:
         print(json.dumps(run_one(backend, int(n), int(params), float(work))))
         return
     console = Console(width=120)
+    console.print(speed_line())
     grid = [(8, 10**5), (128, 10**5)] if args.quick else [
         (8, 10**5), (32, 10**5), (128, 10**5), (8, 10**7), (32, 10**7), (1000, 10**3)]
     table = Table(title=f"Per-round time, {ROUNDS} rounds (median after the first), 2 CPUs")
