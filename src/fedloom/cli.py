@@ -254,7 +254,7 @@ def director() -> None:
 def director_start(config_path: str, disable_tls: bool, root_certificate: str | None,
                    private_key: str | None, certificate: str | None) -> None:
     """Start a director and serve until interrupted."""
-    from fedloom.federation.nodes import nodelock
+    from fedloom.federation.nodes import lifeline, nodelock
     from fedloom.federation.nodes.director import Director
     from fedloom.federation.pki import server_credentials
 
@@ -262,6 +262,7 @@ def director_start(config_path: str, disable_tls: bool, root_certificate: str | 
     # One node per work folder, and before anything is written (a second start must leave the
     # running node's files alone).
     _or_exit(lambda: nodelock.acquire(director_workdir(), "a director"))
+    lifeline.keep_temp_files_in(director_workdir())
     _interrupt_on_sigterm()
     config = _or_exit(lambda: _load_config(config_path))
     files = _tls_files(disable_tls, root_certificate, private_key, certificate)
@@ -296,7 +297,7 @@ def envoy_start(name: str, config_path: str, director_host: str, director_port: 
                 certificate: str | None) -> None:
     """Start an envoy and serve until interrupted (it reconnects by itself, and stops when
     retrying cannot help: a certificate refused, TLS on one side only)."""
-    from fedloom.federation.nodes import nodelock
+    from fedloom.federation.nodes import lifeline, nodelock
     from fedloom.federation.nodes.config import load_envoy_config
     from fedloom.federation.nodes.config_check import check_envoy_config
     from fedloom.federation.nodes.envoy import Envoy
@@ -305,6 +306,7 @@ def envoy_start(name: str, config_path: str, director_host: str, director_port: 
 
     _logging()
     _or_exit(lambda: nodelock.acquire(envoy_workdir(name), f"envoy '{name}'"))
+    lifeline.keep_temp_files_in(envoy_workdir(name))
     _interrupt_on_sigterm()
     config = _or_exit(lambda: load_envoy_config(config_path, name))
     _or_exit(lambda: check_envoy_config(config))

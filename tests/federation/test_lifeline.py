@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -78,6 +81,65 @@ def test_a_child_whose_parent_is_not_the_expected_one_ends_at_once(made):
     process.start()
     process.join(timeout=60)
     assert process.exitcode == lifeline.ORPHANED_EXIT_CODE
+
+
+# A node stand-in that holds its work folder, keeps its multiprocessing files there, starts an
+# experiment process from its fork server, says where the server's socket is, and waits.
+LOCKED_NODE = """
+import multiprocessing, os, sys, threading
+from multiprocessing import forkserver
+from pathlib import Path
+from fedloom.federation.nodes import lifeline, nodelock
+
+def child(expected):
+    lifeline.bind_to_parent(expected)
+    threading.Event().wait()
+
+if __name__ == "__main__":
+    workdir = Path(sys.argv[1])
+    nodelock.acquire(workdir, "a node")
+    lifeline.keep_temp_files_in(workdir)
+    process = lifeline.context().Process(target=child, args=(os.getpid(),), daemon=True)
+    lifeline.start(process)
+    print("socket", forkserver._forkserver._forkserver_address, flush=True)
+    threading.Event().wait()
+"""
+
+
+@pytest.mark.skipif(not isinstance(lifeline.context(), multiprocessing.context.ForkServerContext),
+                    reason="experiment processes come from a fork server on Linux only")
+def test_a_node_killed_with_kill_9_leaves_its_fork_server_socket_in_its_folder_for_its_next_start(
+        tmp_path):
+    script = tmp_path / "node.py"
+    script.write_text(LOCKED_NODE)
+    # A short path, as a Unix socket's address must be (tmp_path is too long for one).
+    workdir = Path(tempfile.mkdtemp(prefix="node-"))
+    try:
+        env = {"PYTHONPATH": os.pathsep.join(sys.path)}
+        first = Node([sys.executable, str(script), str(workdir)], tmp_path, env)
+        socket_path = Path(first.wait_for(r"socket (\S+)").group(1))
+        assert socket_path.parent == workdir / lifeline.TEMP_FOLDER  # not the system's
+        first.process.kill()  # kill -9: its clean-up never runs
+        first.process.wait(timeout=30)
+        assert socket_path.exists()
+        again = Node([sys.executable, str(script), str(workdir)], tmp_path, env)
+        try:
+            again.wait_for(r"socket (\S+)")
+            assert not socket_path.exists(), "the next start left the killed run's socket"
+        finally:
+            again.stop()
+    finally:
+        first.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_a_work_folder_too_long_for_a_socket_leaves_multiprocessing_where_it_was(tmp_path):
+    workdir = tmp_path / ("x" * 120)
+    config = multiprocessing.current_process()._config  # type: ignore[attr-defined]
+    before = config.get("tempdir")
+    lifeline.keep_temp_files_in(workdir)
+    assert config.get("tempdir") == before
+    assert not (workdir / lifeline.TEMP_FOLDER).exists()
 
 
 ENVOYS = SHARED_ENVOYS  # the shared federation's, ``fed`` (tests/conftest.py)

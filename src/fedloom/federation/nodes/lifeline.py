@@ -29,6 +29,7 @@ import ctypes
 import multiprocessing
 import os
 import queue
+import shutil
 import signal
 import sys
 import threading
@@ -37,12 +38,15 @@ from concurrent.futures import Future
 from multiprocessing.connection import wait
 from multiprocessing.context import ForkServerContext, SpawnContext
 from multiprocessing.process import BaseProcess
+from multiprocessing.util import Finalize
 from pathlib import Path
 from typing import Any
 
 PR_SET_PDEATHSIG = 1
 ORPHANED_EXIT_CODE = 70  # what an orphaned child exits with (it is usually killed first)
 _ARMED = "_fedloom_parent_death_signal"  # on the Process object, which 'spawn' pickles
+TEMP_FOLDER = "process-temp"  # in a node's work folder: see keep_temp_files_in()
+MAX_SOCKET_PATH = 100  # bytes; a Unix socket address holds 107 and a NUL
 
 # What a fork server imports once, so that its children start with it imported: the
 # experiment processes' code (the engine, numpy, the wire format).
@@ -80,6 +84,25 @@ def start(process: BaseProcess) -> None:
     dies. Raises what ``process.start()`` raises."""
     setattr(process, _ARMED, True)
     _ask_spawner(process).result()
+
+
+def keep_temp_files_in(workdir: Path) -> None:
+    """Keep this node's multiprocessing files (the fork server's socket) in ``workdir``, which
+    the node holds locked, instead of the system's temporary folder: a node killed with
+    ``kill -9`` runs no clean-up, and its next start clears what it left there. Call it once
+    the lock is held, before the first experiment; where the folder's path is too long for a
+    Unix socket, the system's temporary folder is kept."""
+    folder = workdir.resolve() / TEMP_FOLDER
+    shutil.rmtree(folder, ignore_errors=True)  # what a killed earlier run left
+    # multiprocessing names its socket "listener-" and 8 random characters in that folder.
+    longest = len(os.fsencode(folder / "listener-12345678"))
+    config = getattr(multiprocessing.current_process(), "_config", None)
+    if longest > MAX_SOCKET_PATH or not isinstance(config, dict) or config.get("tempdir"):
+        return  # too long, or multiprocessing made its folder already (or works otherwise)
+    folder.mkdir(mode=0o700, parents=True)
+    config["tempdir"] = str(folder)  # where multiprocessing.util.get_temp_dir() looks first
+    # Removed at exit, as multiprocessing removes its own (after its own finalizers).
+    Finalize(None, shutil.rmtree, args=(str(folder), True), exitpriority=-100)
 
 
 def warm_up() -> None:
