@@ -7,12 +7,20 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
 
 import fedloom
-from fedloom import FLSpec, PrivateAttributeError, StragglerPolicy, aggregator, collaborator
+from fedloom import (
+    FLSpec,
+    PrivateAttributeError,
+    StragglerPolicy,
+    aggregator,
+    collaborator,
+    fedavg,
+)
 from fedloom.stragglers import SimulatedClock
 from tests.conftest import make_runtime
 
@@ -190,3 +198,50 @@ def test_a_fan_out_without_a_deadline_still_waits_for_a_busy_collaborator():
         "timed": StragglerPolicy(deadline=0.25, min_collaborators=1)})
     flow.run()
     assert flow.history == [["a", "c"], NAMES, NAMES]
+
+
+class Rounds(FLSpec):
+    """Two rounds of FedAvg over a model given to the constructor; the aggregator's private
+    ``initial`` (a weak reference to that model) and ``freed`` record, at each join, whether
+    anything still keeps the initial model alive."""
+
+    def __init__(self, model, **kwargs):
+        super().__init__(**kwargs)
+        self.model = model
+
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        self.model = self.model + 1.0
+        self.next(self.join)
+
+    @aggregator
+    def join(self, inputs):
+        self.freed.append(self.initial() is None)
+        self.model = fedavg([i.model for i in inputs])
+        if len(self.freed) < 2:
+            self.next(self.train, foreach="collaborators")
+        else:
+            self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+def test_a_run_does_not_keep_the_initial_model_alive_once_the_flow_has_replaced_it():
+    # A model handed to the flow alone: one copy fewer for the whole run (N+2 at a join, not
+    # N+3), once the first join replaced it.
+    model = np.zeros(1000)
+    freed: list[bool] = []
+    runtime = make_runtime(agg_private={"initial": weakref.ref(model), "freed": freed})
+    flow = Rounds(model)
+    flow.runtime = runtime
+    del model
+    flow.run()
+    assert freed == [False, True]  # the first join still has it as self.model
+    np.testing.assert_allclose(flow.model, np.full(1000, 2.0))

@@ -298,10 +298,12 @@ class FlowEngine:
         """Run the flow; returns the final public state. On failure, ``last_state`` holds the
         aggregator's state as it was when the run stopped. ``resume_at``: (a completed
         aggregator step, the transition it chose) — go on from there with ``initial`` as the
-        state it left, instead of starting at ``start``."""
+        state it left, instead of starting at ``start``. The engine takes the state over:
+        ``initial`` is left empty, so that the caller does not keep the initial values (a
+        model, say) alive for the whole run, one more copy of it from the second round on."""
         try:
             with _fewer_gc_pauses():
-                final = self._walk(dict(initial), resume_at)
+                final = self._walk(_taken_over(initial), resume_at)  # no local holds it
         except BaseException as err:
             self._close_record(err)
             raise
@@ -444,6 +446,13 @@ class FlowEngine:
             raise fail(f"foreach='{attr}' is empty, so no collaborator would run "
                        f"'{transition.step}'")
         return list(names)
+
+
+def _taken_over(state: State) -> State:
+    """A copy of ``state``, which is left empty."""
+    copied = dict(state)
+    state.clear()
+    return copied
 
 
 def _note(err: BaseException, text: str) -> None:
