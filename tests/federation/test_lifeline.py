@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from fedloom import FedloomError
-from fedloom.federation.nodes import lifeline
+from fedloom.federation.nodes import lifeline, nodelock
 from fedloom.runtime.federated import FederatedRuntime
 from tests.conftest import SHARED_ENVOYS
 from tests.federation.flows import FedAvgFlow
@@ -114,6 +114,10 @@ def test_a_node_killed_with_kill_9_leaves_its_fork_server_socket_in_its_folder_f
     script.write_text(LOCKED_NODE)
     # A short path, as a Unix socket's address must be (tmp_path is too long for one).
     workdir = Path(tempfile.mkdtemp(prefix="node-"))
+    if len(os.fsencode(workdir / lifeline.TEMP_FOLDER / "listener-12345678")) > \
+            lifeline.MAX_SOCKET_PATH:
+        shutil.rmtree(workdir)
+        pytest.skip(f"the temporary folder's path ({workdir}) is too long for a socket in it")
     try:
         env = {"PYTHONPATH": os.pathsep.join(sys.path)}
         first = Node([sys.executable, str(script), str(workdir)], tmp_path, env)
@@ -133,12 +137,47 @@ def test_a_node_killed_with_kill_9_leaves_its_fork_server_socket_in_its_folder_f
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def test_a_work_folder_too_long_for_a_socket_leaves_multiprocessing_where_it_was(tmp_path):
+@pytest.fixture
+def own_multiprocessing_config(monkeypatch):
+    """This process's multiprocessing settings, without a temporary folder yet (restored
+    after the test, whatever it sets)."""
+    process = multiprocessing.current_process()
+    config = {k: v for k, v in process._config.items() if k != "tempdir"}  # type: ignore[attr-defined]
+    monkeypatch.setattr(process, "_config", config)
+    return config
+
+
+def test_a_node_holding_a_short_work_folder_keeps_its_multiprocessing_files_there(
+        own_multiprocessing_config):
+    workdir = Path(tempfile.mkdtemp(prefix="node-"))
+    try:
+        lifeline.keep_temp_files_in(workdir)  # not locked by this process: nothing changes
+        assert "tempdir" not in own_multiprocessing_config
+        nodelock.acquire(workdir, "a node")
+        (workdir / lifeline.TEMP_FOLDER).mkdir()
+        (workdir / lifeline.TEMP_FOLDER / "listener-leftover").touch()  # a killed run's
+        lifeline.keep_temp_files_in(workdir)
+        folder = workdir.resolve() / lifeline.TEMP_FOLDER
+        assert own_multiprocessing_config["tempdir"] == str(folder)
+        assert list(folder.iterdir()) == []
+        assert folder.stat().st_mode & 0o777 == 0o700
+        (folder / "in-use").touch()
+        lifeline.keep_temp_files_in(workdir)  # again: the folder in use is left alone
+        assert (folder / "in-use").exists()
+    finally:
+        nodelock.release(workdir)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_a_work_folder_too_long_for_a_socket_leaves_multiprocessing_where_it_was(
+        tmp_path, own_multiprocessing_config):
     workdir = tmp_path / ("x" * 120)
-    config = multiprocessing.current_process()._config  # type: ignore[attr-defined]
-    before = config.get("tempdir")
-    lifeline.keep_temp_files_in(workdir)
-    assert config.get("tempdir") == before
+    nodelock.acquire(workdir, "a node")
+    try:
+        lifeline.keep_temp_files_in(workdir)
+    finally:
+        nodelock.release(workdir)
+    assert "tempdir" not in own_multiprocessing_config
     assert not (workdir / lifeline.TEMP_FOLDER).exists()
 
 

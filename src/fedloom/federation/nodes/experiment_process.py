@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -231,6 +231,8 @@ def aggregator_main(connection: Connection, spec: ExperimentSpec) -> None:
         allowed = frozenset({package.module})
         initial = wire.loads(package.initial_state, allowed_modules=allowed,
                              module_aliases=initial_state_aliases(package))
+        # Decoded: its encoded copy (a model's size) is not kept for the whole run.
+        package = replace(package, initial_state=b"")
         private = spec.private.build()
         resume_from, resume_at = _resume(package)
         # Set up while the envoys start their collaborators; the flow runs when they are up.

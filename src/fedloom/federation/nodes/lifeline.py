@@ -42,6 +42,8 @@ from multiprocessing.util import Finalize
 from pathlib import Path
 from typing import Any
 
+from fedloom.federation.nodes import nodelock
+
 PR_SET_PDEATHSIG = 1
 ORPHANED_EXIT_CODE = 70  # what an orphaned child exits with (it is usually killed first)
 _ARMED = "_fedloom_parent_death_signal"  # on the Process object, which 'spawn' pickles
@@ -87,19 +89,25 @@ def start(process: BaseProcess) -> None:
 
 
 def keep_temp_files_in(workdir: Path) -> None:
-    """Keep this node's multiprocessing files (the fork server's socket) in ``workdir``, which
-    the node holds locked, instead of the system's temporary folder: a node killed with
-    ``kill -9`` runs no clean-up, and its next start clears what it left there. Call it once
-    the lock is held, before the first experiment; where the folder's path is too long for a
-    Unix socket, the system's temporary folder is kept."""
+    """Keep this node's multiprocessing files (the fork server's socket) in ``workdir``
+    instead of the system's temporary folder: a node killed with ``kill -9`` runs no clean-up,
+    and its next start clears what it left there. Only for a process that holds the folder's
+    lock (see :mod:`nodelock`), before its first experiment; where the folder's path is too
+    long for a Unix socket, or the folder cannot be made, the system's temporary folder is
+    kept."""
     folder = workdir.resolve() / TEMP_FOLDER
-    shutil.rmtree(folder, ignore_errors=True)  # what a killed earlier run left
-    # multiprocessing names its socket "listener-" and 8 random characters in that folder.
-    longest = len(os.fsencode(folder / "listener-12345678"))
     config = getattr(multiprocessing.current_process(), "_config", None)
-    if longest > MAX_SOCKET_PATH or not isinstance(config, dict) or config.get("tempdir"):
-        return  # too long, or multiprocessing made its folder already (or works otherwise)
-    folder.mkdir(mode=0o700, parents=True)
+    if not isinstance(config, dict) or config.get("tempdir") or not nodelock.held(workdir):
+        return  # multiprocessing has its folder already (or works otherwise), or not ours
+    # multiprocessing names its socket "listener-" and 8 random characters in that folder.
+    if len(os.fsencode(folder / "listener-12345678")) > MAX_SOCKET_PATH:
+        return
+    shutil.rmtree(folder, ignore_errors=True)  # what a killed earlier run left
+    try:
+        folder.mkdir(mode=0o700, parents=True)
+        folder.chmod(0o700)  # whatever the umask
+    except OSError:
+        return  # e.g. left there by another user: the system's temporary folder will do
     config["tempdir"] = str(folder)  # where multiprocessing.util.get_temp_dir() looks first
     # Removed at exit, as multiprocessing removes its own (after its own finalizers).
     Finalize(None, shutil.rmtree, args=(str(folder), True), exitpriority=-100)
