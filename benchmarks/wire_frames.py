@@ -11,6 +11,7 @@ best of ``--repeat`` rounds.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -54,7 +55,7 @@ def main() -> None:
         table.add_column(column, justify="right")
     for megabytes in SIZES_MB:
         table.add_row(*_row(megabytes, args.repeat))
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 140).print(table)  # logs: no wrapping
 
 
 if __name__ == "__main__":
