@@ -115,7 +115,7 @@ def test_a_node_killed_with_kill_9_leaves_its_fork_server_socket_in_its_folder_f
     # A short path, as a Unix socket's address must be (tmp_path is too long for one).
     workdir = Path(tempfile.mkdtemp(prefix="node-"))
     if len(os.fsencode(workdir / lifeline.TEMP_FOLDER / "listener-12345678")) > \
-            lifeline.MAX_SOCKET_PATH:
+            nodelock.MAX_SOCKET_PATH:
         shutil.rmtree(workdir)
         pytest.skip(f"the temporary folder's path ({workdir}) is too long for a socket in it")
     try:

@@ -15,7 +15,6 @@ from fedloom.federation.nodes import nodelock
 from fedloom.federation.review.desk import ReviewDesk
 from fedloom.federation.review.service import (
     ADDRESS_FILE,
-    MAX_SOCKET_PATH,
     SOCKET_FOLDER,
     LocalReviewServer,
 )
@@ -30,7 +29,7 @@ def test_a_second_director_in_the_same_folder_is_refused_and_the_first_keeps_ser
     address = (workdir / ADDRESS_FILE).read_text()
     socket_path = Path(address.strip().removeprefix("unix:"))
     if len(os.fsencode(workdir.resolve() / SOCKET_FOLDER / "review.sock")) <= \
-            MAX_SOCKET_PATH:
+            nodelock.MAX_SOCKET_PATH:
         assert socket_path.parent == workdir.resolve() / SOCKET_FOLDER
     assert stat.S_IMODE(socket_path.parent.stat().st_mode) == 0o700
     second = Node([*FX, "director", "start", "-c", str(fed.folder / "director.yaml"),
@@ -68,7 +67,7 @@ def test_a_second_envoy_of_the_same_name_is_refused_and_a_stopped_one_leaves_not
 
 def test_a_socket_path_too_long_goes_to_a_temporary_folder_that_the_next_start_removes(
         tmp_path):
-    workdir = tmp_path / ("w" * MAX_SOCKET_PATH) / "envoy"
+    workdir = tmp_path / ("w" * nodelock.MAX_SOCKET_PATH) / "envoy"
     desk = ReviewDesk("site", False, workdir)
     nodelock.acquire(workdir, "envoy 'site'")
     try:

@@ -48,7 +48,6 @@ PR_SET_PDEATHSIG = 1
 ORPHANED_EXIT_CODE = 70  # what an orphaned child exits with (it is usually killed first)
 _ARMED = "_fedloom_parent_death_signal"  # on the Process object, which 'spawn' pickles
 TEMP_FOLDER = "process-temp"  # in a node's work folder: see keep_temp_files_in()
-MAX_SOCKET_PATH = 100  # bytes; a Unix socket address holds 107 and a NUL
 
 # What a fork server imports once, so that its children start with it imported: the
 # experiment processes' code (the engine, numpy, the wire format).
@@ -95,19 +94,13 @@ def keep_temp_files_in(workdir: Path) -> None:
     lock (see :mod:`nodelock`), before its first experiment; where the folder's path is too
     long for a Unix socket, or the folder cannot be made, the system's temporary folder is
     kept."""
-    folder = workdir.resolve() / TEMP_FOLDER
     config = getattr(multiprocessing.current_process(), "_config", None)
-    if not isinstance(config, dict) or config.get("tempdir") or not nodelock.held(workdir):
-        return  # multiprocessing has its folder already (or works otherwise), or not ours
+    if not isinstance(config, dict) or config.get("tempdir"):
+        return  # multiprocessing has its folder already (or works otherwise)
     # multiprocessing names its socket "listener-" and 8 random characters in that folder.
-    if len(os.fsencode(folder / "listener-12345678")) > MAX_SOCKET_PATH:
+    folder = nodelock.socket_folder(workdir, TEMP_FOLDER, "listener-12345678")
+    if folder is None:
         return
-    shutil.rmtree(folder, ignore_errors=True)  # what a killed earlier run left
-    try:
-        folder.mkdir(mode=0o700, parents=True)
-        folder.chmod(0o700)  # whatever the umask
-    except OSError:
-        return  # e.g. left there by another user: the system's temporary folder will do
     config["tempdir"] = str(folder)  # where multiprocessing.util.get_temp_dir() looks first
     # Removed at exit, as multiprocessing removes its own (after its own finalizers).
     Finalize(None, shutil.rmtree, args=(str(folder), True), exitpriority=-100)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 from pathlib import Path
 from typing import IO
 
 from fedloom.errors import FedloomError
 
 LOCK_FILE = "node.lock"
+MAX_SOCKET_PATH = 100  # bytes; a Unix socket address holds 107 and a NUL
 
 _held: dict[Path, IO[str]] = {}  # work folder -> its open lock file, while this process runs
 
@@ -78,3 +80,22 @@ def release(workdir: Path) -> None:
     file = _held.pop(workdir.resolve(), None)
     if file is not None:
         file.close()  # closing the file releases the lock
+
+
+def socket_folder(workdir: Path, name: str, longest_socket: str) -> Path | None:
+    """A new private (0700) folder ``name`` in ``workdir`` for Unix sockets named at most as
+    long as ``longest_socket``, in place of what a killed earlier run of this node left there;
+    None when this process does not hold ``workdir``'s lock, when a socket's path there would
+    be too long, or when the folder cannot be made (the caller then uses the system's)."""
+    if not held(workdir):
+        return None
+    folder = workdir.resolve() / name
+    if len(os.fsencode(folder / longest_socket)) > MAX_SOCKET_PATH:
+        return None
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        folder.mkdir(mode=0o700, parents=True)
+        folder.chmod(0o700)  # whatever the umask
+    except OSError:
+        return None  # e.g. left there by another user
+    return folder

@@ -27,7 +27,6 @@ from fedloom.federation.transport.proto import fedloom_pb2_grpc as rpc
 ADDRESS_FILE = "review.address"
 SOCKET_FOLDER = "review-socket"
 SOCKET_NAME = "review.sock"
-MAX_SOCKET_PATH = 100  # bytes; a Unix socket address holds 107 and a NUL
 TEMP_PREFIX = "fedloom-review-"
 BY_COMMAND = "fx review"
 
@@ -96,19 +95,16 @@ class LocalReviewServer:
 def _socket_folder(workdir: Path) -> Path:
     """A new private folder for the socket; a node that holds its work folder clears what an
     earlier run of it left (it was killed), and keeps its socket in the work folder."""
-    own = nodelock.held(workdir)
-    if own:
+    if nodelock.held(workdir):
         _clear_leftovers(workdir)
-    inside = workdir.resolve() / SOCKET_FOLDER
-    if own and len(os.fsencode(inside / SOCKET_NAME)) <= MAX_SOCKET_PATH:
-        inside.mkdir(mode=0o700, parents=True)
-        inside.chmod(0o700)  # whatever the umask
-        return inside
-    return Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))  # mode 0700
+    inside = nodelock.socket_folder(workdir, SOCKET_FOLDER, SOCKET_NAME)
+    return inside or Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))  # mode 0700
 
 
 def _clear_leftovers(workdir: Path) -> None:
-    """The socket folder and address of a run of this node that did not stop cleanly."""
+    """The socket and address of a run of this node that did not stop cleanly and kept its
+    socket in the system's temporary folder (one in the work folder goes with
+    :func:`nodelock.socket_folder`)."""
     address_file = workdir / ADDRESS_FILE
     with contextlib.suppress(OSError, ValueError):
         address = address_file.read_text().strip()
@@ -117,7 +113,6 @@ def _clear_leftovers(workdir: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
     with contextlib.suppress(OSError):
         address_file.unlink()
-    shutil.rmtree(workdir / SOCKET_FOLDER, ignore_errors=True)
 
 
 def review_stub(workdir: Path) -> tuple[grpc.Channel, rpc.ReviewStub]:
