@@ -90,6 +90,35 @@ def select(state: Mapping[str, Any], transition: Transition, *, step: str,
     return dict(state)
 
 
+# A join input's lists that the serial backend's chains shared (see
+# fedloom.runtime.local.sharing): attribute -> the shared list, copied when first read.
+SHARED_LISTS_KEY = "_fl_shared_lists"
+
+
+def take_shared_list(attributes: dict[str, Any], name: str) -> list[Any] | None:
+    """The input's own copy of shared list ``name``, now in ``attributes`` (its ``__dict__``);
+    ``None`` when it has no such list."""
+    shared = attributes.get(SHARED_LISTS_KEY)
+    if shared is None or name not in shared:
+        return None
+    own: list[Any] = shared.pop(name).copy()
+    attributes[name] = own
+    if not shared:
+        del attributes[SHARED_LISTS_KEY]
+    return own
+
+
+def drop_shared_list(attributes: dict[str, Any], name: str) -> bool:
+    """Delete shared list ``name`` of a join input; whether it had one."""
+    shared = attributes.get(SHARED_LISTS_KEY)
+    if shared is None or name not in shared:
+        return False
+    del shared[name]
+    if not shared:
+        del attributes[SHARED_LISTS_KEY]
+    return True
+
+
 class StateCopier:
     """Makes independent copies of one state, many times (once per collaborator of a fan-out).
 
@@ -124,6 +153,27 @@ class StateCopier:
             flat={name: value for name, value, copier in self._plan if copier is _copy_flat},
             shared={name: value for name, value, copier in self._plan
                     if copier is None and type(value) not in _ATOM_TYPES})
+
+    def lists_to_share(self) -> list[str]:
+        """The attributes that are flat lists of atoms (text and numbers, e.g. the N names),
+        each the only name for its list: what :meth:`share_as_is` may take over."""
+        return [name for name, value, copier in self._plan
+                if copier is _copy_flat and type(value) is list
+                and _ATOM_TYPES.issuperset(map(type, value))
+                and sum(other is value for _, other, _ in self._plan) == 1]
+
+    def share_as_is(self, name: str, value: Any) -> None:
+        """Put ``value`` under ``name`` in every copy from now on, as is: the caller sees to it
+        that no two copies can tell (see ``fedloom.runtime.local.sharing``)."""
+        self._plan = [(key, value, None) if key == name else (key, was, copier)
+                      for key, was, copier in self._plan]
+        if self._quick is not None:
+            template, names, values, aliases = self._quick
+            template[name] = value
+            if name in names:
+                keep = [i for i, key in enumerate(names) if key != name]
+                self._quick = (template, tuple(names[i] for i in keep),
+                               tuple(values[i] for i in keep), aliases)
 
     @property
     def shares_only_immutables(self) -> bool:
@@ -314,7 +364,7 @@ class LeakCheck:
         # it. Counted here and after the step by the same expression, with no local variable
         # holding one of them, so the counts compare.
         self._counts = list(map(sys.getrefcount, self._targets.objects)) \
-            if given is not None and given.flat else None
+            if given is not None and given.flat and self._targets.may_hide else None
 
     def _remember(self, private: Mapping[str, Any]) -> None:
         self._before = dict(private)
@@ -455,7 +505,7 @@ class _Targets:
     """The private objects a walk looks for, by id (-> their private name); text and bytes
     among them separately, since they can hide among immutable values."""
 
-    __slots__ = ("ids", "objects", "text_values", "texts")
+    __slots__ = ("ids", "may_hide", "objects", "text_values", "texts")
 
     def __init__(self) -> None:
         self.ids: dict[int, str] = {}
@@ -463,10 +513,14 @@ class _Targets:
         # Made on first use: most private attributes are not text (a task makes a few of these).
         self.texts: set[int] | None = None
         self.text_values: list[Any] | None = None
+        # Whether one of them may pass for the value it replaced in a flat container (only
+        # those can: anything else makes the container compare unequal).
+        self.may_hide = False
 
     def add(self, value: Any, name: str) -> None:
         self.ids[id(value)] = name
         self.objects.append(value)
+        self.may_hide = self.may_hide or _may_pass_for_immutable(value)
         if isinstance(value, _TEXT):
             if self.texts is None or self.text_values is None:
                 self.texts, self.text_values = set(), []

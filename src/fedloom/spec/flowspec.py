@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 from fedloom.errors import FedloomError, FlowDefinitionError, Problem, TransitionError
 from fedloom.spec.graph import FlowGraph, build_graph
 from fedloom.spec.lint import check_graph, unknown_names
-from fedloom.state import State, Transition, validate_name_list
+from fedloom.state import (
+    State,
+    Transition,
+    drop_shared_list,
+    take_shared_list,
+    validate_name_list,
+)
 
 if TYPE_CHECKING:
     from fedloom.spec.render import FlowPicture
@@ -193,6 +199,9 @@ class FLSpec:
             raise AttributeError(name)
         if name == "runtime":  # the property raised: say how to set one
             raise AttributeError(_NO_RUNTIME)
+        own = take_shared_list(self.__dict__, name)  # a join input's list, copied when read
+        if own is not None:
+            return own
         ctx = self.__dict__.get(_STEP_KEY)
         where = f" in step '{ctx.step}' on '{ctx.participant}'" if ctx else ""
         visible = sorted(k for k in self.__dict__ if not k.startswith(INTERNAL_PREFIX))
@@ -200,6 +209,11 @@ class FLSpec:
             f"'{type(self).__name__}' has no attribute '{name}'{where}. Visible attributes: "
             f"{visible}. Private attributes are visible only in their owner's steps, and "
             "include=/exclude= on the way here may have filtered it out.")
+
+    def __delattr__(self, name: str) -> None:
+        if name not in self.__dict__ and drop_shared_list(self.__dict__, name):
+            return
+        super().__delattr__(name)
 
     # -- the flow as a graph (prefixed ``flow_`` so they don't collide with step names) ---------
 

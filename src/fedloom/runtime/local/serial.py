@@ -21,6 +21,7 @@ from fedloom.engine import (
 )
 from fedloom.errors import FlowRunError
 from fedloom.participants import Collaborator
+from fedloom.runtime.local.sharing import SharedLists
 from fedloom.state import Given, State, StateCopier, uncopyable
 from fedloom.stragglers import NO_FAULT, Dropped, Fault, Faults, SimulatedClock
 from fedloom.tasks import FlowJob
@@ -57,8 +58,10 @@ class SerialBackend:
             raise RuntimeError("open() must be called before run_chains()")
         fan_out, self._fan_outs = self._fan_outs, self._fan_outs + 1
         began = self._clock.begin_fan_out()
-        # One copy per collaborator: the floor for isolation.
+        # One copy per collaborator (the floor for isolation), but flat lists of names and
+        # numbers: one for all, taken in turns (see sharing.py).
         copier, given = copies_for(self._sites, self._job, names, sent)
+        lists = SharedLists(copier, sent)
         # Without a deadline, and nobody still busy from an earlier fan-out, simulated time is
         # just the longest chain: a chain with no fault skips the clock (see idle_at).
         plain = deadline is None and not tolerant and self._faults is None and \
@@ -67,38 +70,49 @@ class SerialBackend:
         last = began  # when the last chain ended (simulated)
         try:
             if plain:
-                last += self._run_plain(step, names, sent, copier, given, outcomes)
+                last += self._run_plain(step, names, sent, copier, given, lists, outcomes)
             else:
                 for name in names:
                     fault = self._faults.for_chain(name, fan_out) if self._faults else NO_FAULT
-                    outcome, ended = self._chain(step, name, _copy(copier, sent, step),
-                                                 given[name], fault, fan_out, began, deadline,
-                                                 tolerant)
+                    received = _copy(copier, sent, step)
+                    counts = lists.counts()
+                    outcome, ended = self._chain(step, name, received, given[name], fault,
+                                                 fan_out, began, deadline, tolerant)
+                    del received  # for settle's count: only the result may hold it now
+                    lists.settle(outcome.state if isinstance(outcome, ChainResult) else None,
+                                 counts)
                     outcomes.append(outcome)
                     last = max(last, ended)
         except FlowRunError as err:
             keep_finished_tasks(err, [o for o in outcomes if isinstance(o, ChainResult)])
             raise
+        lists.finish()
         # As on Ray: the fan-out waits for everyone, or until the deadline passes.
         self._clock.end_fan_out(last if deadline is None else min(last, began + deadline))
         return outcomes
 
     def _run_plain(self, step: str, names: Sequence[str], sent: State, copier: StateCopier,
-                   given: dict[str, Given | None], outcomes: list[ChainResult | Dropped]) -> float:
+                   given: dict[str, Given | None], lists: SharedLists,
+                   outcomes: list[ChainResult | Dropped]) -> float:
         """Every chain of an untimed fan-out without faults (the common case, kept lean: it
         runs once per collaborator); appends their results to ``outcomes`` and returns how
         long the longest took."""
         assert self._job is not None
         job, sites, perf, copy = self._job, self._sites, time.perf_counter, copier.copy
+        counts, settle = lists.counts, lists.settle
         longest = 0.0
         for name in names:
             try:
                 received = copy()
             except Exception as exc:  # e.g. a lock in a public attribute
                 raise uncopyable(sent, step, exc) from exc
+            before = counts()
             started = perf()
-            outcomes.append(sites[name].run_chain(job, step, received, given[name]))
+            result = sites[name].run_chain(job, step, received, given[name])
             took = perf() - started
+            del received  # for settle's count: only the result may hold it now
+            settle(result.state, before)
+            outcomes.append(result)
             if took > longest:
                 longest = took
         return longest

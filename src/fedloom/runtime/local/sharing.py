@@ -1,0 +1,94 @@
+"""One copy of a fan-out's flat lists for all of the serial backend's chains, not one each.
+
+A realistic state carries ``self.collaborators``, N names: at N=1000 a round made 1000 copies of
+a 1000-long list, 8 MB of fresh memory and a million reference-count updates, about a quarter of
+the round. The serial backend runs its chains one after another, so they can take turns with
+one copy as long as none of them can tell. After each chain the shared list must still hold what
+it was copied from, and be referenced only from the top level of the chain's result (counted
+with ``sys.getrefcount``). A chain that changed it, or kept it anywhere else (a private
+attribute, a held-back value, inside another value, a failure's traceback) keeps it as its own:
+the earlier chains that used the same copy each get their own, and the later ones a new shared
+one. At the join each input makes its own copy of the list when it is first read (see
+:func:`fedloom.state.take_shared_list`), so a join that changes one input's list changes no
+other's.
+"""
+
+from __future__ import annotations
+
+import sys
+from itertools import repeat
+from operator import is_
+from typing import Any
+
+from fedloom.state import SHARED_LISTS_KEY, State, StateCopier
+
+_count = sys.getrefcount
+
+
+class SharedLists:
+    """The shared lists of one fan-out. Around each chain: :meth:`counts` once the chain's copy
+    of the state is made, :meth:`settle` once it is done; :meth:`finish` after the last."""
+
+    __slots__ = ("_copier", "_current", "_holders", "_originals")
+
+    def __init__(self, copier: StateCopier, sent: State) -> None:
+        self._copier = copier
+        self._originals: dict[str, list[Any]] = {name: sent[name]
+                                                 for name in copier.lists_to_share()}
+        self._current: dict[str, list[Any]] = {}
+        self._holders: dict[str, list[State]] = {}  # finished chains' results using the copy
+        for name in self._originals:
+            self._renew(name)
+
+    def _renew(self, name: str) -> None:
+        shared = self._originals[name].copy()
+        self._current[name] = shared
+        self._holders[name] = []
+        self._copier.share_as_is(name, shared)
+
+    def counts(self) -> list[int]:
+        """The reference counts of the shared lists (the same expression in :meth:`settle`)."""
+        return [_count(shared) for shared in self._current.values()]
+
+    def settle(self, result: State | None, before: list[int]) -> None:
+        """After a chain: ``result`` is its state for the join (``None`` if it failed or was
+        dropped), and ``before`` the :meth:`counts` taken when its copy of the state (holding
+        each shared list once) was made, which the caller no longer holds."""
+        now = self.counts()
+        if not now:
+            return
+        # Once per chain: kept lean (one list, in C but the comparison of counts).
+        for name, was, count in zip(list(self._current), before, now, strict=True):
+            shared = self._current[name]
+            held = 0 if result is None else sum(map(is_, result.values(), repeat(shared)))
+            if result is None or count != was - 1 + held or shared != self._originals[name]:
+                self._give_own_copies(name, shared)
+                self._renew(name)
+            elif held:
+                self._holders[name].append(result)
+
+    def _give_own_copies(self, name: str, shared: list[Any]) -> None:
+        """The earlier results that share ``shared`` each get a copy (equal to the original:
+        their chains left it so)."""
+        for state in self._holders[name]:
+            _own_copy(state, shared, self._originals[name])
+
+    def finish(self) -> None:
+        """After the fan-out: each result that still shares a list holds it for its join input
+        to copy when first read (under another name than the list's; two names for it get
+        their own copy now, so that they stay one object)."""
+        for name, shared in self._current.items():
+            for state in self._holders[name]:
+                keys = [key for key, value in state.items() if value is shared]
+                if len(keys) == 1:
+                    state.setdefault(SHARED_LISTS_KEY, {})[keys[0]] = state.pop(keys[0])
+                else:
+                    _own_copy(state, shared, self._originals[name])
+        self._current.clear()
+        self._holders.clear()
+
+
+def _own_copy(state: State, shared: list[Any], original: list[Any]) -> None:
+    own = original.copy()
+    for key in [key for key, value in state.items() if value is shared]:
+        state[key] = own

@@ -1,0 +1,203 @@
+"""Issue #12: the serial backend hands one copy of a fan-out's flat lists (``self.collaborators``)
+to all of its chains in turn, instead of one copy each. No flow may tell: whatever a chain or a
+join does to its list (change it, keep it somewhere, fail halfway), every other chain and every
+other join input sees its own list, equal to what the aggregator sent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedloom import FLSpec, StragglerPolicy, aggregator, collaborator
+from tests.conftest import make_runtime
+
+NAMES = ["a", "b", "c", "d"]
+KEPT: dict[str, list[Any]] = {}  # where a step keeps a reference, out of the flow's sight
+
+
+class Rounds(FLSpec):
+    """Two rounds; in each, collaborator steps do ``how`` to their list and record what they
+    saw; the join records each input's list (and does ``join_how`` to them)."""
+
+    def __init__(self, how: str = "", join_how: str = "", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.how, self.join_how = how, join_how
+        self.seen: list[tuple[int, str, list[str], int]] = []
+        self.joined: list[list[tuple[str, list[str]]]] = []
+
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.round = 0
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        # What it was given (a copy of the list, its id) before changing anything.
+        self.saw = (self.round, self.input, list(self.collaborators), id(self.collaborators))
+        mine = self.input in ("b", "c")  # chains in the middle: before and after them too
+        if self.how == "append" and mine:
+            self.collaborators.append(self.input)
+        elif self.how == "keep" and mine:
+            KEPT[f"{self.round}-{self.input}"] = self.collaborators
+        elif self.how == "keep-then-change" and mine:
+            if self.round == 0:
+                KEPT[self.input] = self.collaborators
+            else:
+                KEPT[self.input].append("late")  # last round's list, after its join
+        elif self.how == "nest" and mine:
+            self.box = {"names": self.collaborators}
+        elif self.how == "alias":
+            self.names = self.collaborators
+        elif self.how == "fail" and self.input == "b":
+            self.collaborators.append("half-done")
+            raise RuntimeError("failed after changing its list")
+        elif self.how == "hold back":
+            self.next(self.join, exclude=["collaborators"])
+            return
+        self.next(self.join)
+
+    @aggregator
+    def join(self, inputs):
+        self.seen.extend(i.saw for i in inputs)
+        if self.join_how == "append":
+            inputs[0].collaborators.append("joined")
+        elif self.join_how == "delete":
+            del inputs[0].collaborators
+            assert not hasattr(inputs[0], "collaborators")
+        self.joined.append([(i.input, list(getattr(i, "collaborators", ["<none>"])))
+                            for i in inputs])
+        if self.how == "alias":
+            assert all(i.names is i.collaborators for i in inputs)
+        self.round += 1
+        if self.round < 2:
+            self.next(self.train, foreach="collaborators")
+        else:
+            self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+def run(how: str = "", join_how: str = "", **options: Any) -> Rounds:
+    KEPT.clear()
+    flow = Rounds(how, join_how)
+    flow.runtime = make_runtime(NAMES, **options)
+    flow.run()
+    return flow
+
+
+def given_lists(flow: Rounds) -> list[list[str]]:
+    return [names for _, _, names, _ in flow.seen]
+
+
+def test_chains_that_leave_the_list_alone_share_one_copy():
+    flow = run()
+    assert given_lists(flow) == [NAMES] * 8
+    ids = [ident for _, _, _, ident in flow.seen]
+    assert len(set(ids[:4])) == 1, "one list for the round's chains (issue #12: no N copies)"
+    assert flow.collaborators == NAMES
+    assert flow.joined == [[(n, NAMES) for n in NAMES]] * 2
+
+
+def test_a_chain_that_changes_its_list_changes_no_other():
+    flow = run("append")
+    assert given_lists(flow) == [NAMES] * 8  # the chains after 'b' and 'c' got the original
+    expected = [(n, [*NAMES, n] if n in ("b", "c") else NAMES) for n in NAMES]
+    assert flow.joined == [expected] * 2
+    assert flow.collaborators == NAMES
+
+
+@pytest.mark.parametrize("how", ["keep", "nest"])
+def test_a_chain_that_keeps_its_list_elsewhere_owns_it(how):
+    flow = run(how)
+    assert given_lists(flow) == [NAMES] * 8
+    if how == "keep":  # each kept list is that chain's alone
+        assert len({id(names) for names in KEPT.values()}) == len(KEPT) == 4
+        KEPT["0-b"].append("later")
+        assert KEPT["0-c"] == NAMES
+    assert flow.joined == [[(n, NAMES) for n in NAMES]] * 2
+
+
+def test_a_list_kept_and_changed_a_round_later_reaches_nobody():
+    flow = run("keep-then-change")
+    assert given_lists(flow) == [NAMES] * 8
+    assert flow.joined == [[(n, NAMES) for n in NAMES]] * 2
+    assert KEPT["b"] == [*NAMES, "late"] and KEPT["c"] == [*NAMES, "late"]
+    assert KEPT["b"] is not KEPT["c"]
+
+
+def test_two_names_for_the_list_stay_one_object():
+    flow = run("alias")  # the join asserts it
+    assert flow.joined == [[(n, NAMES) for n in NAMES]] * 2
+
+
+def test_a_list_held_back_by_exclude_stays_with_its_collaborator():
+    flow = run("hold back")
+    assert given_lists(flow) == [NAMES] * 8
+    assert flow.joined == [[(n, ["<none>"]) for n in NAMES]] * 2
+
+
+def test_a_join_that_changes_one_input_s_list_changes_no_other():
+    flow = run(join_how="append")
+    first = [("a", [*NAMES, "joined"])] + [(n, NAMES) for n in NAMES[1:]]
+    assert flow.joined == [first] * 2
+    assert given_lists(flow) == [NAMES] * 8
+    assert flow.collaborators == NAMES
+
+
+def test_a_join_can_delete_an_input_s_list():
+    flow = run(join_how="delete")
+    assert flow.joined == [[("a", ["<none>"])] + [(n, NAMES) for n in NAMES[1:]]] * 2
+
+
+def test_a_chain_that_fails_halfway_leaves_the_others_the_original():
+    flow = run("fail", straggler_policy=StragglerPolicy(min_collaborators=3))
+    assert given_lists(flow) == [NAMES] * 6  # 'b' failed in both rounds
+    assert flow.joined == [[(n, NAMES) for n in NAMES if n != "b"]] * 2
+
+
+class Retried(FLSpec):
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator(retries=1)
+    def train(self):
+        self.saw = list(self.collaborators)
+        self.collaborators.append("attempt")
+        if self.input == "b" and self.flaky.pop():
+            raise RuntimeError("first attempt fails")
+        self.next(self.join)
+
+    @aggregator
+    def join(self, inputs):
+        self.seen = [i.saw for i in inputs]
+        self.lists = [i.collaborators for i in inputs]
+        self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+def test_a_retried_step_and_the_chains_after_it_see_the_original():
+    flow = Retried()
+    flow.runtime = make_runtime(NAMES, collab_private=lambda i, n: {"flaky": [False, True]})
+    flow.run()
+    assert flow.seen == [NAMES] * 4
+    assert flow.lists == [[*NAMES, "attempt"]] * 4
+
+
+def test_only_flat_lists_of_text_and_numbers_are_shared():
+    from fedloom.state import StateCopier
+
+    names = ["x", "y"]
+    state = {"names": names, "mixed": [1, "a", 2.0, None], "nested": [["x"]],
+             "alias": names, "pairs": [(1, 2)], "table": {"a": 1}, "model": np.zeros(2),
+             "own": [True, b"raw"]}
+    assert StateCopier(state).lists_to_share() == ["mixed", "own"]
