@@ -342,7 +342,8 @@ class LeakCheck:
     owner. What it works out about the private attributes (which objects to look for) is kept
     from one task to the next, and worked out again only when a step rebinds one."""
 
-    __slots__ = ("_before", "_counts", "_given", "_ids", "_participant", "_public", "_targets")
+    __slots__ = ("_before", "_counts", "_given", "_ids", "_participant", "_public", "_targets",
+                 "verified")
 
     def __init__(self, participant: str, public_texts: Collection[str] = ()) -> None:
         self._participant = participant
@@ -352,9 +353,14 @@ class LeakCheck:
         self._targets = _Targets()
         self._given: Given | None = None
         self._counts: list[int] | None = None
+        # The ids (not the objects: no reference) of the flat containers the last step's check
+        # found equal to what they were copied from; the serial backend's shared lists need
+        # not be compared again.
+        self.verified: list[int] = []
 
     def before(self, private: Mapping[str, Any], given: Given | None) -> None:
         self._given = given
+        self.verified = []
         # The same objects (the snapshot holds them, so no other object has their ids) under
         # the same names: a step can only rebind or delete private attributes, never add one.
         if list(map(id, private.values())) != self._ids:
@@ -444,6 +450,8 @@ class LeakCheck:
                         unchanged = False
                 if unchanged and texts:
                     unchanged = not any(text in given.texts_in(name) for text in texts)
+                if unchanged:
+                    self.verified.append(id(value))
             else:
                 unchanged = given.shared.get(name, _NOTHING) is value or (
                     kind.__name__ == "ndarray" and _inert_array(value, ids))

@@ -108,10 +108,11 @@ class SerialBackend:
                 raise uncopyable(sent, step, exc) from exc
             before = counts()
             started = perf()
-            result = sites[name].run_chain(job, step, received, given[name])
+            site = sites[name]
+            result = site.run_chain(job, step, received, given[name])
             took = perf() - started
             del received  # for settle's count: only the result may hold it now
-            settle(result.state, before)
+            settle(result.state, before, site.verified)
             outcomes.append(result)
             if took > longest:
                 longest = took
