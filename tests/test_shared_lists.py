@@ -213,3 +213,40 @@ def test_only_flat_lists_of_text_and_numbers_are_shared():
              "alias": names, "pairs": [(1, 2)], "table": {"a": 1}, "model": np.zeros(2),
              "own": [True, b"raw"]}
     assert StateCopier(state).lists_to_share() == ["mixed", "own"]
+
+
+class OneList(FLSpec):
+    """Only ``collaborators`` is shared (the usual case: one table for every join input)."""
+
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        self.next(self.join)
+
+    @aggregator
+    def join(self, inputs):
+        a, b, c, d = inputs
+        a.collaborators.append("joined")
+        assert "collaborators" in vars(a)  # an attribute like any other once read
+        c.collaborators = ["set"]
+        del c.collaborators
+        del d.collaborators
+        self.after = [list(getattr(i, "collaborators", ["<none>"])) for i in inputs]
+        self.distinct = len({id(a.collaborators), id(b.collaborators)})
+        self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+def test_join_inputs_read_set_and_delete_their_lists_independently():
+    flow = OneList()
+    flow.runtime = make_runtime(NAMES)
+    flow.run()
+    assert flow.after == [[*NAMES, "joined"], NAMES, ["<none>"], ["<none>"]]
+    assert flow.distinct == 2

@@ -101,22 +101,28 @@ def take_shared_list(attributes: dict[str, Any], name: str) -> list[Any] | None:
     shared = attributes.get(SHARED_LISTS_KEY)
     if shared is None or name not in shared:
         return None
-    own: list[Any] = shared.pop(name).copy()
+    own: list[Any] = shared[name].copy()
     attributes[name] = own
-    if not shared:
-        del attributes[SHARED_LISTS_KEY]
+    _forget_shared(attributes, shared, name)
     return own
 
 
 def drop_shared_list(attributes: dict[str, Any], name: str) -> bool:
-    """Delete shared list ``name`` of a join input; whether it had one."""
+    """Forget shared list ``name`` of a join input; whether it had one."""
     shared = attributes.get(SHARED_LISTS_KEY)
     if shared is None or name not in shared:
         return False
-    del shared[name]
-    if not shared:
-        del attributes[SHARED_LISTS_KEY]
+    _forget_shared(attributes, shared, name)
     return True
+
+
+def _forget_shared(attributes: dict[str, Any], shared: dict[str, Any], name: str) -> None:
+    # The table may be every input's: this input gets one of its own without ``name``.
+    rest = {key: value for key, value in shared.items() if key != name}
+    if rest:
+        attributes[SHARED_LISTS_KEY] = rest
+    else:
+        del attributes[SHARED_LISTS_KEY]
 
 
 class StateCopier:

@@ -211,9 +211,9 @@ class FLSpec:
             "include=/exclude= on the way here may have filtered it out.")
 
     def __delattr__(self, name: str) -> None:
-        if name not in self.__dict__ and drop_shared_list(self.__dict__, name):
-            return
-        super().__delattr__(name)
+        # A join input's shared list (see take_shared_list) is gone too, read or not.
+        if not drop_shared_list(self.__dict__, name) or name in self.__dict__:
+            super().__delattr__(name)
 
     # -- the flow as a graph (prefixed ``flow_`` so they don't collide with step names) ---------
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Collection
-from itertools import repeat
-from operator import is_
 from typing import Any
 
 from fedloom.state import SHARED_LISTS_KEY, State, StateCopier
@@ -49,7 +47,7 @@ class SharedLists:
 
     def counts(self) -> list[int]:
         """The reference counts of the shared lists (the same expression in :meth:`settle`)."""
-        return [_count(shared) for shared in self._current.values()]
+        return list(map(_count, self._current.values()))
 
     def settle(self, result: State | None, before: list[int],
                verified: Collection[int] = ()) -> None:
@@ -59,41 +57,37 @@ class SharedLists:
         lists that the chain's last leak check found equal to their originals (not compared
         again; an id is a shared list's for as long as it lives, and it lives throughout)."""
         now = self.counts()
-        if not now:
-            return
-        # Once per chain: kept lean (one list, in C but the comparison of counts).
-        for name, was, count in zip(list(self._current), before, now, strict=True):
-            shared = self._current[name]
-            held = 0 if result is None else sum(map(is_, result.values(), repeat(shared)))
-            if result is None or count != was - 1 + held or (
-                    id(shared) not in verified and shared != self._originals[name]):
-                self._give_own_copies(name, shared)
-                self._renew(name)
-            elif held:
+        taken: list[str] = []
+        # Once per chain, so kept lean. The count is as before only if the result holds the
+        # list exactly once, where the copy of the state had it, and nothing else holds it.
+        for (name, shared), was, count in zip(self._current.items(), before, now, strict=True):
+            if result is not None and count == was and result.get(name) is shared and (
+                    id(shared) in verified or shared == self._originals[name]):
                 self._holders[name].append(result)
+            else:  # changed, kept elsewhere, renamed, or the chain failed
+                taken.append(name)
+        for name in taken:
+            self._give_own_copies(name)
+            self._renew(name)
 
-    def _give_own_copies(self, name: str, shared: list[Any]) -> None:
-        """The earlier results that share ``shared`` each get a copy (equal to the original:
+    def _give_own_copies(self, name: str) -> None:
+        """The earlier results that share the list each get a copy (equal to the original:
         their chains left it so)."""
         for state in self._holders[name]:
-            _own_copy(state, shared, self._originals[name])
+            state[name] = self._originals[name].copy()
 
     def finish(self) -> None:
         """After the fan-out: each result that still shares a list holds it for its join input
-        to copy when first read (under another name than the list's; two names for it get
-        their own copy now, so that they stay one object)."""
+        to copy when first read, in a table under SHARED_LISTS_KEY (never changed: an input
+        that reads or deletes the list gets a table of its own without it)."""
+        tables: dict[int, dict[str, list[Any]]] = {}
         for name, shared in self._current.items():
             for state in self._holders[name]:
-                keys = [key for key, value in state.items() if value is shared]
-                if len(keys) == 1:
-                    state.setdefault(SHARED_LISTS_KEY, {})[keys[0]] = state.pop(keys[0])
+                del state[name]
+                if len(self._current) == 1:  # the usual case: one table for all
+                    state[SHARED_LISTS_KEY] = tables.setdefault(0, {name: shared})
                 else:
-                    _own_copy(state, shared, self._originals[name])
+                    tables.setdefault(id(state), state.setdefault(SHARED_LISTS_KEY, {}))[
+                        name] = shared
         self._current.clear()
         self._holders.clear()
-
-
-def _own_copy(state: State, shared: list[Any], original: list[Any]) -> None:
-    own = original.copy()
-    for key in [key for key, value in state.items() if value is shared]:
-        state[key] = own
