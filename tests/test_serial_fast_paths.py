@@ -78,6 +78,57 @@ def test_a_leak_into_a_fanned_out_copy_is_caught(how):
         flow.run()
 
 
+class Box:
+    """Equal to whatever its value is equal to."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return self.value == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class Pair(tuple):
+    """Its own == is identity, but a plain tuple's == accepts it and compares the items."""
+
+    __eq__ = object.__eq__
+    __hash__ = tuple.__hash__
+
+
+class StandIn(FLSpec):
+    """Collaborator 'b' puts a private object in place of a value it compares equal to."""
+
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.pairs = [(1, 2), (3, 4)]
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        if self.input == "b":
+            self.pairs[0] = self.pair
+        self.next(self.join)
+
+    @aggregator
+    def join(self, inputs):
+        self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+@pytest.mark.parametrize("first", [Box(1), np.ones(1)])
+def test_a_private_object_equal_to_the_value_it_replaces_is_caught(first):
+    flow = StandIn()
+    flow.runtime = make_runtime(NAMES, collab_private=lambda i, n: {"pair": Pair((first, 2))})
+    with pytest.raises(PrivateAttributeError, match="private attribute 'pair'"):
+        flow.run()
+
+
 class Rebinds(Leaky):
     @collaborator
     def train(self):

@@ -209,10 +209,12 @@ def test_only_flat_lists_of_text_and_numbers_are_shared():
     from fedloom.state import StateCopier
 
     names = ["x", "y"]
-    state = {"names": names, "mixed": [1, "a", 2.0, None], "nested": [["x"]],
-             "alias": names, "pairs": [(1, 2)], "table": {"a": 1}, "model": np.zeros(2),
-             "own": [True, b"raw"]}
+    state = {"names": names, "mixed": [1, "a", 2.0, None], "alias": names,
+             "pairs": [(1, 2)], "table": {"a": 1}, "model": np.zeros(2), "own": [True, b"raw"]}
     assert StateCopier(state).lists_to_share() == ["mixed", "own"]
+    # Anything deep-copied (here a list of lists) may hold one of them: its copy would then
+    # hold a copy, no longer the same list as the attribute.
+    assert StateCopier({**state, "nested": [["x"]]}).lists_to_share() == []
 
 
 class OneList(FLSpec):
@@ -250,3 +252,116 @@ def test_join_inputs_read_set_and_delete_their_lists_independently():
     flow.run()
     assert flow.after == [[*NAMES, "joined"], NAMES, ["<none>"], ["<none>"]]
     assert flow.distinct == 2
+
+
+class Name(str):
+    """A name that compares equal to the plain one it replaces."""
+
+
+class Stand_ins(FLSpec):
+    """Chains put equal stand-ins into their lists: 1.0 or False for 0 and 1, a str subclass
+    for a name. Equal is not the same: the others must not receive them."""
+
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.weights = [1, 0, 3]
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        self.saw = (repr(self.weights), [type(n).__name__ for n in self.collaborators])
+        if self.input == "a":
+            self.collaborators[1] = Name(self.collaborators[1])
+        elif self.input == "b":
+            self.weights[:] = [float(w) for w in self.weights]  # "normalised" in place
+        elif self.input == "c":
+            self.weights[1] = False
+        self.next(self.join)
+
+    @aggregator
+    def join(self, inputs):
+        self.seen = [i.saw for i in inputs]
+        self.sent = [(repr(i.weights), type(i.collaborators[1]).__name__) for i in inputs]
+        self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+def test_an_equal_stand_in_put_in_a_list_reaches_no_other_chain():
+    flow = Stand_ins()
+    data = (lambda i, n: {"data": np.full(3, float(i))}) if PRIVATE[0] else None
+    flow.runtime = make_runtime(NAMES, collab_private=data)
+    flow.run()
+    assert flow.seen == [("[1, 0, 3]", ["str"] * 4)] * 4
+    assert flow.sent == [("[1, 0, 3]", "Name"), ("[1.0, 0.0, 3.0]", "str"),
+                         ("[1, False, 3]", "str"), ("[1, 0, 3]", "str")]
+
+
+class Nested(FLSpec):
+    """The list is also inside a value that is deep-copied: the two must stay one list."""
+
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.meta = {"names": self.collaborators}
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        self.same = self.meta["names"] is self.collaborators
+        self.collaborators.append(self.input)
+        self.via_meta = list(self.meta["names"])
+        self.next(self.join)
+
+    @aggregator
+    def join(self, inputs):
+        self.seen = [(i.same, i.via_meta) for i in inputs]
+        self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+def test_a_list_also_held_inside_a_deep_copied_value_stays_one_list():
+    flow = Nested()
+    flow.runtime = make_runtime(NAMES)
+    flow.run()
+    assert flow.seen == [(True, [*NAMES, name]) for name in NAMES]
+
+
+class CopiedInput(FLSpec):
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        self.next(self.join)
+
+    @aggregator
+    def join(self, inputs):
+        import copy
+
+        twin = copy.copy(inputs[0])
+        twin.collaborators.append("via the copy")
+        self.same = twin.collaborators is inputs[0].collaborators
+        self.first, self.second = list(inputs[0].collaborators), list(inputs[1].collaborators)
+        self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+def test_a_shallow_copy_of_a_join_input_holds_the_same_list():
+    flow = CopiedInput()
+    flow.runtime = make_runtime(NAMES)
+    flow.run()
+    assert flow.same
+    assert flow.first == [*NAMES, "via the copy"]
+    assert flow.second == NAMES

@@ -162,12 +162,6 @@ class CollaboratorSite:
             self._leaks = (job, LeakCheck(self.name, job.public_texts))
         return self._leaks[1]
 
-    @property
-    def verified(self) -> list[int]:
-        """The ids of the flat containers the last step's leak check found as they were copied
-        (see ``LeakCheck.verified``)."""
-        return self._leaks[1].verified if self._leaks is not None else []
-
     def run_chain(self, job: FlowJob, step: str, received: State,
                   given: Given | None = None) -> ChainResult:
         """Run ``step`` and the collaborator steps after it on ``received`` (this site's own

@@ -162,7 +162,11 @@ class StateCopier:
 
     def lists_to_share(self) -> list[str]:
         """The attributes that are flat lists of atoms (text and numbers, e.g. the N names),
-        each the only name for its list: what :meth:`share_as_is` may take over."""
+        each the only name for its list: what :meth:`share_as_is` may take over. None when
+        anything is deep-copied: it may hold the list too, and its copy would then hold a
+        copy of the list, not the shared one."""
+        if self._quick is None:
+            return []
         return [name for name, value, copier in self._plan
                 if copier is _copy_flat and type(value) is list
                 and _ATOM_TYPES.issuperset(map(type, value))
@@ -348,8 +352,7 @@ class LeakCheck:
     owner. What it works out about the private attributes (which objects to look for) is kept
     from one task to the next, and worked out again only when a step rebinds one."""
 
-    __slots__ = ("_before", "_counts", "_given", "_ids", "_participant", "_public", "_targets",
-                 "verified")
+    __slots__ = ("_before", "_counts", "_given", "_ids", "_participant", "_public", "_targets")
 
     def __init__(self, participant: str, public_texts: Collection[str] = ()) -> None:
         self._participant = participant
@@ -359,14 +362,9 @@ class LeakCheck:
         self._targets = _Targets()
         self._given: Given | None = None
         self._counts: list[int] | None = None
-        # The ids (not the objects: no reference) of the flat containers the last step's check
-        # found equal to what they were copied from; the serial backend's shared lists need
-        # not be compared again.
-        self.verified: list[int] = []
 
     def before(self, private: Mapping[str, Any], given: Given | None) -> None:
         self._given = given
-        self.verified = []
         # The same objects (the snapshot holds them, so no other object has their ids) under
         # the same names: a step can only rebind or delete private attributes, never add one.
         if list(map(id, private.values())) != self._ids:
@@ -456,8 +454,6 @@ class LeakCheck:
                         unchanged = False
                 if unchanged and texts:
                     unchanged = not any(text in given.texts_in(name) for text in texts)
-                if unchanged:
-                    self.verified.append(id(value))
             else:
                 unchanged = given.shared.get(name, _NOTHING) is value or (
                     kind.__name__ == "ndarray" and _inert_array(value, ids))
@@ -640,14 +636,15 @@ def _texts_within(value: Any) -> Iterator[Any]:
 def _may_pass_for_immutable(value: Any) -> bool:
     """Whether ``value`` may compare equal to text, a number or a tuple of them (and so sit in
     a flat container unnoticed by ``==``)."""
-    if isinstance(value, _TEXT):
-        return True
+    if isinstance(value, _PASSABLE):
+        return True  # subclasses too, whatever their own ==: the atom's == accepts them
     if type(value).__eq__ is _IDENTITY_EQ or type(value) in (list, dict):
         return False
     return not (_is_plain_ndarray(value) and value.size != 1)  # else == has no truth value
 
 
 _IDENTITY_EQ: Any = object.__eq__
+_PASSABLE = (str, bytes, int, float, complex, range, tuple, frozenset, set)  # set == frozenset
 
 
 _GLOBAL_TYPES = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType)

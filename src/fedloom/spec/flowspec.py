@@ -19,6 +19,7 @@ from fedloom.errors import FedloomError, FlowDefinitionError, Problem, Transitio
 from fedloom.spec.graph import FlowGraph, build_graph
 from fedloom.spec.lint import check_graph, unknown_names
 from fedloom.state import (
+    SHARED_LISTS_KEY,
     State,
     Transition,
     drop_shared_list,
@@ -214,6 +215,15 @@ class FLSpec:
         # A join input's shared list (see take_shared_list) is gone too, read or not.
         if not drop_shared_list(self.__dict__, name) or name in self.__dict__:
             super().__delattr__(name)
+
+    def __copy__(self) -> FLSpec:
+        # A join input's shared lists become its own first, so that the copy holds the same
+        # lists as the input, as with any other attribute.
+        for name in list(self.__dict__.get(SHARED_LISTS_KEY, ())):
+            take_shared_list(self.__dict__, name)
+        clone = type(self).__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        return clone
 
     # -- the flow as a graph (prefixed ``flow_`` so they don't collide with step names) ---------
 
