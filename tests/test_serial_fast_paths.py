@@ -129,6 +129,29 @@ def test_a_private_object_equal_to_the_value_it_replaces_is_caught(first):
         flow.run()
 
 
+class Shrinks(StandIn):
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.weights = [1, 2]
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        # Resized in place to one element, it compares equal to the number it replaces.
+        self.data.resize(1, refcheck=False)
+        self.data[0] = 1.0
+        self.weights[0] = self.data
+        self.next(self.join)
+
+
+def test_a_private_array_resized_to_pass_for_a_number_is_caught():
+    flow = Shrinks()
+    flow.runtime = make_runtime(NAMES, collab_private=lambda i, n: {"data": np.array([5., 6.])})
+    with pytest.raises(PrivateAttributeError, match="private attribute 'data'"):
+        flow.run()
+
+
 class Rebinds(Leaky):
     @collaborator
     def train(self):

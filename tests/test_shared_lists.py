@@ -365,3 +365,128 @@ def test_a_shallow_copy_of_a_join_input_holds_the_same_list():
     assert flow.same
     assert flow.first == [*NAMES, "via the copy"]
     assert flow.second == NAMES
+
+
+class Defaults(FLSpec):
+    """Lists under names the class also has: a class default, FLSpec's own ``metrics``."""
+
+    scores: list[float] = []
+
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.scores, self.metrics = [0.5, 0.7], ["acc"]
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        self.next(self.join)
+
+    @aggregator
+    def join(self, inputs):
+        self.seen = [(i.scores, i.metrics, i.collaborators) for i in inputs]
+        self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+class OwnLookup(Defaults):
+    def __getattr__(self, name):
+        return None
+
+
+@pytest.mark.parametrize("flow_cls", [Defaults, OwnLookup])
+def test_join_inputs_read_lists_whose_names_the_class_also_has(flow_cls):
+    flow = flow_cls()
+    flow.runtime = make_runtime(NAMES)
+    flow.run()
+    assert flow.seen == [([0.5, 0.7], ["acc"], NAMES)] * len(NAMES)
+
+
+class Finalized:
+    """Garbage (a cycle) that changes its chain's list when it is collected, later."""
+
+    def __init__(self, flow: FLSpec) -> None:
+        self.flow, self.me = flow, self
+
+    def __del__(self) -> None:
+        self.flow.collaborators.append(f"late-{self.flow.input}")
+
+
+class LateChange(FLSpec):
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        import gc
+
+        if self.input == "a":
+            Finalized(self)
+        else:
+            gc.collect()  # as many do before freeing a GPU's cache
+        self.saw = list(self.collaborators)
+        self.next(self.join)
+
+    @aggregator
+    def join(self, inputs):
+        self.seen = [(i.saw, list(i.collaborators)) for i in inputs]
+        self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+def test_a_change_made_after_a_chain_ended_stays_in_that_chain():
+    flow = LateChange()
+    flow.runtime = make_runtime(NAMES)
+    flow.run()
+    assert flow.seen == [(NAMES, [*NAMES, "late-a"])] + [(NAMES, NAMES)] * 3
+
+
+HOOKS: list[FLSpec] = []
+
+
+class Hooks(FLSpec):
+    """Chains that keep their flow instance in a global, where a later chain changes its list;
+    and a chain that changes the aggregator's own list, reached through a global."""
+
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        KEPT["aggregator"] = self.collaborators
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        if self.input == "c":
+            for earlier in HOOKS:
+                earlier.collaborators.append("from c")
+        elif self.input == "d":
+            KEPT["aggregator"].append("from d")
+        HOOKS.append(self)
+        self.saw = list(self.collaborators)
+        self.next(self.join)
+
+    @aggregator
+    def join(self, inputs):
+        self.seen = [(i.saw, list(i.collaborators)) for i in inputs]
+        self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+def test_chains_that_reach_each_other_through_globals_see_their_own_lists():
+    HOOKS.clear()
+    flow = Hooks()
+    flow.runtime = make_runtime(NAMES)
+    flow.run()
+    HOOKS.clear()
+    assert flow.seen == [(NAMES, [*NAMES, "from c"])] * 2 + [(NAMES, NAMES)] * 2

@@ -374,7 +374,7 @@ class LeakCheck:
         # it. Counted here and after the step by the same expression, with no local variable
         # holding one of them, so the counts compare.
         self._counts = list(map(sys.getrefcount, self._targets.objects)) \
-            if given is not None and given.flat and self._targets.may_hide else None
+            if given is not None and given.flat else None
 
     def _remember(self, private: Mapping[str, Any]) -> None:
         self._before = dict(private)
@@ -385,8 +385,11 @@ class LeakCheck:
         # First, before this frame holds a private object itself.
         then = self._counts
         counts = list(map(sys.getrefcount, self._targets.objects)) if then is not None else None
+        # Only one that may pass for the value it replaced matters (anything else makes the
+        # container compare unequal), as it is now: the step may have changed it (resized).
         new_references = counts is not None and counts != then and any(
-            now > before for now, before in zip(counts, then or (), strict=True))
+            now > before and _may_pass_for_immutable(value) for now, before, value in zip(
+                counts, then or (), self._targets.objects, strict=True))
         rebound: Sequence[str] = ()
         if list(map(id, private.values())) == self._ids:
             targets = self._targets
@@ -515,7 +518,7 @@ class _Targets:
     """The private objects a walk looks for, by id (-> their private name); text and bytes
     among them separately, since they can hide among immutable values."""
 
-    __slots__ = ("ids", "may_hide", "objects", "text_values", "texts")
+    __slots__ = ("ids", "objects", "text_values", "texts")
 
     def __init__(self) -> None:
         self.ids: dict[int, str] = {}
@@ -523,14 +526,10 @@ class _Targets:
         # Made on first use: most private attributes are not text (a task makes a few of these).
         self.texts: set[int] | None = None
         self.text_values: list[Any] | None = None
-        # Whether one of them may pass for the value it replaced in a flat container (only
-        # those can: anything else makes the container compare unequal).
-        self.may_hide = False
 
     def add(self, value: Any, name: str) -> None:
         self.ids[id(value)] = name
         self.objects.append(value)
-        self.may_hide = self.may_hide or _may_pass_for_immutable(value)
         if isinstance(value, _TEXT):
             if self.texts is None or self.text_values is None:
                 self.texts, self.text_values = set(), []

@@ -61,7 +61,7 @@ class SerialBackend:
         # One copy per collaborator (the floor for isolation), but flat lists of names and
         # numbers: one for all, taken in turns (see sharing.py).
         copier, given = copies_for(self._sites, self._job, names, sent)
-        lists = SharedLists(copier, sent)
+        lists = SharedLists(copier, sent, self._job.flow_cls)
         # Without a deadline, and nobody still busy from an earlier fan-out, simulated time is
         # just the longest chain: a chain with no fault skips the clock (see idle_at).
         plain = deadline is None and not tolerant and self._faults is None and \

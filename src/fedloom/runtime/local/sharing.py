@@ -7,13 +7,11 @@ one copy as long as none of them can tell. After each chain the shared list must
 very objects it was copied with (not just equal ones: 1 == 1.0 == True), and be referenced only
 from the top level of the chain's result (counted with ``sys.getrefcount``). A chain that
 changed it, or kept it anywhere else (a private attribute, a held-back value, inside another
-value, a failure's traceback) keeps it as its own: the earlier chains that used the same copy
-each get their own, and the later ones a new shared one. At the join each input makes its own
-copy of the list when it is first read (see :func:`fedloom.state.take_shared_list`), so a join
-that changes one input's list changes no other's.
-
-Chains that reach each other's state through globals are outside this promise: on Ray and in a
-federation they run in separate processes and cannot.
+value, a failure's traceback), or whose state outlives it (its flow instance kept anywhere),
+keeps it as its own: the earlier chains that used the same copy each get their own, and the
+later ones a new shared one. At the join each input makes its own copy of the list when it is
+first read (see :func:`fedloom.state.take_shared_list`), so a join that changes one input's
+list changes no other's.
 """
 
 from __future__ import annotations
@@ -23,9 +21,15 @@ import struct
 import sys
 from typing import Any
 
+from fedloom.spec.flowspec import FLSpec
 from fedloom.state import SHARED_LISTS_KEY, State, StateCopier
 
 _count = sys.getrefcount
+# The references to a chain's result that nobody kept: its ChainResult's, settle's parameter and
+# getrefcount's argument. More means something outlived the chain that can reach the list
+# through the state (the flow instance, in a global, a frame, or garbage whose finalizer has yet
+# to run).
+_UNKEPT_RESULT = 3
 _POINTER = ctypes.sizeof(ctypes.c_void_p)
 # CPython's list object ends with its item array's address and the array's capacity.
 _ITEMS_FIELD = list.__basicsize__ - 2 * _POINTER
@@ -60,21 +64,31 @@ class _Pristine:
     """A shared list as it was handed out: its own copy (which keeps the items alive, so their
     addresses stay theirs) and, for the shared copy in use, the item addresses to compare."""
 
-    __slots__ = ("field", "items", "length", "values", "view")
+    __slots__ = ("items", "length", "values", "view")
 
     def __init__(self, values: list[Any]) -> None:
         self.values = values
         self.items = _item_addresses(values)
         self.length = len(values)
         self.view = ctypes.c_char * len(self.items)  # an item array's bytes, read in place
-        self.field = _items_field(values)  # replaced by the shared copy's in SharedLists._renew
 
     def holds_as_handed_out(self, shared: list[Any]) -> bool:
-        # The length first: the item array then has at least that many slots to read.
-        if len(shared) != self.length:
+        """Call only for a list that nothing else can reach (see SharedLists.settle): no
+        finalizer, signal handler or thread may then change it, and free the item array,
+        between reading its address and its items."""
+        if len(shared) != self.length:  # then the item array has that many to read
             return False
-        address = self.field.value  # None only for an empty list's
+        address = _items_field(shared).value  # None only for an empty list's
         return address is None or self.view.from_address(address).raw == self.items
+
+
+def _read_through_fallback(flow_cls: type[FLSpec], name: str) -> bool:
+    """Whether a join input without ``name`` in its attributes reads it from FLSpec.__getattr__
+    (which hands it its shared list): not if the class has an attribute of that name (a
+    default, a method, FLSpec.metrics) or looks attributes up its own way."""
+    return not hasattr(flow_cls, name) and all(
+        getattr(flow_cls, method) is getattr(FLSpec, method)
+        for method in ("__getattribute__", "__getattr__", "__delattr__", "__copy__"))
 
 
 class SharedLists:
@@ -83,9 +97,10 @@ class SharedLists:
 
     __slots__ = ("_copier", "_current", "_holders", "_pristine")
 
-    def __init__(self, copier: StateCopier, sent: State) -> None:
+    def __init__(self, copier: StateCopier, sent: State, flow_cls: type[FLSpec]) -> None:
         self._copier = copier
-        names = copier.lists_to_share() if SHARING else []
+        names = [name for name in copier.lists_to_share()
+                 if _read_through_fallback(flow_cls, name)] if SHARING else []
         self._pristine = {name: _Pristine(sent[name].copy()) for name in names}
         self._current: dict[str, list[Any]] = {}
         self._holders: dict[str, list[State]] = {}  # finished chains' results using the copy
@@ -95,7 +110,6 @@ class SharedLists:
     def _renew(self, name: str) -> None:
         pristine = self._pristine[name]
         shared = pristine.values.copy()  # the same items, so the same addresses
-        pristine.field = _items_field(shared)
         self._current[name] = shared
         self._holders[name] = []
         self._copier.share_as_is(name, shared)
@@ -109,14 +123,18 @@ class SharedLists:
         dropped), and ``before`` the :meth:`counts` taken when its copy of the state (holding
         each shared list once) was made, which the caller no longer holds."""
         now = self.counts()
+        # Counted before this frame holds it twice.
+        unkept = result if result is not None and _count(result) <= _UNKEPT_RESULT else None
         taken: list[str] = []
         # Once per chain, so kept lean. The count is as before only if the result holds the
         # list exactly once, where the copy of the state had it, and nothing else holds it.
+        # With nothing else holding the result either, nothing but this can reach the list:
+        # only then are its items read.
         for (name, shared), was, count in zip(self._current.items(), before, now, strict=True):
-            if result is not None and count == was and result.get(name) is shared and \
+            if unkept is not None and count == was and unkept.get(name) is shared and \
                     self._pristine[name].holds_as_handed_out(shared):
-                self._holders[name].append(result)
-            else:  # changed, kept elsewhere, renamed, or the chain failed
+                self._holders[name].append(unkept)
+            else:  # changed, kept elsewhere, renamed, reachable, or the chain failed
                 taken.append(name)
         for name in taken:
             self._give_own_copies(name)
