@@ -5,6 +5,7 @@ other join input sees its own list, equal to what the aggregator sent."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -490,3 +491,30 @@ def test_chains_that_reach_each_other_through_globals_see_their_own_lists():
     flow.run()
     HOOKS.clear()
     assert flow.seen == [(NAMES, [*NAMES, "from c"])] * 2 + [(NAMES, NAMES)] * 2
+
+
+def _append_after_the_check(frame, event, arg):
+    # Reaches into the runtime's own frame, as a debugger could (the third review's case).
+    if event == "return" and frame.f_code.co_name == "holds_as_handed_out" and arg is True:
+        sys.settrace(None)
+        frame.f_locals["shared"].append("traced")
+    return _append_after_the_check
+
+
+class Traced(LateChange):
+    @collaborator
+    def train(self):
+        if self.input == "a":
+            sys.settrace(_append_after_the_check)
+        self.saw = list(self.collaborators)
+        self.next(self.join)
+
+
+def test_a_trace_hook_set_by_a_step_turns_sharing_off():
+    flow = Traced()
+    flow.runtime = make_runtime(NAMES)
+    try:
+        flow.run()
+    finally:
+        sys.settrace(None)
+    assert [saw for saw, _ in flow.seen] == [NAMES] * 4

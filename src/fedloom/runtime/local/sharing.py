@@ -17,6 +17,7 @@ list changes no other's.
 from __future__ import annotations
 
 import ctypes
+import gc
 import struct
 import sys
 from typing import Any
@@ -123,8 +124,10 @@ class SharedLists:
         dropped), and ``before`` the :meth:`counts` taken when its copy of the state (holding
         each shared list once) was made, which the caller no longer holds."""
         now = self.counts()
-        # Counted before this frame holds it twice.
-        unkept = result if result is not None and _count(result) <= _UNKEPT_RESULT else None
+        # Counted before this frame holds it twice. A trace, profile or gc hook (a debugger,
+        # or a step's own) could reach this frame's locals, and so the list: no sharing then.
+        unkept = result if result is not None and _count(result) <= _UNKEPT_RESULT and \
+            sys.gettrace() is None and sys.getprofile() is None and not gc.callbacks else None
         taken: list[str] = []
         # Once per chain, so kept lean. The count is as before only if the result holds the
         # list exactly once, where the copy of the state had it, and nothing else holds it.
