@@ -518,3 +518,17 @@ def test_a_trace_hook_set_by_a_step_turns_sharing_off():
     finally:
         sys.settrace(None)
     assert [saw for saw, _ in flow.seen] == [NAMES] * 4
+
+
+def test_a_library_s_gc_callback_leaves_sharing_on():
+    import gc
+
+    def timing(phase: str, info: dict[str, int]) -> None:  # as metrics libraries register
+        pass
+
+    gc.callbacks.append(timing)
+    try:
+        flow = run()
+    finally:
+        gc.callbacks.remove(timing)
+    assert len({ident for _, _, _, ident in flow.seen[:4]}) == 1

@@ -17,7 +17,6 @@ list changes no other's.
 from __future__ import annotations
 
 import ctypes
-import gc
 import struct
 import sys
 from typing import Any
@@ -124,10 +123,12 @@ class SharedLists:
         dropped), and ``before`` the :meth:`counts` taken when its copy of the state (holding
         each shared list once) was made, which the caller no longer holds."""
         now = self.counts()
-        # Counted before this frame holds it twice. A trace, profile or gc hook (a debugger,
-        # or a step's own) could reach this frame's locals, and so the list: no sharing then.
+        # Counted before this frame holds it twice. A trace or profile hook (a debugger's, or
+        # a step's own) is handed this frame, and so could reach the list: no sharing then.
+        # (Code that walks the stack itself, sys._getframe in a gc callback say, is beyond
+        # this: it can reach into anything in the process.)
         unkept = result if result is not None and _count(result) <= _UNKEPT_RESULT and \
-            sys.gettrace() is None and sys.getprofile() is None and not gc.callbacks else None
+            sys.gettrace() is None and sys.getprofile() is None else None
         taken: list[str] = []
         # Once per chain, so kept lean. The count is as before only if the result holds the
         # list exactly once, where the copy of the state had it, and nothing else holds it.
