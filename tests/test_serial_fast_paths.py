@@ -152,6 +152,41 @@ def test_a_private_array_resized_to_pass_for_a_number_is_caught():
         flow.run()
 
 
+class Holders(StandIn):
+    """A new object that holds a private one takes the place of a value it compares equal to."""
+
+    def __init__(self, how: str = "", **kwargs):
+        super().__init__(**kwargs)
+        self.how = how
+
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        self.scores, self.tags = [1.0, 5.0], [frozenset({"lr"}), "x"]
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        if self.how == "view":
+            self.scores[0] = self.w[:1]  # a size-1 view of the private array: == 1.0
+        elif self.how == "wrapper":
+            self.scores[0] = Box(self.w)  # equal to anything its value is equal to
+            self.scores[0].value = 1.0
+            self.scores[0].kept = self.w
+        else:
+            self.tags[0] = self.cfg.keys()  # a dict's keys compare equal to a set
+        self.next(self.join)
+
+
+@pytest.mark.parametrize("how, name", [("view", "w"), ("wrapper", "w"), ("keys", "cfg")])
+def test_a_new_holder_of_private_data_in_place_of_an_equal_value_is_caught(how, name):
+    flow = Holders(how)
+    flow.runtime = make_runtime(NAMES, collab_private=lambda i, n: {
+        "w": np.array([1.0, 2.0, 3.0]), "cfg": {"lr": 0.1}})
+    with pytest.raises(PrivateAttributeError, match=f"private attribute '{name}'"):
+        flow.run()
+
+
 class Rebinds(Leaky):
     @collaborator
     def train(self):

@@ -8,6 +8,7 @@ helpers are the one place that enforces the rules between the two.
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import sys
 import types
@@ -385,11 +386,10 @@ class LeakCheck:
         # First, before this frame holds a private object itself.
         then = self._counts
         counts = list(map(sys.getrefcount, self._targets.objects)) if then is not None else None
-        # Only one that may pass for the value it replaced matters (anything else makes the
-        # container compare unequal), as it is now: the step may have changed it (resized).
+        # Any rise counts, whatever the private object is: a new object holding it (a view,
+        # a wrapper) may be what passes for the value it replaced.
         new_references = counts is not None and counts != then and any(
-            now > before and _may_pass_for_immutable(value) for now, before, value in zip(
-                counts, then or (), self._targets.objects, strict=True))
+            now > before for now, before in zip(counts, then or (), strict=True))
         rebound: Sequence[str] = ()
         if list(map(id, private.values())) == self._ids:
             targets = self._targets
@@ -600,11 +600,16 @@ def _child_groups(obj: Any) -> tuple[Collection[Any], ...]:
         return obj.keys(), obj.values()
     if isinstance(obj, list | tuple | set | frozenset):
         return (obj,)
+    if type(obj) in _VIEWS:  # of a dict: no public way to it but the view's one reference
+        return (gc.get_referents(obj),)
     base = getattr(obj, "base", None) if _is_plain_ndarray(obj) else None
     if base is not None:
         return ([base],)  # a view of a private array is that array's data
     attributes = getattr(obj, "__dict__", None)
     return (attributes.values(),) if isinstance(attributes, dict) else ()
+
+
+_VIEWS = frozenset({type({}.keys()), type({}.values()), type({}.items()), types.MappingProxyType})
 
 
 def _inert_array(value: Any, targets: Mapping[int, str]) -> bool:
