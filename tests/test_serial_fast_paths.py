@@ -187,6 +187,50 @@ def test_a_new_holder_of_private_data_in_place_of_an_equal_value_is_caught(how, 
         flow.run()
 
 
+class LetsGo(FLSpec):
+    """A step publishes a private object, then rebinds or deletes the private attribute."""
+
+    def __init__(self, how: str = "", **kwargs):
+        super().__init__(**kwargs)
+        self.how = how
+
+    @aggregator
+    def start(self):
+        self.collaborators = self.runtime.collaborators
+        if self.how == "aggregator":
+            self.pub = self.secret
+            self.secret = None
+        self.next(self.train, foreach="collaborators")
+
+    @collaborator
+    def train(self):
+        if self.how == "rebind":
+            self.pub = self.data
+            self.data = np.zeros(4)
+        elif self.how == "delete":
+            self.collaborators.append(self.data)
+            del self.data
+        self.next(self.join)
+
+    @aggregator
+    def join(self, inputs):
+        self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+@pytest.mark.parametrize("how, name", [("rebind", "data"), ("delete", "data"),
+                                       ("aggregator", "secret")])
+def test_a_private_object_published_then_let_go_of_is_caught(how, name):
+    flow = LetsGo(how)
+    flow.runtime = make_runtime(NAMES, collab_private=private_data,
+                                agg_private={"secret": np.ones(3)})
+    with pytest.raises(PrivateAttributeError, match=f"private attribute '{name}'"):
+        flow.run()
+
+
 class Rebinds(Leaky):
     @collaborator
     def train(self):

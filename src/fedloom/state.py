@@ -421,6 +421,13 @@ class LeakCheck:
             elif _is_tracked(value, self._participant, self._public):
                 targets.add(value, name)
                 rebound.append(name)
+        # What a rebound or deleted one held until this step is still private here: a step
+        # that published it and then let go of it (self.pub = self.data; self.data = ...)
+        # must not get it out.
+        for name, old in self._before.items():
+            if private.get(name, _NOTHING) is not old and id(old) in self._targets.ids and \
+                    id(old) not in targets.ids:
+                targets.add(old, name)
         return targets, rebound
 
     def _changed(self, given: Given, private: Mapping[str, Any], state: Mapping[str, Any],
