@@ -5,6 +5,7 @@ it logs) keep every rule: leaks are caught, copies are isolated, busy time carri
 from __future__ import annotations
 
 import contextvars
+import functools
 import threading
 import time
 import weakref
@@ -227,6 +228,39 @@ def test_a_private_object_published_then_let_go_of_is_caught(how, name):
     flow = LetsGo(how)
     flow.runtime = make_runtime(NAMES, collab_private=private_data,
                                 agg_private={"secret": np.ones(3)})
+    with pytest.raises(PrivateAttributeError, match=f"private attribute '{name}'"):
+        flow.run()
+
+
+class Holder:
+    def __init__(self) -> None:
+        self.values = np.ones(2)
+
+    def get(self) -> np.ndarray:
+        return self.values
+
+
+class Callables(LetsGo):
+    """Public callables and iterators that hold a private object without an attribute."""
+
+    @collaborator
+    def train(self):
+        data = self.data
+        self.pub = {
+            "bound": data.sum, "method": self.holder.get, "closure": lambda: data,
+            "default": lambda x=data: x, "partial": functools.partial(np.add, data),
+            "iterator": iter([data]), "zipped": zip([1], [data], strict=True),
+        }[self.how]
+        self.next(self.join)
+
+
+@pytest.mark.parametrize("how, name", [
+    ("bound", "data"), ("method", "holder"), ("closure", "data"), ("default", "data"),
+    ("partial", "data"), ("iterator", "data"), ("zipped", "data")])
+def test_a_callable_or_iterator_holding_private_data_is_caught(how, name):
+    flow = Callables(how)
+    flow.runtime = make_runtime(NAMES, collab_private=lambda i, n: {
+        "data": np.ones(3), "holder": Holder()})
     with pytest.raises(PrivateAttributeError, match=f"private attribute '{name}'"):
         flow.run()
 

@@ -7,7 +7,9 @@ helpers are the one place that enforces the rules between the two.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import gc
 import json
 import sys
@@ -607,13 +609,28 @@ def _child_groups(obj: Any) -> tuple[Collection[Any], ...]:
         return obj.keys(), obj.values()
     if isinstance(obj, list | tuple | set | frozenset):
         return (obj,)
-    if type(obj) in _VIEWS:  # of a dict: no public way to it but the view's one reference
+    if type(obj) in _VIEWS or type(obj) in _ITERATORS:  # their container: no other way to it
         return (gc.get_referents(obj),)
+    if isinstance(obj, _BOUND):
+        return ([obj.__self__],)
+    if isinstance(obj, types.FunctionType):  # what a closure or default values hold
+        return (_closure_values(obj), obj.__defaults__ or (),
+                (obj.__kwdefaults__ or {}).values())
+    if isinstance(obj, functools.partial):
+        return ([obj.func], obj.args, obj.keywords.values(), obj.__dict__.values())
     base = getattr(obj, "base", None) if _is_plain_ndarray(obj) else None
     if base is not None:
         return ([base],)  # a view of a private array is that array's data
     attributes = getattr(obj, "__dict__", None)
     return (attributes.values(),) if isinstance(attributes, dict) else ()
+
+
+def _closure_values(function: types.FunctionType) -> list[Any]:
+    values = []
+    for cell in function.__closure__ or ():
+        with contextlib.suppress(ValueError):  # a variable not yet assigned
+            values.append(cell.cell_contents)
+    return values
 
 
 _VIEWS = frozenset({type({}.keys()), type({}.values()), type({}.items()), types.MappingProxyType})
@@ -691,8 +708,21 @@ def _trackable(value: Any) -> bool:
 
 def _is_leaf(value: Any) -> bool:
     """Nothing private can be reached through it (tuples and frozensets are walked)."""
+    if isinstance(value, _BOUND):
+        return isinstance(value.__self__, types.ModuleType | None)  # a module's function
+    if isinstance(value, types.FunctionType):  # unless it holds values of its own
+        return not (value.__closure__ or value.__defaults__ or value.__kwdefaults__)
     return isinstance(value, (*_IMMUTABLE_TYPES, *_GLOBAL_TYPES)) or \
         type(value).__name__ in ("ufunc", "_ArrayFunctionDispatcher")
+
+
+# Callables bound to an object (d.sum, obj.method, d.__add__): they reach it.
+_BOUND = (types.MethodType, types.BuiltinMethodType, types.MethodWrapperType)
+# Iterators over a container reach it; gc.get_referents is the only way there from Python.
+_EMPTY: tuple[Iterable[Any], ...] = ([], (), {}, set(), "", b"", range(0))
+_ITERATORS = frozenset(type(iter(empty)) for empty in _EMPTY) | {
+    type(reversed([])), type(iter({}.values())), type(iter({}.items())),
+    map, filter, zip, enumerate}
 
 
 def _is_shared_global(value: Any) -> bool:
