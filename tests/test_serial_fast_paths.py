@@ -99,13 +99,17 @@ class Pair(tuple):
 
 
 class StandIn(FLSpec):
-    """Collaborator 'b' puts a private object in place of a value it compares equal to."""
+    """Collaborator 'b' puts a private object in place of a value it compares equal to (the
+    flows after it change ``prepare`` and ``train``)."""
 
     @aggregator
     def start(self):
         self.collaborators = self.runtime.collaborators
-        self.pairs = [(1, 2), (3, 4)]
+        self.prepare()
         self.next(self.train, foreach="collaborators")
+
+    def prepare(self) -> None:  # the flat lists given to the collaborators
+        self.pairs = [(1, 2), (3, 4)]
 
     @collaborator
     def train(self):
@@ -131,11 +135,8 @@ def test_a_private_object_equal_to_the_value_it_replaces_is_caught(first):
 
 
 class Shrinks(StandIn):
-    @aggregator
-    def start(self):
-        self.collaborators = self.runtime.collaborators
+    def prepare(self) -> None:
         self.weights = [1, 2]
-        self.next(self.train, foreach="collaborators")
 
     @collaborator
     def train(self):
@@ -160,11 +161,8 @@ class Holders(StandIn):
         super().__init__(**kwargs)
         self.how = how
 
-    @aggregator
-    def start(self):
-        self.collaborators = self.runtime.collaborators
+    def prepare(self) -> None:
         self.scores, self.tags = [1.0, 5.0], [frozenset({"lr"}), "x"]
-        self.next(self.train, foreach="collaborators")
 
     @collaborator
     def train(self):

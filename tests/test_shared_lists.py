@@ -218,17 +218,35 @@ def test_only_flat_lists_of_text_and_numbers_are_shared():
     assert StateCopier({**state, "nested": [["x"]]}).lists_to_share() == []
 
 
-class OneList(FLSpec):
-    """Only ``collaborators`` is shared (the usual case: one table for every join input)."""
+class OneRound(FLSpec):
+    """One fan-out to every collaborator and its join: the flows below change only the steps
+    they test (``prepare``: what start adds to the state before the fan-out)."""
 
     @aggregator
     def start(self):
         self.collaborators = self.runtime.collaborators
+        self.prepare()
         self.next(self.train, foreach="collaborators")
+
+    def prepare(self) -> None:
+        pass
 
     @collaborator
     def train(self):
         self.next(self.join)
+
+    @aggregator
+    def join(self, inputs):
+        self.seen = [(i.saw, list(i.collaborators)) for i in inputs]
+        self.next(self.end)
+
+    @aggregator
+    def end(self):
+        pass
+
+
+class OneList(OneRound):
+    """Only ``collaborators`` is shared (the usual case: one table for every join input)."""
 
     @aggregator
     def join(self, inputs):
@@ -241,10 +259,6 @@ class OneList(FLSpec):
         self.after = [list(getattr(i, "collaborators", ["<none>"])) for i in inputs]
         self.distinct = len({id(a.collaborators), id(b.collaborators)})
         self.next(self.end)
-
-    @aggregator
-    def end(self):
-        pass
 
 
 def test_join_inputs_read_set_and_delete_their_lists_independently():
@@ -259,15 +273,12 @@ class Name(str):
     """A name that compares equal to the plain one it replaces."""
 
 
-class Stand_ins(FLSpec):
+class Stand_ins(OneRound):
     """Chains put equal stand-ins into their lists: 1.0 or False for 0 and 1, a str subclass
     for a name. Equal is not the same: the others must not receive them."""
 
-    @aggregator
-    def start(self):
-        self.collaborators = self.runtime.collaborators
+    def prepare(self) -> None:
         self.weights = [1, 0, 3]
-        self.next(self.train, foreach="collaborators")
 
     @collaborator
     def train(self):
@@ -286,10 +297,6 @@ class Stand_ins(FLSpec):
         self.sent = [(repr(i.weights), type(i.collaborators[1]).__name__) for i in inputs]
         self.next(self.end)
 
-    @aggregator
-    def end(self):
-        pass
-
 
 def test_an_equal_stand_in_put_in_a_list_reaches_no_other_chain():
     flow = Stand_ins()
@@ -301,14 +308,11 @@ def test_an_equal_stand_in_put_in_a_list_reaches_no_other_chain():
                          ("[1, False, 3]", "str"), ("[1, 0, 3]", "str")]
 
 
-class Nested(FLSpec):
+class Nested(OneRound):
     """The list is also inside a value that is deep-copied: the two must stay one list."""
 
-    @aggregator
-    def start(self):
-        self.collaborators = self.runtime.collaborators
+    def prepare(self) -> None:
         self.meta = {"names": self.collaborators}
-        self.next(self.train, foreach="collaborators")
 
     @collaborator
     def train(self):
@@ -322,10 +326,6 @@ class Nested(FLSpec):
         self.seen = [(i.same, i.via_meta) for i in inputs]
         self.next(self.end)
 
-    @aggregator
-    def end(self):
-        pass
-
 
 def test_a_list_also_held_inside_a_deep_copied_value_stays_one_list():
     flow = Nested()
@@ -334,16 +334,7 @@ def test_a_list_also_held_inside_a_deep_copied_value_stays_one_list():
     assert flow.seen == [(True, [*NAMES, name]) for name in NAMES]
 
 
-class CopiedInput(FLSpec):
-    @aggregator
-    def start(self):
-        self.collaborators = self.runtime.collaborators
-        self.next(self.train, foreach="collaborators")
-
-    @collaborator
-    def train(self):
-        self.next(self.join)
-
+class CopiedInput(OneRound):
     @aggregator
     def join(self, inputs):
         import copy
@@ -353,10 +344,6 @@ class CopiedInput(FLSpec):
         self.same = twin.collaborators is inputs[0].collaborators
         self.first, self.second = list(inputs[0].collaborators), list(inputs[1].collaborators)
         self.next(self.end)
-
-    @aggregator
-    def end(self):
-        pass
 
 
 def test_a_shallow_copy_of_a_join_input_holds_the_same_list():
@@ -368,29 +355,18 @@ def test_a_shallow_copy_of_a_join_input_holds_the_same_list():
     assert flow.second == NAMES
 
 
-class Defaults(FLSpec):
+class Defaults(OneRound):
     """Lists under names the class also has: a class default, FLSpec's own ``metrics``."""
 
     scores: list[float] = []
 
-    @aggregator
-    def start(self):
-        self.collaborators = self.runtime.collaborators
+    def prepare(self) -> None:
         self.scores, self.metrics = [0.5, 0.7], ["acc"]
-        self.next(self.train, foreach="collaborators")
-
-    @collaborator
-    def train(self):
-        self.next(self.join)
 
     @aggregator
     def join(self, inputs):
         self.seen = [(i.scores, i.metrics, i.collaborators) for i in inputs]
         self.next(self.end)
-
-    @aggregator
-    def end(self):
-        pass
 
 
 class OwnLookup(Defaults):
@@ -416,12 +392,7 @@ class Finalized:
         self.flow.collaborators.append(f"late-{self.flow.input}")
 
 
-class LateChange(FLSpec):
-    @aggregator
-    def start(self):
-        self.collaborators = self.runtime.collaborators
-        self.next(self.train, foreach="collaborators")
-
+class LateChange(OneRound):
     @collaborator
     def train(self):
         import gc
@@ -432,15 +403,6 @@ class LateChange(FLSpec):
             gc.collect()  # as many do before freeing a GPU's cache
         self.saw = list(self.collaborators)
         self.next(self.join)
-
-    @aggregator
-    def join(self, inputs):
-        self.seen = [(i.saw, list(i.collaborators)) for i in inputs]
-        self.next(self.end)
-
-    @aggregator
-    def end(self):
-        pass
 
 
 def test_a_change_made_after_a_chain_ended_stays_in_that_chain():
@@ -453,15 +415,12 @@ def test_a_change_made_after_a_chain_ended_stays_in_that_chain():
 HOOKS: list[FLSpec] = []
 
 
-class Hooks(FLSpec):
+class Hooks(OneRound):
     """Chains that keep their flow instance in a global, where a later chain changes its list;
     and a chain that changes the aggregator's own list, reached through a global."""
 
-    @aggregator
-    def start(self):
-        self.collaborators = self.runtime.collaborators
+    def prepare(self) -> None:
         KEPT["aggregator"] = self.collaborators
-        self.next(self.train, foreach="collaborators")
 
     @collaborator
     def train(self):
@@ -473,15 +432,6 @@ class Hooks(FLSpec):
         HOOKS.append(self)
         self.saw = list(self.collaborators)
         self.next(self.join)
-
-    @aggregator
-    def join(self, inputs):
-        self.seen = [(i.saw, list(i.collaborators)) for i in inputs]
-        self.next(self.end)
-
-    @aggregator
-    def end(self):
-        pass
 
 
 def test_chains_that_reach_each_other_through_globals_see_their_own_lists():

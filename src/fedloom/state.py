@@ -708,11 +708,13 @@ def _trackable(value: Any) -> bool:
 
 def _is_leaf(value: Any) -> bool:
     """Nothing private can be reached through it (tuples and frozensets are walked)."""
+    if isinstance(value, _IMMUTABLE_TYPES):  # the most common, first
+        return True
     if isinstance(value, _BOUND):
         return isinstance(value.__self__, types.ModuleType | None)  # a module's function
     if isinstance(value, types.FunctionType):  # unless it holds values of its own
         return not (value.__closure__ or value.__defaults__ or value.__kwdefaults__)
-    return isinstance(value, (*_IMMUTABLE_TYPES, *_GLOBAL_TYPES)) or \
+    return isinstance(value, _GLOBAL_TYPES) or \
         type(value).__name__ in ("ufunc", "_ArrayFunctionDispatcher")
 
 

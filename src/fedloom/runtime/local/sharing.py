@@ -155,14 +155,14 @@ class SharedLists:
         """After the fan-out: each result that still shares a list holds it for its join input
         to copy when first read, in a table under SHARED_LISTS_KEY (never changed: an input
         that reads or deletes the list gets a table of its own without it)."""
-        tables: dict[int, dict[str, list[Any]]] = {}
+        only_one = len(self._current) == 1  # the usual case: then one table for all
         for name, shared in self._current.items():
+            common = {name: shared}
             for state in self._holders[name]:
                 del state[name]
-                if len(self._current) == 1:  # the usual case: one table for all
-                    state[SHARED_LISTS_KEY] = tables.setdefault(0, {name: shared})
+                if only_one:
+                    state[SHARED_LISTS_KEY] = common
                 else:
-                    tables.setdefault(id(state), state.setdefault(SHARED_LISTS_KEY, {}))[
-                        name] = shared
+                    state.setdefault(SHARED_LISTS_KEY, {})[name] = shared
         self._current.clear()
         self._holders.clear()
